@@ -1,0 +1,235 @@
+"""The `bigmodels` command line: a table of commands, each a plain function whose signature is its schema.
+
+Positional parameters become positional arguments, keyword-only parameters become ``--options`` (a bool
+becomes a flag), the first docstring line is the help. ``*overrides`` collects dotted config overrides
+(``--optim.lr=3e-4`` or ``optim.lr=3e-4``). Anything a user gets wrong ends in one line naming the problem
+and the fix, and a non-zero exit code: 2 for bad input, 130 for Ctrl-C, 1 for a bug (with a hint to get
+the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+import sys
+import typing
+from pathlib import Path
+
+from .errors import BigModelsError, ConfigError
+
+log = logging.getLogger("bigmodels")
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def models(*, pattern: str | None = None, task: str | None = None) -> int:
+    """List the registered models with their family, task and parameter count."""
+    import torch
+
+    from .registry import create_model, get_spec, list_models
+
+    names = list_models(pattern, task=task)
+    if not names:
+        raise ConfigError(f"no model matches pattern={pattern!r} task={task!r}; run `bigmodels models` for all")
+    rows = []
+    for name in names:
+        spec = get_spec(name)
+        with torch.device("meta"):  # counts parameters without allocating them
+            n = sum(p.numel() for p in create_model(name).parameters())
+        rows.append((name, spec.family, spec.task, f"{n:,}", spec.description))
+    _print_table(("model", "family", "task", "params", "description"), rows)
+    return 0
+
+
+def train(recipe: str | None = None, *overrides: str, quiet: bool = False) -> int:
+    """Train a model: a YAML recipe and/or dotted overrides (e.g. model=cnn_mnist data.name=mnist data.path=DIR)."""
+    from .config import resolve_run_config
+    from .train import Trainer
+
+    cfg = resolve_run_config(recipe, list(overrides))
+    trainer = Trainer(cfg)
+    summary = trainer.fit()
+    if summary["status"] != "interrupted" and trainer.data.test is not None:
+        from .io import load
+
+        best = load(summary["best_checkpoint"] or summary["last_checkpoint"], map_location=trainer.device)
+        trainer.model.load_state_dict(best.state_dict())
+        summary["test"] = trainer.evaluate("test")
+    out = Path(cfg.train.out_dir) / "summary.json"
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    if not quiet:
+        print(_summary_text(summary, out))
+    return 130 if summary["status"] == "interrupted" else 0
+
+
+def evaluate(checkpoint: str, *, data: str | None = None, data_path: str | None = None, split: str = "test",
+             batch_size: int = 256) -> int:
+    """Evaluate a saved model or training run on a data split (by default the data it was trained on)."""
+    from .config import DataConfig, from_dict
+    from .data import build_data
+    from .evaluate import evaluate_model
+    from .io import load, resolve_checkpoint
+    from .tasks import get_task
+
+    directory = resolve_checkpoint(checkpoint)
+    model = load(directory)
+    data_cfg = _trained_data_config(directory) or DataConfig()
+    data_cfg = from_dict(DataConfig, {**_plain(data_cfg), **({"name": data} if data else {}),
+                                      **({"path": data_path} if data_path else {})})
+    bundle = build_data(data_cfg.name, data_cfg.path, val_fraction=data_cfg.val_fraction,
+                        block_size=data_cfg.block_size, img_size=data_cfg.img_size, seed=data_cfg.seed)
+    if split not in ("train", "val", "test") or getattr(bundle, split) is None:
+        raise ConfigError(f"split {split!r} is not available for data {data_cfg.name!r}; use val or test")
+    task = get_task(bundle.task)
+    if model.task != bundle.task:
+        raise ConfigError(f"{directory} is a {model.task} model but data {data_cfg.name!r} is {bundle.task}")
+    metrics = evaluate_model(model, getattr(bundle, split), task, transform=bundle.eval_transform,
+                             batch_size=batch_size)
+    print(json.dumps({"checkpoint": str(directory), "data": data_cfg.name, "split": split, **metrics}, indent=2))
+    return 0
+
+
+def predict(checkpoint: str, *inputs: str, top_k: int = 5, max_new_tokens: int = 200, temperature: float = 0.8,
+            seed: int = 0) -> int:
+    """Classify image files (top-k classes) or continue a text prompt, with a saved model."""
+    from .io import load, resolve_checkpoint
+    from .predict import classify_images, continue_text
+
+    directory = resolve_checkpoint(checkpoint)
+    model = load(directory)
+    if not inputs:
+        raise ConfigError("give at least one input: image file paths, or a text prompt for a language model")
+    if model.task == "language_modeling":
+        for prompt in inputs:
+            print(continue_text(model, directory, prompt, max_new_tokens=max_new_tokens,
+                                temperature=temperature, seed=seed))
+        return 0
+    for path, ranked in classify_images(model, [Path(p) for p in inputs], top_k=top_k):
+        print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked))
+    return 0
+
+
+def compare(*, quick: bool = False, out: str = "reports/compare", budget: float | None = None,
+            models: str | None = None, data: str = "digits,pydoc") -> int:
+    """Train every registered family that fits the data and write a comparison report (Markdown + HTML)."""
+    from .compare import run_compare
+
+    paths = run_compare(out_dir=Path(out), quick=quick, budget=budget,
+                        models=models.split(",") if models else None, datasets=data.split(","))
+    print(f"report: {paths['md']}\n        {paths['html']}")
+    return 0
+
+
+COMMANDS = {"models": models, "train": train, "evaluate": evaluate, "predict": predict, "compare": compare}
+
+# ---------------------------------------------------------------------------------------------- plumbing
+
+
+def _plain(cfg) -> dict:
+    from .config import to_dict
+
+    return to_dict(cfg)
+
+
+def _trained_data_config(directory: Path):
+    run = directory / "run.json"
+    if not run.is_file():
+        return None
+    from .config import DataConfig, from_dict
+
+    return from_dict(DataConfig, json.loads(run.read_text())["data"], "data")
+
+
+def _summary_text(summary: dict, path: Path) -> str:
+    lines = [f"status: {summary['status']} at step {summary['step']} ({summary['train_seconds']:.1f} s training)"]
+    for split in ("val", "test"):
+        if summary.get(split):
+            lines.append(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[split].items()
+                                                   if isinstance(v, float) and k not in ("lr", "throughput")))
+    lines.append(f"best checkpoint: {summary['best_checkpoint']}")
+    lines.append(f"summary: {path}")
+    return "\n".join(lines)
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    for r in (header, tuple("-" * w for w in widths), *rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _base_type(tp):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bigmodels", description=__doc__.splitlines()[0])
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"bigmodels {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, fn in COMMANDS.items():
+        doc = inspect.getdoc(fn) or ""
+        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else "", description=doc)
+        hints = typing.get_type_hints(fn)
+        for param in inspect.signature(fn).parameters.values():
+            tp = _base_type(hints.get(param.name, str))
+            flag = "--" + param.name.replace("_", "-")
+            if param.kind is param.VAR_POSITIONAL:
+                p.add_argument(param.name, nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+            elif param.kind is param.POSITIONAL_OR_KEYWORD:
+                nargs = "?" if param.default is not param.empty else None
+                p.add_argument(param.name, nargs=nargs, default=None if nargs else argparse.SUPPRESS)
+            elif tp is bool:
+                p.add_argument(flag, dest=param.name, action="store_true", default=param.default)
+            else:
+                p.add_argument(flag, dest=param.name, type=tp, default=param.default, metavar=tp.__name__.upper())
+        p.set_defaults(_fn=fn)
+    return parser
+
+
+def _call(fn, ns: argparse.Namespace, extra: list[str]) -> int:
+    sig = inspect.signature(fn)
+    args, kwargs = [], {}
+    var = next((p for p in sig.parameters.values() if p.kind is p.VAR_POSITIONAL), None)
+    if extra and var is None:
+        raise ConfigError(f"unrecognised arguments: {' '.join(extra)}; see `bigmodels {ns.command} --help`")
+    for param in sig.parameters.values():
+        if param.kind is param.POSITIONAL_OR_KEYWORD:
+            args.append(getattr(ns, param.name))
+        elif param.kind is param.VAR_POSITIONAL:
+            args.extend(list(getattr(ns, param.name) or []) + extra)
+        else:
+            kwargs[param.name] = getattr(ns, param.name)
+    if var is not None and fn is train:
+        # a first positional that looks like an override is not a recipe
+        if args and args[0] is not None and "=" in args[0] and not Path(args[0]).is_file():
+            args = [None, *args]
+    return fn(*args, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ns, extra = parser.parse_known_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _call(ns._fn, ns, extra)
+    except BigModelsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: say so plainly, keep the traceback one variable away
+        if os.environ.get("BIGMODELS_DEBUG"):
+            raise
+        print(f"internal error: {type(e).__name__}: {e}\nthis is a bug in bigmodels; rerun with "
+              "BIGMODELS_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return 1

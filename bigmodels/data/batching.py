@@ -1,0 +1,28 @@
+"""Turning index batches into tensor batches, in process or through DataLoader workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+__all__ = ["fetch_batch", "iterate_batches"]
+
+
+def fetch_batch(dataset: Dataset, indices: Sequence[int] | torch.Tensor):
+    """One batch: vectorised ``dataset.get_batch`` when the dataset has it, else collate its items."""
+    if hasattr(dataset, "get_batch"):
+        return dataset.get_batch(torch.as_tensor(indices, dtype=torch.long))
+    return default_collate([dataset[int(i)] for i in indices])
+
+
+def iterate_batches(dataset: Dataset, batches: Iterable, num_workers: int = 0) -> Iterator:
+    """Yield tensor batches for an iterable of index batches; workers decode in parallel when asked
+    (the order of batches is kept, so a consumer can count them to resume exactly)."""
+    if num_workers <= 0 or hasattr(dataset, "get_batch"):
+        for idx in batches:
+            yield fetch_batch(dataset, idx)
+        return
+    index_lists = [list(map(int, b)) for b in batches]
+    yield from DataLoader(dataset, batch_sampler=index_lists, num_workers=num_workers)

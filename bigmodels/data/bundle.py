@@ -1,0 +1,234 @@
+"""`build_data(name, path)`: one call from a data set name to train/val/test datasets plus what they imply."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from bigmodels.data.images import ImageFolder, ImageTensorDataset, load_digits_data, load_mnist, split_dataset
+from bigmodels.data.text import CharTokenizer, TokenWindows, pydoc_corpus, read_text, split_text
+from bigmodels.data.transforms import BatchTransform, dataset_mean_std, image_transforms
+from bigmodels.errors import ConfigError, DataError
+
+__all__ = ["DATASETS", "DataBundle", "build_data"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_CLASSIFICATION = "image_classification"
+LANGUAGE_MODELING = "language_modeling"
+MNIST_MEAN_STD = ([0.1307], [0.3081])  # the customary MNIST train-set statistics
+_STATS_SAMPLE = 2048  # decoded-on-access datasets: images sampled (seeded) for mean/std
+_PATH_HINTS = {
+    "mnist": "the directory holding the four MNIST idx files, e.g. ../shared/data/mnist",
+    "imagefolder": "a folder of <class_name>/<image> sub-folders, or one with train/ and val/ inside",
+    "text": "a UTF-8 .txt file, e.g. ../shared/data/tinyshakespeare/input.txt",
+}
+
+
+@dataclass
+class DataBundle:
+    """Everything a trainer needs from data; `model_args` and `meta` are plain, JSON-friendly dicts."""
+
+    task: str  # "image_classification" | "language_modeling"
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    model_args: dict[str, Any]  # images: in_chans, img_size, num_classes; text: vocab_size
+    train_transform: BatchTransform | None  # None for text
+    eval_transform: BatchTransform | None
+    meta: dict[str, Any] = field(default_factory=dict)  # images: class_names, mean, std, img_size, in_chans
+    tokenizer: CharTokenizer | None = None
+
+
+def _stats_images(ds: Dataset, seed: int) -> Tensor:
+    """uint8 (N, C, H, W) to compute mean/std from: all of a tensor dataset, else a seeded sample."""
+    if hasattr(ds, "images"):
+        return ds.images
+    count = min(len(ds), _STATS_SAMPLE)
+    picks = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:count]
+    return torch.stack([ds[int(i)][0] for i in picks])
+
+
+def _image_bundle(
+    train: Dataset, val: Dataset, test: Dataset | None, *, class_names: list[str], in_chans: int,
+    data_size: tuple[int, int], img_size: int | None, resize_in_transform: bool,
+    mean_std: tuple[list[float], list[float]] | None, crop_padding: int, hflip: bool, seed: int,
+) -> DataBundle:
+    mean, std = mean_std or dataset_mean_std(_stats_images(train, seed))
+    if min(std) <= 0:
+        logger.warning("a channel of the train images is constant (std 0); normalising it with std 1")
+        std = [s if s > 0 else 1.0 for s in std]
+    resize = img_size if resize_in_transform else None
+    height, width = (img_size, img_size) if img_size is not None else data_size
+    size = height if height == width else [height, width]
+    meta = {"class_names": class_names, "mean": mean, "std": std, "img_size": size, "in_chans": in_chans}
+    return DataBundle(
+        task=IMAGE_CLASSIFICATION,
+        train=train,
+        val=val,
+        test=test,
+        model_args={"in_chans": in_chans, "img_size": size, "num_classes": len(class_names)},
+        train_transform=image_transforms(
+            mean, std, train=True, crop_padding=crop_padding, hflip=hflip, img_size=resize
+        ),
+        eval_transform=image_transforms(mean, std, train=False, img_size=resize),
+        meta=meta,
+    )
+
+
+def _tensor_image_bundle(
+    train: ImageTensorDataset, test: ImageTensorDataset,
+    mean_std: tuple[list[float], list[float]] | None, *, val_fraction: float, seed: int, **options: Any,
+) -> DataBundle:
+    train, val = split_dataset(train, val_fraction, seed)
+    _, in_chans, height, width = train.images.shape
+    return _image_bundle(
+        train, val, test, class_names=train.class_names, in_chans=in_chans, data_size=(height, width),
+        resize_in_transform=True, mean_std=mean_std, seed=seed, **options,
+    )
+
+
+def _digits(path: str | None, *, val_fraction: float, seed: int, **options: Any) -> DataBundle:
+    # The held-out test set does not move with `seed`, so results across seeds stay comparable.
+    train, test = load_digits_data(test_fraction=0.2, seed=0)
+    return _tensor_image_bundle(train, test, None, val_fraction=val_fraction, seed=seed, **options)
+
+
+def _mnist(path: str, *, val_fraction: float, seed: int, **options: Any) -> DataBundle:
+    train, test = load_mnist(path)
+    return _tensor_image_bundle(train, test, MNIST_MEAN_STD, val_fraction=val_fraction, seed=seed, **options)
+
+
+def _same_layout(reference: ImageFolder, other: ImageFolder) -> None:
+    if other.class_names != reference.class_names:
+        raise DataError(
+            f"class folders differ: {reference.root} has {reference.class_names} but {other.root} has "
+            f"{other.class_names}; give every split the same class sub-folders"
+        )
+    if other.image_size != reference.image_size:
+        raise DataError(
+            f"images in {reference.root} are {reference.image_size} but in {other.root} "
+            f"{other.image_size} (H, W); pass img_size=N to resize all of them to N x N"
+        )
+
+
+def _imagefolder(
+    path: str, *, val_fraction: float, seed: int, img_size: int | None, **options: Any
+) -> DataBundle:
+    root = Path(path)
+    if (root / "train").is_dir():  # root/train, root/val (or split from train), optional root/test
+        base = ImageFolder(root / "train", img_size, channels=None)
+        splits = {name: ImageFolder(root / name, img_size, base.channels)
+                  for name in ("val", "test") if (root / name).is_dir()}
+        for folder in splits.values():
+            _same_layout(base, folder)
+        if "val" in splits:
+            train, val = base, splits["val"]
+        else:
+            train, val = split_dataset(base, val_fraction, seed)
+        test = splits.get("test")
+    else:
+        base = ImageFolder(root, img_size, channels=None)
+        (train, val), test = split_dataset(base, val_fraction, seed), None
+    return _image_bundle(
+        train, val, test, class_names=base.class_names, in_chans=base.channels, data_size=base.image_size,
+        img_size=img_size, resize_in_transform=False, mean_std=None, seed=seed, **options,
+    )
+
+
+def _text_bundle(text: str, source: str, *, val_fraction: float, block_size: int) -> DataBundle:
+    tokenizer = CharTokenizer.fit(text)
+    train_text, val_text = split_text(text, val_fraction)
+    if len(val_text) < block_size + 1:
+        raise DataError(
+            f"the val split of {source} (last {val_fraction} = {len(val_text)} chars) is shorter than "
+            f"block_size + 1 = {block_size + 1}; lower block_size or raise val_fraction"
+        )
+
+    def windows(part: str) -> TokenWindows:
+        return TokenWindows(torch.tensor(tokenizer.encode(part), dtype=torch.int64), block_size)
+
+    return DataBundle(
+        task=LANGUAGE_MODELING,
+        train=windows(train_text),
+        val=windows(val_text),
+        test=None,
+        model_args={"vocab_size": tokenizer.vocab_size},
+        train_transform=None,
+        eval_transform=None,
+        meta={},
+        tokenizer=tokenizer,
+    )
+
+
+def _pydoc(path: str | None, **options: Any) -> DataBundle:
+    return _text_bundle(pydoc_corpus(), "the pydoc corpus", **options)
+
+
+def _text(path: str, **options: Any) -> DataBundle:
+    return _text_bundle(read_text(path), str(path), **options)
+
+
+_IMAGE_BUILDERS: dict[str, Callable[..., DataBundle]] = {
+    "digits": _digits,
+    "mnist": _mnist,
+    "imagefolder": _imagefolder,
+}
+_TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {"pydoc": _pydoc, "text": _text}
+DATASETS = tuple(_IMAGE_BUILDERS) + tuple(_TEXT_BUILDERS)
+
+
+def build_data(
+    name: str,
+    path: str | None = None,
+    *,
+    val_fraction: float = 0.1,
+    block_size: int = 128,
+    img_size: int | None = None,
+    crop_padding: int = 0,
+    hflip: bool = False,
+    seed: int = 0,
+) -> DataBundle:
+    """Datasets, transforms and model arguments for a named data set.
+
+    Names: `digits` (embedded), `mnist` (path: idx directory), `imagefolder` (path: root), `pydoc`
+    (embedded text), `text` (path: .txt file). Image options (`img_size`, `crop_padding`, `hflip`)
+    apply to image data; `block_size` to text.
+
+    >>> data = build_data("digits", img_size=16, crop_padding=2)
+    >>> data.model_args
+    {'in_chans': 1, 'img_size': 16, 'num_classes': 10}
+    """
+    if name not in DATASETS:
+        raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction={val_fraction!r} must lie strictly between 0 and 1, e.g. 0.1")
+    if name in _PATH_HINTS and path is None:
+        raise DataError(f"build_data({name!r}) needs path=...: {_PATH_HINTS[name]}")
+    if name not in _PATH_HINTS and path is not None:
+        raise ConfigError(f"data set {name!r} is embedded and takes no path, got path={path!r}; drop it")
+    if name in _TEXT_BUILDERS:
+        if img_size is not None or crop_padding or hflip:
+            raise ConfigError(
+                f"img_size/crop_padding/hflip apply to image data, not to the text data set {name!r}; "
+                "drop them"
+            )
+        bundle = _TEXT_BUILDERS[name](path, val_fraction=val_fraction, block_size=block_size)
+    else:
+        bundle = _IMAGE_BUILDERS[name](
+            path, val_fraction=val_fraction, seed=seed, img_size=img_size,
+            crop_padding=crop_padding, hflip=hflip,
+        )
+    logger.info(
+        "data %s: %d train, %d val, %s test items; model args %s",
+        name, len(bundle.train), len(bundle.val), len(bundle.test) if bundle.test is not None else "no",
+        bundle.model_args,
+    )
+    return bundle

@@ -1,0 +1,6 @@
+"""Metrics and evaluation loops on real tasks."""
+
+from .loop import evaluate_model
+from .metrics import accuracy, bits_per_token, perplexity, topk_correct
+
+__all__ = ["evaluate_model", "accuracy", "perplexity", "bits_per_token", "topk_correct"]

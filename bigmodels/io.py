@@ -1,0 +1,172 @@
+"""Saving and loading models: a directory with ``config.json`` + ``model.safetensors``.
+
+``config.json`` holds the registry name, family, task and the full model config, plus free-form ``meta``
+(class names, normalisation, ...) that `predict` needs; ``tokenizer.json`` is written beside it for text
+models. Only safe formats are read: safetensors, JSON, and ``torch.load(weights_only=True)``.
+
+    >>> import bigmodels, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> bigmodels.save(bigmodels.create_model("mlp_small"), d)
+    >>> type(bigmodels.load(d)).__name__
+    'MLPClassifier'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from .config import to_dict
+from .errors import CheckpointError, ConfigError
+from .registry import get_family, model_from_config
+
+__all__ = ["save", "load", "read_config", "resolve_checkpoint", "atomic_write", "atomic_dir", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` and move the result onto ``path`` in one step (a crash leaves the old file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a temporary sibling directory; on success it is renamed to ``path`` (which must not exist)."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _config_record(model: nn.Module, meta: dict[str, Any] | None) -> dict[str, Any]:
+    family = getattr(model, "family", None)
+    config = getattr(model, "config", None)
+    if family is None or config is None:
+        raise ConfigError(
+            f"cannot save a {type(model).__name__}: bigmodels.save needs a model built by bigmodels.create_model "
+            "(it carries .family and .config)"
+        )
+    return {
+        "format": "bigmodels",
+        "format_version": FORMAT_VERSION,
+        "model": getattr(model, "model_name", None),
+        "family": family,
+        "task": getattr(model, "task", None),
+        "config": to_dict(config),
+        "meta": meta or {},
+    }
+
+
+def save(model: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None = None, tokenizer=None) -> Path:
+    """Write ``model`` (weights + config) to ``directory``; each file is replaced atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    record = _config_record(model, meta)
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    # save_model de-duplicates tied weights, which plain save_file refuses
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_model(model, str(p), metadata={"format": "pt"}))
+    if tokenizer is not None:
+        atomic_write(directory / "tokenizer.json", lambda p: tokenizer.save(p))
+    atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+    return directory
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model directory, or a training run / its ``checkpoints`` folder (-> the best, else latest, checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass a model directory or a training run")
+    if path.is_file():
+        if path.name in (CONFIG_FILE, WEIGHTS_FILE):
+            return path.parent
+        raise CheckpointError(
+            f"{str(path)!r} is a file; pass the directory that holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
+    if (path / CONFIG_FILE).is_file():
+        return path
+    for ckpts in (path / "checkpoints", path):
+        for pointer in ("best", "latest"):
+            p = ckpts / pointer
+            if p.is_file():
+                target = ckpts / p.read_text().strip()
+                if (target / CONFIG_FILE).is_file():
+                    return target
+    raise CheckpointError(
+        f"no model found in {str(path)!r}: expected {CONFIG_FILE} + {WEIGHTS_FILE} (a saved model) or a "
+        "training run with checkpoints/best or checkpoints/latest"
+    )
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` record of a saved model (after :func:`resolve_checkpoint`)."""
+    directory = resolve_checkpoint(path)
+    try:
+        record = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{directory / CONFIG_FILE} is unreadable ({e}); re-save the model") from None
+    if not isinstance(record, dict) or record.get("format") != "bigmodels" or "family" not in record:
+        raise CheckpointError(f"{directory / CONFIG_FILE} is not a bigmodels config (no 'format: bigmodels')")
+    if record.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory} was written by a newer bigmodels (format {record['format_version']}); upgrade bigmodels"
+        )
+    return record
+
+
+def load(path: str | Path, *, map_location: str | torch.device = "cpu", strict: bool = True) -> nn.Module:
+    """Rebuild the model saved in ``path`` (a model directory or a training run) with its weights."""
+    directory = resolve_checkpoint(path)
+    record = read_config(directory)
+    try:
+        get_family(record["family"])
+        model = model_from_config(record["family"], record["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: the model config does not build: {e}") from None
+    model.model_name = record.get("model")
+    model.task = record.get("task")
+    model.meta = record.get("meta", {})
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing; the checkpoint is incomplete, re-save or pick another")
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights} is unreadable or truncated ({e}); re-save the model") from None
+    except RuntimeError as e:  # size mismatch between the config and the stored tensors
+        raise CheckpointError(
+            f"{weights} does not match its config ({str(e).splitlines()[0]}); the weights belong to another model"
+        ) from None
+    if strict and (missing or unexpected):
+        raise CheckpointError(
+            f"{weights} does not match the {record['family']} model in {CONFIG_FILE}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model

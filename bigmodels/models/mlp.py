@@ -1,0 +1,71 @@
+"""Multi-layer perceptron for image classification: flatten the image, then a stack of Linear layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import check_positive
+from ..nn import MLP, check_image_input
+from ..registry import register_family, register_model
+
+
+@dataclass
+class MLPConfig:
+    in_chans: int = 1
+    img_size: int = 8
+    num_classes: int = 10
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    norm: str = "none"  # none | batchnorm | layernorm
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("in_chans", "img_size", "num_classes"):
+            check_positive("mlp", key, getattr(self, key))
+
+
+class MLPClassifier(nn.Module):
+    """Flatten (B, C, H, W) -> hidden layers -> class logits.
+
+    >>> MLPClassifier(MLPConfig())(torch.zeros(2, 1, 8, 8)).shape
+    torch.Size([2, 10])
+    """
+
+    def __init__(self, config: MLPConfig) -> None:
+        super().__init__()
+        self.config = config
+        in_features = config.in_chans * config.img_size**2
+        self.mlp = MLP(
+            in_features, config.hidden, config.num_classes,
+            activation=config.activation, norm=config.norm, dropout=config.dropout,
+        )
+        self.num_features = self.mlp.num_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_input(x, self.config.in_chans, self.config.img_size)
+        return self.mlp.forward_features(x.flatten(1))  # (B, num_features)
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.mlp.fc(feats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.config.num_classes = num_classes
+        self.mlp.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+register_family("mlp", MLPConfig, MLPClassifier)
+register_model(
+    "mlp_small", family="mlp", task="image_classification", config=MLPConfig(hidden=(256, 256)),
+    description="2 hidden layers of 256, ReLU",
+)
+register_model(
+    "mlp_mnist", family="mlp", task="image_classification",
+    config=MLPConfig(img_size=28, hidden=(512, 512), dropout=0.2),
+    description="2x512 MLP with dropout for 28x28 digits", compare=False,
+)
