@@ -50,18 +50,16 @@ def train(recipe: str | None = None, *overrides: str, quiet: bool = False) -> in
     from .train import Trainer
 
     cfg = resolve_run_config(recipe, list(overrides))
-    trainer = Trainer(cfg)
-    summary = trainer.fit()
-    if summary["status"] != "interrupted" and trainer.data.test is not None:
-        from .io import load
-
-        best = load(summary["best_checkpoint"] or summary["last_checkpoint"], map_location=trainer.device)
-        trainer.model.load_state_dict(best.state_dict())
-        summary["test"] = trainer.evaluate("test")
-    out = Path(cfg.train.out_dir) / "summary.json"
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    if not quiet:
-        print(_summary_text(summary, out))
+    with Trainer(cfg) as trainer:
+        summary = trainer.fit()
+        if summary["status"] != "interrupted" and trainer.data.test is not None:
+            trainer.load_checkpoint(summary["best_checkpoint"] or summary["last_checkpoint"])
+            summary["test"] = trainer.evaluate("test")
+    if trainer.dist.is_main:
+        out = Path(cfg.train.out_dir) / "summary.json"
+        out.write_text(json.dumps(summary, indent=2) + "\n")
+        if not quiet:
+            print(_summary_text(summary, out))
     return 130 if summary["status"] == "interrupted" else 0
 
 

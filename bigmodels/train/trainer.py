@@ -201,7 +201,7 @@ class Trainer:
                 f"{self.out_dir} already holds checkpoints ({latest.name}); resume them with train.resume=true "
                 "or choose a new train.out_dir (nothing is overwritten)"
             )
-        from ..io import load, read_config
+        from ..io import read_config
 
         record = read_config(latest)
         mine = to_dict(self.model.config)
@@ -210,7 +210,7 @@ class Trainer:
                 f"{latest} holds a {record.get('model')} model whose config differs from this run's "
                 f"{self.cfg.model}; choose a new train.out_dir, or rerun with the original model settings"
             )
-        self.model.load_state_dict(load(latest, map_location=self.device).state_dict())
+        self.load_checkpoint(latest)
         s = CheckpointManager.load_state(latest)
         if s["world_size"] != self.dist.world_size:
             log.warning("resuming a %d-process run on %d processes: the data order changes from here",
@@ -300,7 +300,6 @@ class Trainer:
             progress.close()
             if self.dist.is_main and self.history:
                 plot_history(self.history, self.out_dir / "curves.png")
-            cleanup(self.dist)
         val = self.history_last("val")
         summary = {
             "status": status, "step": self.step, "epoch": self.epoch, "total_steps": self.total_steps,
@@ -315,6 +314,16 @@ class Trainer:
             log.warning("interrupted at step %d; checkpoint %s (rerun the same command to resume)",
                         self.step, summary["last_checkpoint"])
         return summary
+
+    def close(self) -> None:
+        """Leave the data-parallel process group (call once done with fit / evaluate)."""
+        cleanup(self.dist)
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _train_step(self, model: nn.Module, stream) -> tuple[torch.Tensor, int, bool]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, items, epoch_ended)."""
@@ -363,6 +372,12 @@ class Trainer:
             if rec["split"] == split:
                 return {k: v for k, v in rec.items() if k not in ("step", "epoch", "split")}
         return None
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load the weights of a checkpoint (e.g. the best one) into the model being trained."""
+        from ..io import load
+
+        self.model.load_state_dict(load(path, map_location=self.device).state_dict())
 
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """Metrics of the current model on ``split`` ("val" or "test")."""
