@@ -79,8 +79,12 @@ def evaluate(checkpoint: str, *, data: str | None = None, data_path: str | None 
                                       **({"path": data_path} if data_path else {})})
     bundle = build_data(data_cfg.name, data_cfg.path, val_fraction=data_cfg.val_fraction,
                         block_size=data_cfg.block_size, img_size=data_cfg.img_size, seed=data_cfg.seed)
-    if split not in ("train", "val", "test") or getattr(bundle, split) is None:
-        raise ConfigError(f"split {split!r} is not available for data {data_cfg.name!r}; use val or test")
+    available = [s for s in ("train", "val", "test") if getattr(bundle, s) is not None]
+    if split not in available:
+        raise ConfigError(
+            f"split {split!r} is not available for data {data_cfg.name!r}; "
+            f"use --split with one of {', '.join(available)}"
+        )
     task = get_task(bundle.task)
     if model.task != bundle.task:
         raise ConfigError(f"{directory} is a {model.task} model but data {data_cfg.name!r} is {bundle.task}")
@@ -105,9 +109,14 @@ def predict(checkpoint: str, *inputs: str, top_k: int = 5, max_new_tokens: int =
             print(continue_text(model, directory, prompt, max_new_tokens=max_new_tokens,
                                 temperature=temperature, seed=seed))
         return 0
+    failed = 0
     for path, ranked in classify_images(model, [Path(p) for p in inputs], top_k=top_k):
-        print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked))
-    return 0
+        if isinstance(ranked, BigModelsError):  # one unreadable file does not stop the others
+            print(f"error: {ranked}", file=sys.stderr)
+            failed += 1
+        else:
+            print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked))
+    return 2 if failed else 0
 
 
 def compare(*, quick: bool = False, out: str = "reports/compare", budget: float | None = None,
@@ -120,6 +129,12 @@ def compare(*, quick: bool = False, out: str = "reports/compare", budget: float 
     print(f"report: {paths['md']}\n        {paths['html']}")
     return 0
 
+
+# how the *args of a command read in --help
+_VAR_ARGS = {
+    "overrides": ("KEY=VALUE", "dotted config overrides, e.g. optim.lr=3e-4 train.epochs=2"),
+    "inputs": ("INPUT", "image files to classify, or text prompts for a language model"),
+}
 
 COMMANDS = {"models": models, "train": train, "evaluate": evaluate, "predict": predict, "compare": compare}
 
@@ -177,7 +192,8 @@ def _build_parser() -> argparse.ArgumentParser:
             tp = _base_type(hints.get(param.name, str))
             flag = "--" + param.name.replace("_", "-")
             if param.kind is param.VAR_POSITIONAL:
-                p.add_argument(param.name, nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+                metavar, help_ = _VAR_ARGS.get(param.name, (param.name.upper(), None))
+                p.add_argument(param.name, nargs="*", metavar=metavar, help=help_)
             elif param.kind is param.POSITIONAL_OR_KEYWORD:
                 nargs = "?" if param.default is not param.empty else None
                 p.add_argument(param.name, nargs=nargs, default=None if nargs else argparse.SUPPRESS)

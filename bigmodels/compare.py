@@ -56,6 +56,9 @@ PLANS = {
 }
 
 
+_LATENCY = {"warmup": 1, "iters": 10, "max_seconds": 2.0}
+
+
 def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None, run_root: str) -> dict[str, Any]:
     """Train and measure one model (runs in a child process); failures come back as an ``error`` row."""
     import torch
@@ -80,7 +83,7 @@ def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None,
             summary = trainer.fit()
         model, data = trainer.model, trainer.data
         model.eval()
-        x, _ = next(iter(_first_batches(data.val, 64)))
+        x, _ = next(iter(_first_batches(data.val, 64 if spec.task != "language_modeling" else 8)))
         if data.eval_transform is not None:
             x = data.eval_transform(x)
         one = x[:1]
@@ -95,8 +98,8 @@ def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None,
             train_seconds=summary["train_seconds"],
             steps=summary["step"],
             epochs=round(summary["step"] / max(1, trainer.steps_per_epoch), 2),
-            latency_ms=measure_latency(model, (one,))["latency_ms_median"],
-            batch_latency_ms=measure_latency(model, (x,))["latency_ms_median"],
+            latency_ms=measure_latency(model, (one,), **_LATENCY)["latency_ms_median"],
+            batch_latency_ms=measure_latency(model, (x,), **_LATENCY)["latency_ms_median"],
             latency_batch=int(x.shape[0]),
             peak_memory_bytes=mem.bytes,
             memory_kind=mem.kind,

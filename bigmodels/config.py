@@ -298,15 +298,35 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def _quoted(raw: str) -> str | None:
+    """The inside of a quoted value ('2024' or "2024"), which is always a string; None if unquoted."""
+    text = raw.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return None
+
+
+def _only_str(tp: Any) -> bool:
+    """Is ``tp`` ``str`` or ``str | None``?"""
+    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType)
+                         and {a for a in typing.get_args(tp) if a is not type(None)} == {str})
+
+
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``section.key=value`` overrides (``--`` prefixes allowed) to a run config, strictly."""
+    """Apply ``section.key=value`` overrides (``--`` prefixes allowed) to a run config, strictly.
+
+    Values are parsed as numbers, booleans, null or lists; a quoted value ('2024') is always a string, and
+    a field that only takes strings keeps the text as typed.
+    """
     sections = {f.name for f in dataclasses.fields(RunConfig)}
     for item in overrides:
         item = item.removeprefix("--")
         if "=" not in item:
             raise ConfigError(f"override {item!r} needs the form key=value, e.g. optim.lr=3e-4")
         key, _, raw = item.partition("=")
-        value = parse_value(raw)
+        value = _quoted(raw)
+        if value is None:
+            value = parse_value(raw)
         head, _, rest = key.partition(".")
         if head not in sections:
             raise _unknown_key("", head, sorted(sections))
@@ -314,7 +334,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             cfg.model_args[rest] = value
         elif head in ("model", "model_args") and not rest:
             if head == "model":
-                cfg.model = _coerce(value, str, "model")
+                cfg.model = value if isinstance(value, str) else raw.strip()  # a name, as typed
             else:
                 cfg.model_args = _coerce(value, dict, "model_args")
         elif head == "model_args":
@@ -325,6 +345,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
                 raise ConfigError(f"override {item!r} must name a key inside {head!r}, e.g. {head}.<key>=...")
             if "." in rest:
                 raise _unknown_key(head, rest, list(_field_types(type(section))))
+            if _only_str(_field_types(type(section)).get(rest)) and value is not None:
+                value = raw  # a string field keeps the text as typed: train.out_dir=2024 is "2024"
             setattr(cfg, head, replace_strict(section, {rest: value}, head))
     return cfg
 

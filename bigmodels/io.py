@@ -142,7 +142,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 
 def load(path: str | Path, *, map_location: str | torch.device = "cpu", strict: bool = True) -> nn.Module:
-    """Rebuild the model saved in ``path`` (a model directory or a training run) with its weights."""
+    """Rebuild the model saved in ``path`` (a model directory or a training run) with its weights, in eval mode."""
     directory = resolve_checkpoint(path)
     record = read_config(directory)
     try:
@@ -169,4 +169,4 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu", strict: 
             f"{weights} does not match the {record['family']} model in {CONFIG_FILE}: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    return model
+    return model.eval()  # as loaded models are used: inference first (training calls .train())

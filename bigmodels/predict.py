@@ -55,6 +55,7 @@ def continue_text(
     if not prompt:
         raise DataError("the prompt is empty; give some text to continue, e.g. 'To be'")
     ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long)
+    model.eval()
     out = model.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k,
                          generator=torch.Generator().manual_seed(seed))
     return tokenizer.decode(out[0].tolist())

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..config import check_choice, check_positive
+from ..errors import ConfigError
 from ..nn import MLP, check_image_input, get_activation
 from ..registry import register_family, register_model
 
@@ -39,8 +40,9 @@ class CNNConfig:
     def __post_init__(self) -> None:
         check_choice("cnn", "padding", self.padding, ("valid", "same"))
         check_choice("cnn", "norm", self.norm, ("none", "batchnorm"))
-        for key in ("in_chans", "img_size", "num_classes", "convs_per_stage", "kernel_size", "pool"):
+        for key in ("in_chans", "img_size", "convs_per_stage", "kernel_size", "pool"):
             check_positive("cnn", key, getattr(self, key))
+        check_positive("cnn", "num_classes", self.num_classes, allow_zero=True)  # 0: no classifier
 
 
 def _conv_stage(in_ch: int, out_ch: int, cfg: CNNConfig) -> nn.Sequential:
@@ -57,6 +59,23 @@ def _conv_stage(in_ch: int, out_ch: int, cfg: CNNConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _output_side(cfg: CNNConfig) -> int:
+    """Side of the last feature map: a valid k x k conv trims k-1 pixels, a pool divides (floor)."""
+    side = cfg.img_size
+    for _ in cfg.channels:
+        if cfg.padding == "valid":
+            side -= cfg.convs_per_stage * (cfg.kernel_size - 1)
+        if side >= 1 and cfg.pool > 1:
+            side //= cfg.pool
+        if side < 1:
+            raise ConfigError(
+                f"cnn: img_size={cfg.img_size} is too small for {len(cfg.channels)} stages of "
+                f"{cfg.padding} {cfg.kernel_size}x{cfg.kernel_size} convs and {cfg.pool}x{cfg.pool} pooling; "
+                "use larger images (data.img_size), fewer channels entries, padding=same or pool=1"
+            )
+    return side
+
+
 class CNN(nn.Module):
     """Convolutional classifier following the vision contract (features, head, reset_classifier).
 
@@ -69,15 +88,11 @@ class CNN(nn.Module):
         self.config = config
         widths = (config.in_chans, *config.channels)
         self.stages = nn.ModuleList(_conv_stage(a, b, config) for a, b in zip(widths, widths[1:], strict=False))
-        # the flattened size follows from the config; a dry run keeps it exact for every padding/pool choice
-        with torch.no_grad():
-            fmap = self._run_stages(torch.zeros(1, config.in_chans, config.img_size, config.img_size))[-1]
-        if fmap.shape[-1] < 1 or fmap.shape[-2] < 1:
-            raise ValueError(f"cnn: img_size={config.img_size} is too small for {len(config.channels)} stages")
+        side = _output_side(config)
         self.pool = nn.AdaptiveAvgPool2d(1) if config.global_pool else nn.Identity()
-        flat = fmap.shape[1] if config.global_pool else fmap[0].numel()
+        self.num_features = widths[-1]
+        flat = self.num_features * (1 if config.global_pool else side * side)
         self.head = MLP(flat, config.hidden, config.num_classes, activation=config.activation, dropout=config.dropout)
-        self.num_features = fmap.shape[1]
 
     def _run_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         maps = []

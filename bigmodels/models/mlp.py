@@ -23,8 +23,9 @@ class MLPConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for key in ("in_chans", "img_size", "num_classes"):
+        for key in ("in_chans", "img_size"):
             check_positive("mlp", key, getattr(self, key))
+        check_positive("mlp", "num_classes", self.num_classes, allow_zero=True)  # 0: no classifier
 
 
 class MLPClassifier(nn.Module):

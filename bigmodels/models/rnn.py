@@ -45,8 +45,9 @@ class RNNConfig:
         check_choice("rnn", "cell", self.cell, tuple(_CELLS))
         check_choice("rnn", "head", self.head, ("classify", "lm"))
         check_choice("rnn", "pooling", self.pooling, ("last", "mean"))
-        for key in ("hidden_size", "num_layers", "num_classes", "embed_dim", "vocab_size", "in_chans", "img_size"):
+        for key in ("hidden_size", "num_layers", "embed_dim", "vocab_size", "in_chans", "img_size"):
             check_positive("rnn", key, getattr(self, key))
+        check_positive("rnn", "num_classes", self.num_classes, allow_zero=True)  # 0: no classifier
         if self.head == "lm" and (self.vocab_size is None or self.bidirectional):
             raise ConfigError("rnn: a language model needs vocab_size and bidirectional=false")
         if self.keras_bias and self.cell != "lstm":
@@ -92,7 +93,7 @@ class RNNModel(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.num_features = c.hidden_size * (2 if c.bidirectional else 1)
         out = c.vocab_size if c.head == "lm" else c.num_classes
-        self.fc = nn.Linear(self.num_features, out)
+        self.fc = nn.Linear(self.num_features, out) if out > 0 else nn.Identity()
         if c.tie_weights:
             self.fc.weight = self.embed.weight
 
@@ -131,7 +132,7 @@ class RNNModel(nn.Module):
         if self.config.head != "classify":
             raise ConfigError("reset_classifier applies to classifiers; this is a language model")
         self.config.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.no_grad()
     def generate(
