@@ -78,8 +78,8 @@ def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None,
             f"train.max_time={seconds}", f"train.eval_every={max(50, steps // 6)}", "train.log_every=10",
             "train.progress=false", f"train.out_dir={run_root}/{plan.data}/{model_name}", "train.device=cpu",
         ])
-        with peak_memory(torch.device("cpu")) as mem:
-            trainer = Trainer(cfg)
+        trainer = Trainer(cfg)
+        with peak_memory(torch.device("cpu")) as mem:  # the training's own peak, over model + data
             summary = trainer.fit()
         model, data = trainer.model, trainer.data
         model.eval()
@@ -175,6 +175,8 @@ def run_compare(
         "Language models: character level on the Python help topics that ship with Python (pydoc_data), "
         "validation loss in nats per character on its last 10%.",
         "Latency: eval mode, batch 1 and a batch of validation data, median of timed runs after warm-up.",
+        "Peak memory: how far training raised the process's peak resident memory above where building the "
+        "model and loading the data had left it (activations, gradients, optimizer state).",
         f"Total wall time of the comparison: {time.perf_counter() - started:.0f} s.",
     ]
     paths = write_report(results, out_dir, title="bigmodels compare", env=env, notes=notes)

@@ -85,8 +85,28 @@ def _config_record(model: nn.Module, meta: dict[str, Any] | None) -> dict[str, A
     }
 
 
-def save(model: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None = None, tokenizer=None) -> Path:
-    """Write ``model`` (weights + config) to ``directory``; each file is replaced atomically."""
+def save(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    format: str = "bigmodels",
+    meta: dict[str, Any] | None = None,
+    tokenizer=None,
+) -> Path:
+    """Write ``model`` (weights + config) to ``directory``; each file is replaced atomically.
+
+    ``format="hf"`` writes a Hugging Face directory (config.json + model.safetensors) for the families
+    that have one (GPT-2, BERT), which ``transformers`` loads with ``from_pretrained``.
+    """
+    if format not in ("bigmodels", "hf"):
+        raise ConfigError(f"save format {format!r} is not valid; use 'bigmodels' or 'hf'")
+    if format == "hf":
+        from .interop import save_hf
+
+        path = save_hf(model, directory)
+        if tokenizer is not None:
+            atomic_write(Path(directory) / "tokenizer.json", lambda p: tokenizer.save(p))
+        return path
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     record = _config_record(model, meta)
@@ -142,8 +162,16 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 
 def load(path: str | Path, *, map_location: str | torch.device = "cpu", strict: bool = True) -> nn.Module:
-    """Rebuild the model saved in ``path`` (a model directory or a training run) with its weights, in eval mode."""
+    """Rebuild the model saved in ``path`` with its weights, in eval mode.
+
+    ``path``: a bigmodels model directory, a training run (its best checkpoint), or a Hugging Face
+    directory (config.json + model.safetensors) of a supported architecture.
+    """
     directory = resolve_checkpoint(path)
+    from .interop import is_hf_directory, load_hf
+
+    if is_hf_directory(directory):
+        return load_hf(directory).to(map_location)
     record = read_config(directory)
     try:
         get_family(record["family"])
@@ -151,7 +179,8 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu", strict: 
     except ConfigError as e:
         raise CheckpointError(f"{directory / CONFIG_FILE}: the model config does not build: {e}") from None
     model.model_name = record.get("model")
-    model.task = record.get("task")
+    if not hasattr(type(model), "task"):
+        model.task = record.get("task")
     model.meta = record.get("meta", {})
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():

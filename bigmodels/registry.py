@@ -40,7 +40,15 @@ __all__ = [
     "TASKS",
 ]
 
-TASKS = ("image_classification", "sequence_classification", "language_modeling")
+TASKS = (
+    "image_classification",
+    "sequence_classification",  # a label per text (or text pair)
+    "token_classification",  # a label per token (NER)
+    "question_answering",  # extractive: start/end of the answer span
+    "language_modeling",  # next token (causal)
+    "masked_language_modeling",  # BERT pretraining: masked tokens (+ next-sentence prediction)
+    "sentence_embedding",  # a vector per text
+)
 
 
 @dataclass(frozen=True)
@@ -146,5 +154,6 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     config = replace_strict(spec.config, overrides, owner=f"model ({name})") if overrides else spec.config
     model = model_from_config(spec.family, dataclasses.replace(config))
     model.model_name = name  # type: ignore[attr-defined]
-    model.task = spec.task  # type: ignore[attr-defined]
+    if not hasattr(type(model), "task"):  # a family whose head decides its task defines `task` itself
+        model.task = spec.task  # type: ignore[attr-defined]
     return model

@@ -18,7 +18,13 @@ from bigmodels.registry import TASKS
 
 # Families that later hold big presets (resnet50, gpt2, bert-base, ...) shrink here for the smoke test:
 # name-glob -> config overrides, applied in order with fnmatch, e.g. {"resnet*": {"layers": (1, 1, 1, 1)}}.
-TINY: dict[str, dict] = {}
+TINY: dict[str, dict] = {
+    "gpt2*": {"n_layer": 2, "n_head": 2, "n_embd": 32, "vocab_size": 96, "block_size": 64},
+    "bert*": {"num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 32, "intermediate_size": 64,
+              "vocab_size": 96, "max_position_embeddings": 64},
+    "minilm*": {"num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 32, "intermediate_size": 64,
+                "vocab_size": 96, "max_position_embeddings": 64},
+}
 
 B, T = 2, 16  # batch and sequence length of the smoke inputs
 
@@ -71,9 +77,12 @@ def test_registry_is_populated_and_tasks_are_known():
 def test_list_models_pattern_and_task_filters():
     assert list_models("lstm*") == ["lstm_classifier", "lstm_keras"]
     assert list_models("char_*") == ["char_gru", "char_lstm", "char_rnn"]
-    assert list_models(task="language_modeling") == ["char_gru", "char_lstm", "char_rnn"]
+    assert {"char_gru", "char_lstm", "char_rnn"} <= set(list_models(task="language_modeling"))
     assert list_models("cnn*", task="language_modeling") == []
-    assert set(list_models(task="image_classification")) == set(ALL) - set(list_models("char_*"))
+    by_task = {task: list_models(task=task) for task in TASKS}
+    for task, names in by_task.items():
+        assert all(bigmodels.get_spec(n).task == task for n in names)
+    assert sorted(n for names in by_task.values() for n in names) == ALL
 
 
 # ------------------------------------------------------------------------------------------ smoke test

@@ -194,3 +194,22 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     a, b = bigmodels.load(tmp_path / "ddp"), bigmodels.load(tmp_path / "one")
     for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_progress_bar_shows_loss_throughput_and_eta_on_a_terminal(monkeypatch):
+    import io
+
+    from bigmodels.train.trainer import _progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    bar = _progress(100, 0, True)
+    bar.update_to(50, loss=0.25, rate=1234.0, unit="samples")
+    bar.close()
+    text = term.getvalue()
+    assert "50/100" in text and "loss 0.2500" in text and "1,234 samples/s" in text
+    assert "<" in text  # tqdm's elapsed<remaining (the ETA)

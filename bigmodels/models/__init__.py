@@ -1,3 +1,8 @@
-"""Model families, one per file; importing this package registers them all."""
+"""Model families, one per file; importing this package imports (and so registers) every one of them."""
 
-from . import cnn, mlp, rnn  # noqa: F401  (registration side effects)
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

@@ -438,7 +438,7 @@ class _progress:
         if self.bar is None:
             log.info("step %d: loss %.4f, %s %s/s", step, loss, f"{rate:,.0f}", unit)
             return
-        self.bar.n = step
+        self.bar.update(step - self.bar.n)
         self.bar.set_postfix_str(f"loss {loss:.4f}, {rate:,.0f} {unit}/s" + ("" if math.isfinite(loss) else "!"))
 
     def close(self) -> None:

@@ -1,0 +1,203 @@
+"""Attention: a readable reference, the fused PyTorch kernel, multi-head attention with masks and a KV cache.
+
+Scaled dot-product attention (Vaswani et al. 2017, eq. 1)::
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k) + M) V
+
+where M is an additive mask (0 where a query may look, a very large negative number where it may not).
+``impl="reference"`` computes exactly that and can return the attention weights for inspection;
+``impl="sdpa"`` calls ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient /
+cuDNN kernels where the device has them). Both take the same masks and agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = [
+    "ATTENTION_IMPLS",
+    "scaled_dot_product_attention",
+    "attention_mask",
+    "KVCache",
+    "MultiHeadAttention",
+]
+
+ATTENTION_IMPLS = ("sdpa", "reference")
+
+
+def attention_mask(
+    q_len: int,
+    k_len: int,
+    *,
+    causal: bool = False,
+    key_padding: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+) -> torch.Tensor | None:
+    """Additive mask (B or 1, 1, q_len, k_len): 0 = attend, dtype's min = blocked; None when nothing is blocked.
+
+    ``key_padding``: (B, k_len), 1/True for real tokens, 0/False for padding. With ``causal`` the queries
+    are the *last* ``q_len`` positions of the ``k_len`` keys (so a KV cache of past keys is handled).
+    Blocked entries use the dtype's most negative finite value rather than -inf, so a row with every key
+    blocked (a padding query) gives uniform weights instead of NaN, as Hugging Face models do.
+    """
+    if not causal and key_padding is None:
+        return None
+    device = device if device is not None else (key_padding.device if key_padding is not None else None)
+    allowed = torch.ones(1, 1, q_len, k_len, dtype=torch.bool, device=device)
+    if causal:
+        # query i (absolute position k_len - q_len + i) sees keys 0 .. k_len - q_len + i
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)[None, None]
+    if key_padding is not None:
+        allowed = allowed & key_padding.bool()[:, None, None, :]  # (B, 1, q_len, k_len)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    impl: str = "sdpa",
+    return_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(q k^T / sqrt(d) + mask) v for q (B, nh, Tq, hs), k and v (B, nh, Tk, hs).
+
+    ``is_causal`` applies a causal mask without a mask tensor (queries and keys aligned). Returns (output
+    (B, nh, Tq, hs), weights (B, nh, Tq, Tk) or None). Asking for the weights uses the reference path,
+    since the fused kernel never materialises them.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ConfigError(f"attention impl {impl!r} is not valid; choose one of {', '.join(ATTENTION_IMPLS)}")
+    if impl == "sdpa" and not return_weights:
+        mask = mask.to(q.dtype) if mask is not None else None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal), None
+    if is_causal:
+        mask = attention_mask(q.size(-2), k.size(-2), causal=True, dtype=q.dtype, device=q.device)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, Tq, Tk)
+    if mask is not None:
+        scores = scores + mask.to(scores.dtype)
+    weights = scores.float().softmax(dim=-1).to(q.dtype)
+    out = F.dropout(weights, p=dropout_p) @ v if dropout_p > 0 else weights @ v  # (B, nh, Tq, hs)
+    return out, weights
+
+
+class KVCache:
+    """Keys and values of past positions, per layer, for incremental decoding.
+
+    ``update(layer, k, v)`` appends the new (B, nh, T_new, hs) keys/values and returns all of them.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+
+    def __len__(self) -> int:
+        """Positions cached (of the first layer)."""
+        return 0 if self.keys[0] is None else self.keys[0].size(-2)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=-2)
+            v = torch.cat([self.values[layer], v], dim=-2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search)."""
+        self.keys = [None if t is None else t.index_select(0, index) for t in self.keys]
+        self.values = [None if t is None else t.index_select(0, index) for t in self.values]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention: project to heads, attend, merge heads, project out.
+
+    ``fused_qkv`` keeps one (dim -> 3*dim) projection (GPT-2's layout, one matrix product instead of
+    three); otherwise q_proj / k_proj / v_proj (BERT's layout, needed for cross-attention too).
+
+    >>> mha = MultiHeadAttention(64, 4)
+    >>> mha(torch.randn(2, 10, 64), causal=True).shape
+    torch.Size([2, 10, 64])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        bias: bool = True,
+        dropout: float = 0.0,
+        fused_qkv: bool = True,
+        impl: str = "sdpa",
+        rotary: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"the model width {dim} must be divisible by the number of heads {num_heads}")
+        if impl not in ATTENTION_IMPLS:
+            raise ConfigError(f"attention impl {impl!r} is not valid; choose one of {', '.join(ATTENTION_IMPLS)}")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.dropout, self.impl, self.rotary = dropout, impl, rotary
+        if fused_qkv:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        else:
+            self.q_proj = nn.Linear(dim, dim, bias=bias)
+            self.k_proj = nn.Linear(dim, dim, bias=bias)
+            self.v_proj = nn.Linear(dim, dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        memory: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        key_padding: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        positions: torch.Tensor | None = None,
+        return_weights: bool = False,
+    ):
+        """x (B, T, C) -> (B, T, C); with ``return_weights``, also the (B, nh, T, Tk) attention weights.
+
+        ``memory`` (B, S, C) makes it cross-attention. ``mask`` is a ready additive mask; otherwise one is
+        built from ``causal`` and ``key_padding`` (B, Tk) over the keys, the cached ones included.
+        ``positions`` (B, T) feed a rotary embedding.
+        """
+        if hasattr(self, "qkv") and memory is None:
+            q, k, v = self.qkv(x).split(self.dim, dim=2)
+        else:
+            src = x if memory is None else memory
+            q, k, v = self.q_proj(x), self.k_proj(src), self.v_proj(src)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh, T, hs)
+        if self.rotary is not None:
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        # plain causal self-attention needs no mask tensor: the fused kernels apply it themselves
+        is_causal = mask is None and causal and key_padding is None and q.size(-2) == k.size(-2)
+        if mask is None and not is_causal:
+            mask = attention_mask(q.size(-2), k.size(-2), causal=causal, key_padding=key_padding,
+                                  dtype=q.dtype, device=q.device)
+        y, weights = scaled_dot_product_attention(
+            q, k, v, mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0,
+            impl=self.impl, return_weights=return_weights,
+        )
+        y = y.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.dim)  # (B, T, C)
+        out = self.out_proj(y)
+        return (out, weights) if return_weights else out
