@@ -160,6 +160,7 @@ class RunConfig:
 
     model: str = "cnn_small"
     model_args: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # start from these weights: a bigmodels or Hugging Face model directory
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
@@ -330,6 +331,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         head, _, rest = key.partition(".")
         if head not in sections:
             raise _unknown_key("", head, sorted(sections))
+        if head == "init":
+            cfg.init = None if value is None else raw.strip()
+            continue
         if head == "model" and rest:
             cfg.model_args[rest] = value
         elif head in ("model", "model_args") and not rest:

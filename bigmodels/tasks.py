@@ -18,6 +18,11 @@ from .evaluate.metrics import bits_per_token, perplexity, topk_correct
 __all__ = ["Task", "Classification", "LanguageModeling", "get_task", "better", "metric_dict"]
 
 
+def call(model: nn.Module, x):
+    """Run ``model`` on a batch input: a tensor, or a dict of named inputs (text: input_ids, attention_mask, ...)."""
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
 class Task:
     name: str = ""
     unit: str = "samples"  # what throughput counts
@@ -55,7 +60,7 @@ class Classification(Task):
         self.name = name
 
     def loss(self, model, x, y):
-        logits = model(x)  # (B, C)
+        logits = call(model, x)  # (B, C)
         return F.cross_entropy(logits.float(), y), logits
 
     def update(self, sums, loss, logits, y):
@@ -81,7 +86,7 @@ class LanguageModeling(Task):
     metric_names = ("loss", "perplexity", "bits_per_token")
 
     def loss(self, model, x, y):
-        logits = model(x)  # (B, T, V)
+        logits = call(model, x)  # (B, T, V)
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()), logits
 
     def finalize(self, sums):

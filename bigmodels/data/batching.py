@@ -7,7 +7,18 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-__all__ = ["fetch_batch", "iterate_batches"]
+__all__ = ["fetch_batch", "iterate_batches", "to_device"]
+
+
+def to_device(batch, device: torch.device | str, non_blocking: bool = True):
+    """Move a tensor, or a dict / list / tuple of them (text batches), to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, non_blocking) for v in batch)
+    return batch
 
 
 def fetch_batch(dataset: Dataset, indices: Sequence[int] | torch.Tensor):

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..data.batching import iterate_batches
+from ..data.batching import iterate_batches, to_device
 from ..tasks import Task
 
 __all__ = ["evaluate_model", "autocast"]
@@ -50,7 +50,7 @@ def evaluate_model(
     sums: dict[str, float] = {}
     try:
         for x, y in iterate_batches(dataset, batches, num_workers):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = to_device(x, device), to_device(y, device)
             if transform is not None:
                 x = transform(x)
             with autocast(device, precision):

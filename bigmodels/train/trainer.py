@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import RunConfig, to_dict
 from ..data import DataBundle, build_data
-from ..data.batching import iterate_batches
+from ..data.batching import iterate_batches, to_device
 from ..data.sampler import ResumableSampler
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..evaluate.loop import autocast, evaluate_model
@@ -60,17 +60,43 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def build_model_for_data(name: str, model_args: dict[str, Any], data: DataBundle) -> nn.Module:
-    """Registry model ``name`` shaped for ``data`` (input size, classes, vocabulary), then the user's args."""
+def build_model_for_data(
+    name: str, model_args: dict[str, Any], data: DataBundle, init: str | None = None
+) -> nn.Module:
+    """Registry model ``name`` shaped for ``data`` (input size, classes, vocabulary), then the user's args;
+    with ``init``, the weights of that pretrained model wherever names and shapes match (a new head starts
+    from its initialisation)."""
     spec = get_spec(name)
-    if spec.task != data.task:
-        raise ConfigError(
-            f"model {name!r} solves {spec.task} but the data is {data.task}; pick a model for that task "
-            f"(`bigmodels models --task {data.task}`)"
-        )
     fields = {f.name for f in dataclasses.fields(spec.config)}
     implied = {k: v for k, v in data.model_args.items() if k in fields}
-    return create_model(name, **{**implied, **model_args})
+    model = create_model(name, **{**implied, **model_args})
+    if model.task != data.task:
+        raise ConfigError(
+            f"model {name!r} solves {model.task} but the data is {data.task}; pick a model for that task "
+            f"(`bigmodels models --task {data.task}`)"
+        )
+    if init is not None:
+        _load_pretrained(model, init)
+    return model
+
+
+def _load_pretrained(model: nn.Module, init: str) -> None:
+    from ..io import load
+
+    source = load(init)
+    if getattr(source, "family", None) != getattr(model, "family", None):
+        raise CheckpointError(
+            f"init={init} holds a {getattr(source, 'family', '?')} model but the run builds a "
+            f"{model.family} model; pick a model of the same family or another init"
+        )
+    mine = model.state_dict()
+    matched = {k: v for k, v in source.state_dict().items() if k in mine and mine[k].shape == v.shape}
+    if not matched:
+        raise CheckpointError(f"no weight of init={init} fits {model.model_name}; check the model settings")
+    model.load_state_dict(matched, strict=False)
+    fresh = sorted(set(mine) - set(matched))
+    log.info("init from %s: %d tensors loaded, %d new%s", init, len(matched), len(fresh),
+             f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else "")
 
 
 class _StopRequest:
@@ -126,7 +152,9 @@ class Trainer:
             img_size=cfg.data.img_size, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, seed=cfg.data.seed,
         )
         self.task: Task = get_task(self.data.task)
-        self.model = model if model is not None else build_model_for_data(cfg.model, cfg.model_args, self.data)
+        self.model = model if model is not None else build_model_for_data(
+            cfg.model, cfg.model_args, self.data, cfg.init
+        )
         self.model.to(self.device)
         self._check_monitor()
         n_train = len(self.data.train)
@@ -333,7 +361,7 @@ class Trainer:
         for micro in range(tc.grad_accum):
             x, y, ended = next(stream)
             epoch_ended |= ended
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = to_device(x, self.device), to_device(y, self.device)
             if self.data.train_transform is not None:
                 x = self.data.train_transform(x, generator=self.aug_generator)
             sync = self.ddp is not None and micro < tc.grad_accum - 1
