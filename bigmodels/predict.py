@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .data.folder import read_image
-from .data.text import CharTokenizer
+from .data.tokenizers import load_tokenizer
 from .data.transforms import image_transforms
 from .errors import CheckpointError, DataError
 
@@ -47,14 +47,15 @@ def continue_text(
     model: nn.Module, directory: Path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8,
     top_k: int | None = None, seed: int = 0,
 ) -> str:
-    """The prompt followed by ``max_new_tokens`` sampled characters."""
+    """The prompt followed by ``max_new_tokens`` sampled tokens (characters for a char-level model)."""
     tok_path = Path(directory) / "tokenizer.json"
     if not tok_path.is_file():
         raise CheckpointError(f"{tok_path} is missing: this language model was saved without its tokenizer")
-    tokenizer = CharTokenizer.load(tok_path)
+    tokenizer = load_tokenizer(tok_path)
     if not prompt:
         raise DataError("the prompt is empty; give some text to continue, e.g. 'To be'")
-    ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long)
+    encoded = tokenizer.encode(prompt, unknown="error")  # a char model: ids; a BPE model: an Encoding
+    ids = torch.tensor([getattr(encoded, "ids", encoded)], dtype=torch.long)
     model.eval()
     out = model.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k,
                          generator=torch.Generator().manual_seed(seed))

@@ -14,8 +14,14 @@ from torch import nn
 
 from .errors import ConfigError
 from .evaluate.metrics import bits_per_token, perplexity, topk_correct
+from .evaluate.text_metrics import get_entities
 
-__all__ = ["Task", "Classification", "LanguageModeling", "get_task", "better", "metric_dict"]
+IGNORE_INDEX = -100  # targets that take no part in a loss (padding, sub-tokens, unmasked tokens)
+
+__all__ = [
+    "Task", "Classification", "LanguageModeling", "TokenClassification", "MaskedLanguageModeling", "get_task",
+    "better", "metric_dict", "IGNORE_INDEX",
+]
 
 
 def call(model: nn.Module, x):
@@ -96,16 +102,109 @@ class LanguageModeling(Task):
         return out
 
 
+class TokenClassification(Task):
+    """A label per token (NER): cross-entropy over (B, T, C) logits, skipping labels of -100 (sub-tokens
+    after a word's first, special tokens, padding); token accuracy and entity-level F1 (conlleval rules)."""
+
+    name = "token_classification"
+    unit = "samples"
+    primary = "f1"
+    higher_is_better = True
+    metric_names = ("loss", "accuracy", "f1", "precision", "recall")
+
+    def __init__(self, label_list: list[str] | None = None) -> None:
+        self.label_list = label_list
+
+    def loss(self, model, x, y):
+        logits = call(model, x)  # (B, T, C)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX), logits
+
+    def count(self, x, y):
+        return int(y.shape[0])
+
+    def update(self, sums, loss, logits, y):
+        keep = y != IGNORE_INDEX  # (B, T)
+        n = int(keep.sum())
+        sums["loss_sum"] = sums.get("loss_sum", 0.0) + float(loss) * n
+        sums["count"] = sums.get("count", 0.0) + n
+        pred = logits.argmax(-1)
+        sums["correct"] = sums.get("correct", 0.0) + float((pred[keep] == y[keep]).sum())
+        if self.label_list:  # entity counts add up across batches (and processes)
+            names = self.label_list
+            gold = [[names[i] for i in row[k].tolist()] for row, k in zip(y, keep, strict=True)]
+            guess = [[names[i] for i in row[k].tolist()] for row, k in zip(pred, keep, strict=True)]
+            g, p = set(get_entities(gold)), set(get_entities(guess))
+            for key, value in (("tp", len(g & p)), ("n_pred", len(p)), ("n_gold", len(g))):
+                sums[key] = sums.get(key, 0.0) + value
+
+    def finalize(self, sums):
+        out = super().finalize(sums)
+        out["accuracy"] = sums.get("correct", 0.0) / max(1.0, sums["count"])
+        if "tp" in sums:
+            precision = sums["tp"] / sums["n_pred"] if sums["n_pred"] else 0.0
+            recall = sums["tp"] / sums["n_gold"] if sums["n_gold"] else 0.0
+            out["precision"], out["recall"] = precision, recall
+            out["f1"] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return out
+
+
+class MaskedLanguageModeling(Task):
+    """BERT pretraining: masked-token cross-entropy (+ next-sentence prediction when the model has the
+    NSP head); targets ``{"labels": (B, T) with -100 where unmasked, "next_sentence_label": (B,)}``."""
+
+    name = "masked_language_modeling"
+    unit = "samples"
+    primary = "loss"
+    metric_names = ("loss", "mlm_loss", "mlm_accuracy", "nsp_accuracy")
+
+    def loss(self, model, x, y):
+        out = call(model, x)
+        mlm, nsp = out if isinstance(out, tuple) else (out, None)  # (B, T, V), (B, 2)
+        loss = F.cross_entropy(mlm.flatten(0, 1).float(), y["labels"].flatten(), ignore_index=IGNORE_INDEX)
+        if nsp is not None and "next_sentence_label" in y:
+            loss = loss + F.cross_entropy(nsp.float(), y["next_sentence_label"])
+        return loss, out
+
+    def count(self, x, y):
+        return int(y["labels"].shape[0])
+
+    def update(self, sums, loss, logits, y):
+        mlm, nsp = logits if isinstance(logits, tuple) else (logits, None)
+        labels = y["labels"]
+        keep = labels != IGNORE_INDEX
+        n = int(keep.sum())
+        mlm_loss = F.cross_entropy(mlm[keep].float(), labels[keep], reduction="sum") if n else mlm.new_zeros(())
+        b = labels.shape[0]
+        for key, value in (("loss_sum", float(loss) * b), ("count", b), ("mlm_sum", float(mlm_loss)), ("masked", n),
+                           ("mlm_correct", float((mlm[keep].argmax(-1) == labels[keep]).sum()))):
+            sums[key] = sums.get(key, 0.0) + value
+        if nsp is not None and "next_sentence_label" in y:
+            correct = float((nsp.argmax(-1) == y["next_sentence_label"]).sum())
+            sums["nsp_correct"] = sums.get("nsp_correct", 0.0) + correct
+
+    def finalize(self, sums):
+        out = super().finalize(sums)
+        out["mlm_loss"] = sums["mlm_sum"] / max(1.0, sums["masked"])
+        out["mlm_accuracy"] = sums["mlm_correct"] / max(1.0, sums["masked"])
+        if "nsp_correct" in sums:
+            out["nsp_accuracy"] = sums["nsp_correct"] / max(1.0, sums["count"])
+        return out
+
+
 _TASKS: dict[str, Task] = {
     "image_classification": Classification("image_classification"),
     "sequence_classification": Classification("sequence_classification"),
     "language_modeling": LanguageModeling(),
+    "masked_language_modeling": MaskedLanguageModeling(),
 }
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, meta: dict[str, Any] | None = None) -> Task:
+    """The task ``name``; ``meta`` (a data set's) supplies what some tasks need, e.g. NER's label list."""
+    if name == "token_classification":
+        return TokenClassification((meta or {}).get("label_list"))
     if name not in _TASKS:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(_TASKS)}")
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join([*_TASKS, 'token_classification'])}")
     return _TASKS[name]
 
 

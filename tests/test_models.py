@@ -47,15 +47,24 @@ def make_input(model: torch.nn.Module, task: str, seed: int = 0) -> torch.Tensor
     cfg = model.config
     if task == "image_classification":
         return torch.randn(B, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)
-    if task in ("language_modeling", "sequence_classification"):
+    if task in ("language_modeling", "sequence_classification", "token_classification", "question_answering",
+                "masked_language_modeling", "sentence_embedding"):  # token ids (B, T)
         return torch.randint(0, cfg.vocab_size, (B, T), generator=g, dtype=torch.int64)
     raise AssertionError(f"no smoke input for task {task!r}: extend make_input")
 
 
 def expected_shape(model: torch.nn.Module, task: str) -> tuple[int, ...]:
-    if task == "language_modeling":
-        return (B, T, model.config.vocab_size)
-    return (B, model.config.num_classes)
+    """The shape of the model's output (of its first output, for BERT pretraining's (MLM, NSP) pair)."""
+    cfg = model.config
+    if task in ("language_modeling", "masked_language_modeling"):
+        return (B, T, cfg.vocab_size)
+    if task == "sentence_embedding":  # a vector per text, or per token for a bare encoder
+        return (B, T, cfg.hidden_size) if getattr(cfg, "head", None) == "encoder" else (B, cfg.hidden_size)
+    if task == "token_classification":
+        return (B, T, cfg.num_labels)
+    if task == "question_answering":
+        return (B, T, 2)  # start and end logits
+    return (B, getattr(cfg, "num_labels", None) or cfg.num_classes)
 
 
 def targets(logits: torch.Tensor, seed: int = 1) -> torch.Tensor:
@@ -88,6 +97,10 @@ def test_list_models_pattern_and_task_filters():
 # ------------------------------------------------------------------------------------------ smoke test
 
 
+def as_tuple(out) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_smoke_every_model(name, tmp_path):
     torch.manual_seed(0)
@@ -98,10 +111,10 @@ def test_smoke_every_model(name, tmp_path):
 
     # forward + backward in training mode
     model.train()
-    logits = model(x)
-    assert tuple(logits.shape) == expected_shape(model, spec.task)
-    assert torch.isfinite(logits).all()
-    loss = F.cross_entropy(logits.flatten(0, -2), targets(logits).flatten())
+    outputs = as_tuple(model(x))  # BERT pretraining returns (MLM logits, NSP logits)
+    assert tuple(outputs[0].shape) == expected_shape(model, spec.task)
+    assert all(torch.isfinite(o).all() for o in outputs)
+    loss = sum(F.cross_entropy(o.flatten(0, -2), targets(o).flatten()) for o in outputs)
     assert torch.isfinite(loss)
     loss.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -125,7 +138,7 @@ def test_smoke_every_model(name, tmp_path):
     loaded.eval()
     with torch.no_grad():
         after = loaded(x)
-    assert torch.equal(before, after)
+    assert all(torch.equal(a, b) for a, b in zip(as_tuple(before), as_tuple(after), strict=True))
     # the state dicts agree key for key (buffers such as batch-norm statistics included)
     sd, sd2 = model.state_dict(), loaded.state_dict()
     assert sd.keys() == sd2.keys()

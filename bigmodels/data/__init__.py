@@ -17,8 +17,17 @@ from bigmodels.data.images import (
     read_image,
     split_dataset,
 )
+from bigmodels.data.nlp import conll_label_list, read_conll2003, read_sst2, read_stsb
+from bigmodels.data.nlp_datasets import (
+    IGNORE_INDEX,
+    MaskedLMDataset,
+    TextClassificationDataset,
+    TokenClassificationDataset,
+    split_documents,
+)
 from bigmodels.data.sampler import ResumableSampler
 from bigmodels.data.text import CharTokenizer, TokenWindows, pydoc_corpus, read_text, split_text
+from bigmodels.data.tokenizers import Tokenizer, load_tokenizer
 from bigmodels.data.transforms import (
     BatchTransform,
     Compose,
@@ -33,29 +42,40 @@ from bigmodels.data.transforms import (
 
 __all__ = [
     "DATASETS",
+    "IGNORE_INDEX",
     "BatchTransform",
     "CharTokenizer",
     "Compose",
     "DataBundle",
     "ImageFolder",
     "ImageTensorDataset",
+    "MaskedLMDataset",
     "Normalize",
     "RandomCrop",
     "RandomHorizontalFlip",
     "Resize",
     "ResumableSampler",
     "Subset",
+    "TextClassificationDataset",
+    "TokenClassificationDataset",
     "ToFloat",
+    "Tokenizer",
     "TokenWindows",
     "build_data",
+    "conll_label_list",
     "dataset_mean_std",
     "image_transforms",
     "load_digits_data",
     "load_mnist",
+    "load_tokenizer",
     "pydoc_corpus",
+    "read_conll2003",
     "read_idx",
     "read_image",
+    "read_sst2",
+    "read_stsb",
     "read_text",
     "split_dataset",
+    "split_documents",
     "split_text",
 ]

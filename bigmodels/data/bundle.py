@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from bigmodels.data.images import ImageFolder, ImageTensorDataset, load_digits_data, load_mnist, split_dataset
 from bigmodels.data.text import CharTokenizer, TokenWindows, pydoc_corpus, read_text, split_text
+from bigmodels.data.tokenizers import Tokenizer
 from bigmodels.data.transforms import BatchTransform, dataset_mean_std, image_transforms
 from bigmodels.errors import ConfigError, DataError
 
@@ -29,6 +30,8 @@ _PATH_HINTS = {
     "mnist": "the directory holding the four MNIST idx files, e.g. ../shared/data/mnist",
     "imagefolder": "a folder of <class_name>/<image> sub-folders, or one with train/ and val/ inside",
     "text": "a UTF-8 .txt file, e.g. ../shared/data/tinyshakespeare/input.txt",
+    "sst2": "the GLUE SST-2 directory with train.tsv and dev.tsv, e.g. ../shared/data/sst2",
+    "conll2003": "the CoNLL-2003 directory with train.txt and valid.txt, e.g. ../shared/data/conll2003",
 }
 
 
@@ -44,7 +47,7 @@ class DataBundle:
     train_transform: BatchTransform | None  # None for text
     eval_transform: BatchTransform | None
     meta: dict[str, Any] = field(default_factory=dict)  # images: class_names, mean, std, img_size, in_chans
-    tokenizer: CharTokenizer | None = None
+    tokenizer: CharTokenizer | Tokenizer | None = None  # saved with every checkpoint
 
 
 def _stats_images(ds: Dataset, seed: int) -> Tensor:
@@ -168,6 +171,48 @@ def _text_bundle(text: str, source: str, *, val_fraction: float, block_size: int
     )
 
 
+def _needs_tokenizer(name: str, tokenizer) -> None:
+    if tokenizer is None:
+        raise DataError(
+            f"data {name!r} is text for a pretrained model: give its tokenizer, i.e. start from a pretrained "
+            "model with init=<model directory> (its tokenizer.json or vocab.txt is used)"
+        )
+
+
+def _sst2(path: str, *, tokenizer=None, max_length: int = 128, **_: Any) -> DataBundle:
+    """GLUE SST-2: train.tsv to train on; dev.tsv, the public evaluation split, is the validation set (the
+    labelled test split is not public)."""
+    from bigmodels.data.nlp import read_sst2
+    from bigmodels.data.nlp_datasets import TextClassificationDataset
+
+    _needs_tokenizer("sst2", tokenizer)
+    splits = {s: read_sst2(path, s) for s in ("train", "dev")}
+    data = {s: TextClassificationDataset([t for t, _ in rows], [y for _, y in rows], tokenizer, max_length)
+            for s, rows in splits.items()}
+    return DataBundle(
+        task="sequence_classification", train=data["train"], val=data["dev"], test=None,
+        model_args={"num_labels": 2}, train_transform=None, eval_transform=None,
+        meta={"class_names": ["negative", "positive"], "max_length": max_length}, tokenizer=tokenizer,
+    )
+
+
+def _conll2003(path: str, *, tokenizer=None, max_length: int = 128, **_: Any) -> DataBundle:
+    """CoNLL-2003 English NER (IOB2 tags): train.txt / valid.txt (the test split is held back)."""
+    from bigmodels.data.nlp import conll_label_list, read_conll2003
+    from bigmodels.data.nlp_datasets import TokenClassificationDataset
+
+    _needs_tokenizer("conll2003", tokenizer)
+    splits = {s: read_conll2003(path, s) for s in ("train", "valid")}
+    labels = conll_label_list([tags for _, tags in splits["train"]])
+    data = {s: TokenClassificationDataset([w for w, _ in rows], [t for _, t in rows], tokenizer, max_length, labels)
+            for s, rows in splits.items()}
+    return DataBundle(
+        task="token_classification", train=data["train"], val=data["valid"], test=None,
+        model_args={"num_labels": len(labels)}, train_transform=None, eval_transform=None,
+        meta={"label_list": labels, "max_length": max_length}, tokenizer=tokenizer,
+    )
+
+
 def _pydoc(path: str | None, **options: Any) -> DataBundle:
     return _text_bundle(pydoc_corpus(), "the pydoc corpus", **options)
 
@@ -182,7 +227,8 @@ _IMAGE_BUILDERS: dict[str, Callable[..., DataBundle]] = {
     "imagefolder": _imagefolder,
 }
 _TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {"pydoc": _pydoc, "text": _text}
-DATASETS = tuple(_IMAGE_BUILDERS) + tuple(_TEXT_BUILDERS)
+_PRETRAINED_TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {"sst2": _sst2, "conll2003": _conll2003}
+DATASETS = tuple(_IMAGE_BUILDERS) + tuple(_TEXT_BUILDERS) + tuple(_PRETRAINED_TEXT_BUILDERS)
 
 
 def build_data(
@@ -195,11 +241,15 @@ def build_data(
     crop_padding: int = 0,
     hflip: bool = False,
     seed: int = 0,
+    tokenizer=None,
+    max_length: int = 128,
 ) -> DataBundle:
     """Datasets, transforms and model arguments for a named data set.
 
     Names: `digits` (embedded), `mnist` (path: idx directory), `imagefolder` (path: root), `pydoc`
-    (embedded text), `text` (path: .txt file). Image options (`img_size`, `crop_padding`, `hflip`)
+    (embedded text), `text` (path: .txt file), and for pretrained text models (pass their ``tokenizer``;
+    ``max_length`` truncates) `sst2` (path: directory) and `conll2003` (path: directory). Image options
+    (`img_size`, `crop_padding`, `hflip`)
     apply to image data; `block_size` to text.
 
     >>> data = build_data("digits", img_size=16, crop_padding=2)
@@ -214,7 +264,9 @@ def build_data(
         raise DataError(f"build_data({name!r}) needs path=...: {_PATH_HINTS[name]}")
     if name not in _PATH_HINTS and path is not None:
         raise ConfigError(f"data set {name!r} is embedded and takes no path, got path={path!r}; drop it")
-    if name in _TEXT_BUILDERS:
+    if name in _PRETRAINED_TEXT_BUILDERS:
+        bundle = _PRETRAINED_TEXT_BUILDERS[name](path, tokenizer=tokenizer, max_length=max_length)
+    elif name in _TEXT_BUILDERS:
         if img_size is not None or crop_padding or hflip:
             raise ConfigError(
                 f"img_size/crop_padding/hflip apply to image data, not to the text data set {name!r}; "

@@ -47,8 +47,8 @@ def attention_mask(
     Blocked entries use the dtype's most negative finite value rather than -inf, so a row with every key
     blocked (a padding query) gives uniform weights instead of NaN, as Hugging Face models do.
     """
-    if not causal and key_padding is None:
-        return None
+    if key_padding is None and (not causal or q_len == 1):
+        return None  # nothing blocked: a single causal query (one decoding step) sees every key
     device = device if device is not None else (key_padding.device if key_padding is not None else None)
     allowed = torch.ones(1, 1, q_len, k_len, dtype=torch.bool, device=device)
     if causal:
@@ -177,7 +177,7 @@ class MultiHeadAttention(nn.Module):
 
         ``memory`` (B, S, C) makes it cross-attention. ``mask`` is a ready additive mask; otherwise one is
         built from ``causal`` and ``key_padding`` (B, Tk) over the keys, the cached ones included.
-        ``positions`` (B, T) feed a rotary embedding.
+        ``positions`` (B, T) feed a rotary embedding (default: 0..T-1, continuing after the cached keys).
         """
         if hasattr(self, "qkv") and memory is None:
             q, k, v = self.qkv(x).split(self.dim, dim=2)
@@ -186,6 +186,9 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self.q_proj(x), self.k_proj(src), self.v_proj(src)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh, T, hs)
         if self.rotary is not None:
+            if positions is None and cache is not None:  # continue after the cached positions
+                past = 0 if cache.keys[layer] is None else cache.keys[layer].size(-2)
+                positions = torch.arange(past, past + q.size(-2), device=q.device)[None]  # (1, T)
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:
             k, v = cache.update(layer, k, v)

