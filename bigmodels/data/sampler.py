@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -21,6 +21,10 @@ class ResumableSampler:
     batch. `batch_size` must divide by `world_size`. With `drop_last=False` the last, partial global
     batch is split as evenly as `torch.tensor_split` does (the first ranks get one extra index; a rank
     may get none when fewer indices than ranks remain).
+
+    With ``lengths`` (one per sample, e.g. token counts), batches group samples of similar length (sorted
+    within pools of ``group_batches`` batches, then the batches shuffled), so padded text batches waste
+    little compute; the order is still a pure function of (seed, epoch).
 
     `iter(sampler)` yields the rest of the current epoch, then moves to the next epoch, so
     `for epoch in range(n): for idx in sampler: ...` works and `state_dict()` is always the next batch
@@ -42,7 +46,11 @@ class ResumableSampler:
         drop_last: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        lengths: Sequence[int] | Tensor | None = None,
+        group_batches: int = 50,
     ) -> None:
+        if lengths is not None and len(lengths) != num_samples:
+            raise ConfigError(f"lengths has {len(lengths)} entries for {num_samples} samples; give one per sample")
         if num_samples < 1 or batch_size < 1:
             raise ConfigError(
                 f"num_samples={num_samples} and batch_size={batch_size} must both be >= 1"
@@ -66,6 +74,8 @@ class ResumableSampler:
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
+        self.lengths = None if lengths is None else torch.as_tensor(lengths)
+        self.group_batches = group_batches
         self.epoch = 0
         self.batch = 0  # the next batch of `epoch` to yield
 
@@ -77,7 +87,19 @@ class ResumableSampler:
     def _order(self, epoch: int) -> Tensor:
         if not self.shuffle:
             return torch.arange(self.num_samples)
-        return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + epoch))
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(self.num_samples, generator=g)
+        if self.lengths is None:
+            return order
+        # Length grouping: within each pool of `group_batches` batches, sort by length so a batch pads
+        # little, then shuffle the order of the whole batches (the last, partial batch stays last).
+        pool = self.batch_size * self.group_batches
+        chunks = [c[self.lengths[c].argsort(descending=True, stable=True)] for c in order.split(pool)]
+        order = torch.cat(chunks)
+        full = self.num_samples // self.batch_size * self.batch_size
+        batches = order[:full].view(-1, self.batch_size)
+        batches = batches[torch.randperm(len(batches), generator=g)]
+        return torch.cat([batches.flatten(), order[full:]])
 
     def _roll_over(self) -> None:
         # A finished epoch whose iterator was not run to StopIteration (e.g. islice) still counts as done.

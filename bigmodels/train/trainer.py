@@ -176,9 +176,13 @@ class Trainer:
             raise ConfigError(
                 f"data.batch_size={cfg.data.batch_size} is larger than the training set ({n_train} items); lower it"
             )
+        lengths = getattr(self.data.train, "lengths", None) if cfg.data.group_by_length else None
+        if cfg.data.group_by_length and lengths is None:
+            raise ConfigError(f"data.group_by_length needs a text data set with per-item lengths; "
+                              f"{cfg.data.name!r} has none: drop the option")
         self.sampler = ResumableSampler(
             n_train, cfg.data.batch_size, shuffle=True, seed=cfg.data.seed, drop_last=True,
-            rank=self.dist.rank, world_size=self.dist.world_size,
+            rank=self.dist.rank, world_size=self.dist.world_size, lengths=lengths,
         )
         steps_per_epoch = max(1, len(self.sampler) // tc.grad_accum)
         self.total_steps = tc.steps if tc.steps is not None else (tc.epochs or 1) * steps_per_epoch
