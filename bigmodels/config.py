@@ -59,7 +59,7 @@ def check_positive(owner: str, key: str, value: float | None, *, allow_zero: boo
 class DataConfig:
     """Which data to train on and how to batch and augment it."""
 
-    name: str = "digits"  # digits | mnist | imagefolder | pydoc | text | sst2 | conll2003
+    name: str = "digits"  # digits | mnist | imagefolder | pydoc | text | sst2 | conll2003 | mlm
     path: str | None = None  # folder or file for mnist / imagefolder / text
     batch_size: int = 64  # global batch (summed over data-parallel processes)
     eval_batch_size: int | None = None  # defaults to 2 x batch_size
@@ -67,6 +67,7 @@ class DataConfig:
     block_size: int = 128  # language modelling: tokens per training window
     max_length: int = 128  # text for pretrained models (sst2, conll2003): truncate to this many tokens
     group_by_length: bool = False  # text: batch samples of similar length together (less padding)
+    tokenizer: str | None = None  # text: a tokenizer file/directory (default: the one of `init`)
     img_size: int | None = None  # resize images (image folders of mixed sizes need it)
     crop_padding: int = 0  # random-crop augmentation: pad by this many pixels, crop back
     hflip: bool = False  # random horizontal flips (not for digits!)

@@ -120,3 +120,35 @@ def test_text_data_for_a_pretrained_model_needs_its_tokenizer(tmp_path, run_cli)
     code, _, err = run_cli(["train", "model=minilm-l6-h384", "model.head=sequence_classification",
                             "data.name=sst2", f"data.path={tmp_path}", f"train.out_dir={tmp_path / 'o'}"])
     assert code == 2 and "init=" in err and "Traceback" not in err
+
+
+def test_bert_mlm_nsp_pretraining_resumes_exactly(tmp_path):
+    import os
+    import signal
+
+    from bigmodels.config import resolve_run_config
+    from bigmodels.train import Trainer
+
+    corpus = "\n\n".join(
+        " ".join(f"Sentence {d}.{i} talks about topic {d} and word {i * d % 7}." for i in range(6)) for d in range(12)
+    )
+    (tmp_path / "corpus.txt").write_text(corpus)
+    args = ["model=bert-base", "model.num_hidden_layers=1", "model.hidden_size=32", "model.num_attention_heads=2",
+            "model.intermediate_size=64", "model.max_position_embeddings=64", "data.name=mlm",
+            f"data.path={tmp_path / 'corpus.txt'}", f"data.tokenizer={MINILM}", "data.max_length=48",
+            "data.batch_size=4", "train.steps=6", "train.eval_every=3", "train.device=cpu", "train.progress=false"]
+    with Trainer(resolve_run_config(None, [*args, f"train.out_dir={tmp_path / 'a'}"])) as a:
+        summary = a.fit()
+    assert {"mlm_loss", "mlm_accuracy", "nsp_accuracy"} <= set(summary["val"])
+    assert a.evaluate("val") == a.evaluate("val")  # the same masks at every evaluation
+
+    def interrupt(trainer):
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with Trainer(resolve_run_config(None, [*args, f"train.out_dir={tmp_path / 'b'}"]), on_step=interrupt) as b:
+        assert b.fit()["status"] == "interrupted"
+    with Trainer(resolve_run_config(None, [*args, f"train.out_dir={tmp_path / 'b'}"])) as b2:
+        b2.fit()
+    for (k, v), w in zip(a.model.state_dict().items(), b2.model.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k

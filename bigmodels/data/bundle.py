@@ -32,6 +32,7 @@ _PATH_HINTS = {
     "text": "a UTF-8 .txt file, e.g. ../shared/data/tinyshakespeare/input.txt",
     "sst2": "the GLUE SST-2 directory with train.tsv and dev.tsv, e.g. ../shared/data/sst2",
     "conll2003": "the CoNLL-2003 directory with train.txt and valid.txt, e.g. ../shared/data/conll2003",
+    "mlm": "a UTF-8 .txt corpus; documents separated by blank lines",
 }
 
 
@@ -213,6 +214,26 @@ def _conll2003(path: str, *, tokenizer=None, max_length: int = 128, **_: Any) ->
     )
 
 
+def _mlm(path: str, *, tokenizer=None, max_length: int = 128, **_: Any) -> DataBundle:
+    """BERT pretraining on a text file: masked LM (80/10/10 masking of 15% of tokens) + next-sentence
+    prediction over sentence pairs; documents are blocks between blank lines, the last 10% validate."""
+    from bigmodels.data.nlp_datasets import MaskedLMDataset, split_documents
+
+    _needs_tokenizer("mlm", tokenizer)
+    documents = split_documents(read_text(path))
+    if len(documents) < 2:
+        raise DataError(f"{path} holds {len(documents)} document(s); masked-LM pretraining needs at least 2 "
+                        "(documents are separated by blank lines)")
+    cut = max(1, len(documents) * 9 // 10)
+    return DataBundle(
+        task="masked_language_modeling",
+        train=MaskedLMDataset(documents[:cut], tokenizer, max_length, seed=0),
+        val=MaskedLMDataset(documents[cut:], tokenizer, max_length, seed=1),
+        test=None, model_args={"vocab_size": tokenizer.vocab_size}, train_transform=None, eval_transform=None,
+        meta={"max_length": max_length}, tokenizer=tokenizer,
+    )
+
+
 def _pydoc(path: str | None, **options: Any) -> DataBundle:
     return _text_bundle(pydoc_corpus(), "the pydoc corpus", **options)
 
@@ -227,7 +248,9 @@ _IMAGE_BUILDERS: dict[str, Callable[..., DataBundle]] = {
     "imagefolder": _imagefolder,
 }
 _TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {"pydoc": _pydoc, "text": _text}
-_PRETRAINED_TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {"sst2": _sst2, "conll2003": _conll2003}
+_PRETRAINED_TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {
+    "sst2": _sst2, "conll2003": _conll2003, "mlm": _mlm,
+}
 DATASETS = tuple(_IMAGE_BUILDERS) + tuple(_TEXT_BUILDERS) + tuple(_PRETRAINED_TEXT_BUILDERS)
 
 

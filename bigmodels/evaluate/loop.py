@@ -48,6 +48,9 @@ def evaluate_model(
     lo, hi = n * rank // world, n * (rank + 1) // world
     batches = (range(i, min(i + batch_size, hi)) for i in range(lo, hi, batch_size))
     sums: dict[str, float] = {}
+    # a data set that randomises its batches (masked LM) gets the same draws at every evaluation
+    generator = getattr(dataset, "generator", None)
+    saved = generator.get_state() if isinstance(generator, torch.Generator) else None
     try:
         for x, y in iterate_batches(dataset, batches, num_workers):
             x, y = to_device(x, device), to_device(y, device)
@@ -55,9 +58,11 @@ def evaluate_model(
                 x = transform(x)
             with autocast(device, precision):
                 loss, logits = task.loss(model, x, y)
-            task.update(sums, loss, logits.float(), y)
+            task.update(sums, loss, _float(logits), y)
     finally:
         model.train(was_training)
+        if saved is not None:
+            generator.set_state(saved)
     if world > 1:
         keys = sorted(sums) if sums else []
         keys = _agree_on_keys(keys)
@@ -67,6 +72,10 @@ def evaluate_model(
     if not sums.get("count"):
         return {}
     return task.finalize(sums)
+
+
+def _float(out):
+    return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
 
 def _agree_on_keys(keys: list[str]) -> list[str]:

@@ -80,6 +80,12 @@ def build_model_for_data(
     return model
 
 
+def _data_generator(dataset) -> torch.Generator | None:
+    """A dataset that draws its own randomness per batch (masked LM) keeps it in ``.generator``."""
+    g = getattr(dataset, "generator", None)
+    return g if isinstance(g, torch.Generator) else None
+
+
 def _pretrained_tokenizer(init: str | None):
     """The tokenizer that comes with a pretrained model directory (None without one)."""
     if init is None:
@@ -163,7 +169,7 @@ class Trainer:
         self.data = data or build_data(
             cfg.data.name, cfg.data.path, val_fraction=cfg.data.val_fraction, block_size=cfg.data.block_size,
             img_size=cfg.data.img_size, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, seed=cfg.data.seed,
-            tokenizer=_pretrained_tokenizer(cfg.init), max_length=cfg.data.max_length,
+            tokenizer=_pretrained_tokenizer(cfg.data.tokenizer or cfg.init), max_length=cfg.data.max_length,
         )
         self.task: Task = get_task(self.data.task, self.data.meta)
         self.model = model if model is not None else build_model_for_data(
@@ -232,6 +238,7 @@ class Trainer:
             "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
             "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "rng_augment": self.aug_generator.get_state(),
+            "rng_data": _data_generator(self.data.train).get_state() if _data_generator(self.data.train) else None,
             "world_size": self.dist.world_size,
         }
 
@@ -269,6 +276,8 @@ class Trainer:
         if s["rng_cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(s["rng_cuda"], self.device)
         self.aug_generator.set_state(s["rng_augment"])
+        if s.get("rng_data") is not None and _data_generator(self.data.train) is not None:
+            _data_generator(self.data.train).set_state(s["rng_data"])  # e.g. masked-LM masking
         for key in ("step", "epoch", "batch_in_epoch", "best", "bad_evals", "last_eval_step"):
             setattr(self, key, s[key])
         self.last_saved_step = self.step
