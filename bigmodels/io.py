@@ -15,12 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from ._files import atomic_dir, atomic_write
 from .config import to_dict
 from .errors import CheckpointError, ConfigError
 from .registry import get_family, model_from_config
@@ -38,34 +34,6 @@ __all__ = ["save", "load", "read_config", "resolve_checkpoint", "atomic_write", 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` in one step (a crash leaves the old file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def atomic_dir(path: str | Path):
-    """Yield a temporary sibling directory; on success it is renamed to ``path`` (which must not exist)."""
-    path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _config_record(model: nn.Module, meta: dict[str, Any] | None) -> dict[str, Any]:

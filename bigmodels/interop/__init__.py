@@ -115,7 +115,7 @@ def save_hf(model: nn.Module, directory: str | Path) -> Path:
     """Write ``model`` as a Hugging Face directory (config.json + model.safetensors)."""
     from safetensors.torch import save_file
 
-    from ..io import atomic_write
+    from .._files import atomic_write
 
     family = getattr(model, "family", None)
     adapter = next((a for a in _ADAPTERS.values() if a.family == family), None)

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._files import atomic_dir, atomic_write
 from ..errors import CheckpointError
-from ..io import atomic_dir, atomic_write, save
+from ..io import save
 
 __all__ = ["CheckpointManager"]
 
