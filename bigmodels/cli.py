@@ -232,12 +232,12 @@ def convert(source: str, target: str, *, format: str = "hf") -> int:
 
 
 def compare(*, quick: bool = False, out: str = "reports/compare", budget: float | None = None,
-            models: str | None = None, data: str = "digits,pydoc") -> int:
+            models: str | None = None, data: str | None = None) -> int:
     """Train every registered family that fits the data and write a comparison report (Markdown + HTML)."""
     from .compare import run_compare
 
     paths = run_compare(out_dir=Path(out), quick=quick, budget=budget,
-                        models=models.split(",") if models else None, datasets=data.split(","))
+                        models=models.split(",") if models else None, datasets=data.split(",") if data else None)
     print(f"report: {paths['md']}\n        {paths['html']}")
     return 0
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .errors import ConfigError
 
 __all__ = ["run_compare", "PLANS"]
@@ -46,6 +48,12 @@ PLANS = {
         ("data.batch_size=64", "optim.name=adamw", "optim.lr=0.003", "optim.weight_decay=0.01",
          "sched.name=cosine", "sched.warmup_steps=20", "train.monitor=val_accuracy"),
         steps=1000, quick_steps=300, budget=60.0, quick_budget=12.0,
+    ),
+    "pydoc-mlm": Plan(
+        "mlm", "masked_language_modeling",
+        ("data.batch_size=32", "data.max_length=128", "optim.name=adamw", "optim.lr=0.001",
+         "optim.weight_decay=0.01", "sched.name=cosine", "sched.warmup_steps=20", "train.clip_grad_norm=1.0"),
+        steps=3000, quick_steps=400, budget=180.0, quick_budget=25.0,
     ),
     "pydoc": Plan(
         "pydoc", "language_modeling",
@@ -83,24 +91,25 @@ def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None,
             summary = trainer.fit()
         model, data = trainer.model, trainer.data
         model.eval()
-        x, _ = next(iter(_first_batches(data.val, 64 if spec.task != "language_modeling" else 8)))
+        x, _ = next(iter(_first_batches(data.val, 64 if spec.task == "image_classification" else 8)))
         if data.eval_transform is not None:
             x = data.eval_transform(x)
-        one = x[:1]
+        one = {k: v[:1] for k, v in x.items()} if isinstance(x, dict) else x[:1]
+        measured = _NamedInputs(model)  # text models take a dict of named inputs
         test = trainer.evaluate("test") if data.test is not None else {}
         metrics = {f"val_{k}": v for k, v in (summary["val"] or {}).items() if k not in ("lr", "throughput")}
         metrics.update({f"test_{k}": v for k, v in test.items()})
         row.update(
             params=count_params(model),
-            flops_per_sample=count_flops(model, (one,)),
+            flops_per_sample=count_flops(measured, (one,)),
             train_throughput=summary["throughput"],
             throughput_unit=f"{summary['unit']}/s",
             train_seconds=summary["train_seconds"],
             steps=summary["step"],
             epochs=round(summary["step"] / max(1, trainer.steps_per_epoch), 2),
-            latency_ms=measure_latency(model, (one,), **_LATENCY)["latency_ms_median"],
-            batch_latency_ms=measure_latency(model, (x,), **_LATENCY)["latency_ms_median"],
-            latency_batch=int(x.shape[0]),
+            latency_ms=measure_latency(measured, (one,), **_LATENCY)["latency_ms_median"],
+            batch_latency_ms=measure_latency(measured, (x,), **_LATENCY)["latency_ms_median"],
+            latency_batch=int(next(iter(x.values())).shape[0] if isinstance(x, dict) else x.shape[0]),
             peak_memory_bytes=mem.bytes,
             memory_kind=mem.kind,
             metrics=metrics,
@@ -111,6 +120,17 @@ def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None,
         row["error"] = f"{type(e).__name__}: {e}"
         row["traceback"] = traceback.format_exc()
     return row
+
+
+class _NamedInputs(torch.nn.Module):
+    """Calls ``model(**x)`` for a dict batch (text) and ``model(x)`` otherwise, so one measuring call fits all."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(**x) if isinstance(x, dict) else self.model(x)
 
 
 def _first_batches(dataset, batch_size: int):
@@ -173,7 +193,8 @@ def run_compare(
         "figures are from one run on the machine below.",
         "Image models: trained on the embedded scikit-learn digits (8x8), accuracy on its held-out 20% test split. "
         "Language models: character level on the Python help topics that ship with Python (pydoc_data), "
-        "validation loss in nats per character on its last 10%.",
+        "validation loss in nats per character on its last 10%. Masked language models (BERT): the same corpus, "
+        "character tokens, masked-LM + next-sentence loss on its last 10% of documents.",
         "Latency: eval mode, batch 1 and a batch of validation data, median of timed runs after warm-up.",
         "Peak memory: how far training raised the process's peak resident memory above where building the "
         "model and loading the data had left it (activations, gradients, optimizer state).",

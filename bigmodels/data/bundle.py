@@ -32,7 +32,7 @@ _PATH_HINTS = {
     "text": "a UTF-8 .txt file, e.g. ../shared/data/tinyshakespeare/input.txt",
     "sst2": "the GLUE SST-2 directory with train.tsv and dev.tsv, e.g. ../shared/data/sst2",
     "conll2003": "the CoNLL-2003 directory with train.txt and valid.txt, e.g. ../shared/data/conll2003",
-    "mlm": "a UTF-8 .txt corpus; documents separated by blank lines",
+    "mlm": "a UTF-8 .txt corpus, documents separated by blank lines (default: the embedded pydoc corpus)",
 }
 
 
@@ -214,13 +214,19 @@ def _conll2003(path: str, *, tokenizer=None, max_length: int = 128, **_: Any) ->
     )
 
 
-def _mlm(path: str, *, tokenizer=None, max_length: int = 128, **_: Any) -> DataBundle:
-    """BERT pretraining on a text file: masked LM (80/10/10 masking of 15% of tokens) + next-sentence
-    prediction over sentence pairs; documents are blocks between blank lines, the last 10% validate."""
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def _mlm(path: str | None, *, tokenizer=None, max_length: int = 128, **_: Any) -> DataBundle:
+    """BERT pretraining on a text file (default: the embedded pydoc corpus): masked LM (80/10/10 masking of
+    15% of tokens) + next-sentence prediction over sentence pairs; documents are blocks between blank lines,
+    the last 10% validate. Without a tokenizer, a character-level one with BERT's special tokens is fit."""
     from bigmodels.data.nlp_datasets import MaskedLMDataset, split_documents
 
-    _needs_tokenizer("mlm", tokenizer)
-    documents = split_documents(read_text(path))
+    text = read_text(path) if path is not None else pydoc_corpus()
+    if tokenizer is None:
+        tokenizer = Tokenizer.train_chars(text, special_tokens=BERT_SPECIAL_TOKENS, unk_token="[UNK]")
+    documents = split_documents(text)
     if len(documents) < 2:
         raise DataError(f"{path} holds {len(documents)} document(s); masked-LM pretraining needs at least 2 "
                         "(documents are separated by blank lines)")
@@ -283,7 +289,7 @@ def build_data(
         raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction={val_fraction!r} must lie strictly between 0 and 1, e.g. 0.1")
-    if name in _PATH_HINTS and path is None:
+    if name in _PATH_HINTS and path is None and name != "mlm":  # mlm defaults to the embedded corpus
         raise DataError(f"build_data({name!r}) needs path=...: {_PATH_HINTS[name]}")
     if name not in _PATH_HINTS and path is not None:
         raise ConfigError(f"data set {name!r} is embedded and takes no path, got path={path!r}; drop it")

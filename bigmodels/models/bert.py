@@ -362,4 +362,11 @@ register_model(
     compare=False,
 )
 
+register_model(
+    "bert_mini", family="bert", task="masked_language_modeling",
+    config=BertConfig(vocab_size=128, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                      intermediate_size=512, max_position_embeddings=128, head="pretraining"),
+    description="a small BERT for CPU experiments: 4 layers, 128 wide; masked LM + next sentence",
+)
+
 from ..interop import hf_bert  # noqa: E402, F401  (registers the Hugging Face adapter)
