@@ -67,7 +67,7 @@ class DataConfig:
     block_size: int = 128  # language modelling: tokens per training window
     max_length: int = 128  # text for pretrained models (sst2, conll2003): truncate to this many tokens
     group_by_length: bool = False  # text: batch samples of similar length together (less padding)
-    tokenizer: str | None = None  # text: a tokenizer file/directory (default: the one of `init`)
+    tokenizer: str | None = None  # text: a tokenizer file/directory, or bpe:N to train one (default: init's)
     img_size: int | None = None  # resize images (image folders of mixed sizes need it)
     crop_padding: int = 0  # random-crop augmentation: pad by this many pixels, crop back
     hflip: bool = False  # random horizontal flips (not for digits!)

@@ -152,3 +152,23 @@ def test_bert_mlm_nsp_pretraining_resumes_exactly(tmp_path):
         b2.fit()
     for (k, v), w in zip(a.model.state_dict().items(), b2.model.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
+
+
+def test_gpt_with_a_byte_level_bpe_trained_on_the_corpus(tmp_path, run_cli):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", "model=gpt_mini", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+                            "data.name=pydoc", "data.tokenizer=bpe:300", "data.block_size=32", "train.steps=3",
+                            f"train.out_dir={out}", "train.device=cpu", "--quiet"])
+    assert code == 0, err
+    model = bigmodels.load(out)
+    assert model.config.vocab_size == 300  # the BPE's vocabulary, not the 103 characters
+    from bigmodels.data.tokenizers import Tokenizer, load_tokenizer
+
+    tok = load_tokenizer(bigmodels.io.resolve_checkpoint(out))
+    assert isinstance(tok, Tokenizer) and tok.decode(tok.encode("def f(x):\n    return x").ids) == \
+        "def f(x):\n    return x"
+    code, text, err = run_cli(["generate", str(out), "import ", "--max-new-tokens", "5", "--seed", "0"])
+    assert code == 0 and text.startswith("import "), err
+    code, _, err = run_cli(["train", "model=gpt_mini", "data.name=pydoc", "data.tokenizer=bpe:10",
+                            f"train.out_dir={tmp_path / 'bad'}"])
+    assert code == 2 and "bpe:N" in err

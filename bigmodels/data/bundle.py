@@ -147,17 +147,30 @@ def _imagefolder(
     )
 
 
-def _text_bundle(text: str, source: str, *, val_fraction: float, block_size: int) -> DataBundle:
-    tokenizer = CharTokenizer.fit(text)
+def _text_bundle(text: str, source: str, *, val_fraction: float, block_size: int, tokenizer=None) -> DataBundle:
+    """Language-model windows over ``text``: characters by default; ``tokenizer`` may be a Tokenizer, or
+    ``"bpe:N"`` to train a byte-level BPE of N tokens on the training split."""
     train_text, val_text = split_text(text, val_fraction)
+    if isinstance(tokenizer, str):
+        kind, _, size = tokenizer.partition(":")
+        if kind != "bpe" or not size.isdigit() or int(size) < 260:
+            raise ConfigError(f"data.tokenizer={tokenizer!r}: give a tokenizer file/directory, or bpe:N with "
+                              "N >= 260 (a byte-level BPE of N tokens trained on the training text)")
+        tokenizer = Tokenizer.train_bpe([train_text], int(size))
+    tokenizer = tokenizer if tokenizer is not None else CharTokenizer.fit(text)
     if len(val_text) < block_size + 1:
         raise DataError(
             f"the val split of {source} (last {val_fraction} = {len(val_text)} chars) is shorter than "
             f"block_size + 1 = {block_size + 1}; lower block_size or raise val_fraction"
         )
 
+    def ids(part: str) -> list[int]:
+        if isinstance(tokenizer, CharTokenizer):
+            return tokenizer.encode(part)
+        return tokenizer.encode(part, add_special_tokens=False, truncation=False).ids
+
     def windows(part: str) -> TokenWindows:
-        return TokenWindows(torch.tensor(tokenizer.encode(part), dtype=torch.int64), block_size)
+        return TokenWindows(torch.tensor(ids(part), dtype=torch.int64), block_size)
 
     return DataBundle(
         task=LANGUAGE_MODELING,
@@ -301,7 +314,7 @@ def build_data(
                 f"img_size/crop_padding/hflip apply to image data, not to the text data set {name!r}; "
                 "drop them"
             )
-        bundle = _TEXT_BUILDERS[name](path, val_fraction=val_fraction, block_size=block_size)
+        bundle = _TEXT_BUILDERS[name](path, val_fraction=val_fraction, block_size=block_size, tokenizer=tokenizer)
     else:
         bundle = _IMAGE_BUILDERS[name](
             path, val_fraction=val_fraction, seed=seed, img_size=img_size,

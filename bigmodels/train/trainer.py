@@ -86,6 +86,19 @@ def _data_generator(dataset) -> torch.Generator | None:
     return g if isinstance(g, torch.Generator) else None
 
 
+def _data_tokenizer(cfg: RunConfig):
+    """data.tokenizer (a file, directory or hub name; or "bpe:N", trained on the data), else init's tokenizer."""
+    spec = cfg.data.tokenizer
+    if spec is None:
+        return _pretrained_tokenizer(cfg.init)
+    if spec.startswith("bpe:"):
+        return spec
+    from ..data.tokenizers import load_tokenizer
+    from ..io import resolve_checkpoint
+
+    return load_tokenizer(Path(spec) if Path(spec).exists() else resolve_checkpoint(spec))
+
+
 def _pretrained_tokenizer(init: str | None):
     """The tokenizer that comes with a pretrained model directory (None without one)."""
     if init is None:
@@ -169,7 +182,7 @@ class Trainer:
         self.data = data or build_data(
             cfg.data.name, cfg.data.path, val_fraction=cfg.data.val_fraction, block_size=cfg.data.block_size,
             img_size=cfg.data.img_size, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, seed=cfg.data.seed,
-            tokenizer=_pretrained_tokenizer(cfg.data.tokenizer or cfg.init), max_length=cfg.data.max_length,
+            tokenizer=_data_tokenizer(cfg), max_length=cfg.data.max_length,
         )
         self.task: Task = get_task(self.data.task, self.data.meta)
         self.model = model if model is not None else build_model_for_data(
