@@ -176,12 +176,13 @@ def generate(checkpoint: str, *prompts: str, max_new_tokens: int = 100, temperat
             continue
         from .generate import stream
 
+        steps = stream(model, [ids], max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                       top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
+                       stop_strings=(stop,) if stop else (), decode=tokenizer.decode)  # checks the arguments
         sys.stdout.write(prompt)
         new: list[int] = []
         shown = ""
-        for token in stream(model, [ids], max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-                            stop_strings=(stop,) if stop else (), decode=tokenizer.decode):
+        for token in steps:
             new.append(int(token[0]))
             text = tokenizer.decode(new)  # decode the whole continuation: byte-level BPE pieces join up
             sys.stdout.write(text[len(shown):])
