@@ -55,7 +55,31 @@ def _inputs(ids: list[list[int]], types: list[list[int]], pad_id: int) -> dict[s
     return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": _pad(types, 0)}
 
 
-class TextClassificationDataset(Dataset):
+class _TokenizedDataset(Dataset):
+    """Pre-tokenized items (``input_ids``, ``token_type_ids``) with one label entry each, batched by
+    ``get_batch``; a single item is a batch of one."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per item (for length-grouped batching)."""
+        return [len(ids) for ids in self.input_ids]
+
+    def _inputs(self, idx: list[int]) -> dict[str, Tensor]:
+        return _inputs([self.input_ids[i] for i in idx], [self.token_type_ids[i] for i in idx], self.pad_id)
+
+    def __getitem__(self, index: int) -> tuple[dict[str, Tensor], Tensor]:
+        inputs, labels = self.get_batch(torch.tensor([int(index)]))
+        return {k: v[0] for k, v in inputs.items()}, labels[0]
+
+
+class TextClassificationDataset(_TokenizedDataset):
     """Texts or (text, text) pairs with a label each: int class ids (SST-2) or float scores (STS-B).
 
     ``get_batch(indices)`` -> (inputs, labels (B,)) with labels int64 for classes, float32 for scores.
@@ -72,25 +96,11 @@ class TextClassificationDataset(Dataset):
         integer = all(isinstance(y, int) for y in labels)
         self.labels = torch.tensor(list(labels), dtype=torch.int64 if integer else torch.float32)  # (N,)
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def lengths(self) -> list[int]:
-        """Tokens per item (for length-grouped batching)."""
-        return [len(ids) for ids in self.input_ids]
-
-    def __getitem__(self, index: int) -> tuple[dict[str, Tensor], Tensor]:
-        inputs, labels = self.get_batch(torch.tensor([int(index)]))
-        return {k: v[0] for k, v in inputs.items()}, labels[0]
-
     def get_batch(self, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        idx = indices.tolist()
-        return _inputs([self.input_ids[i] for i in idx], [self.token_type_ids[i] for i in idx],
-                       self.pad_id), self.labels[indices]
+        return self._inputs(indices.tolist()), self.labels[indices]
 
 
-class TokenClassificationDataset(Dataset):
+class TokenClassificationDataset(_TokenizedDataset):
     """Sentences of words with one tag per word (NER). Each word's tag goes to its first sub-token; the other
     sub-tokens and the special tokens get -100 (`IGNORE_INDEX`), so the loss and the metric see one
     prediction per word. Words cut off by ``max_length`` are dropped (logged).
@@ -133,22 +143,9 @@ class TokenClassificationDataset(Dataset):
     def num_labels(self) -> int:
         return len(self.label_list)
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def lengths(self) -> list[int]:
-        """Tokens per item (for length-grouped batching)."""
-        return [len(ids) for ids in self.input_ids]
-
-    def __getitem__(self, index: int) -> tuple[dict[str, Tensor], Tensor]:
-        inputs, labels = self.get_batch(torch.tensor([int(index)]))
-        return {k: v[0] for k, v in inputs.items()}, labels[0]
-
     def get_batch(self, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         idx = indices.tolist()
-        inputs = _inputs([self.input_ids[i] for i in idx], [self.token_type_ids[i] for i in idx], self.pad_id)
-        return inputs, _pad([self.labels[i] for i in idx], IGNORE_INDEX)
+        return self._inputs(idx), _pad([self.labels[i] for i in idx], IGNORE_INDEX)
 
     def decode_tags(self, predictions: Tensor, labels: Tensor) -> list[list[str]]:
         """Tag lists, one tag per word, from (B, T) label ids or (B, T, C) logits, read at the positions
