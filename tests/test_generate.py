@@ -17,13 +17,7 @@ PROMPTS = [[11, 42, 7, 93, 5, 61, 2], [8, 70], [33, 12, 99, 4]]  # different len
 PAD_ID = 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads thrash (100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
