@@ -68,7 +68,7 @@ def evaluate(checkpoint: str, *, data: str | None = None, data_path: str | None 
     """Evaluate a model (a directory, training run or hub name) on a data split: by default the data it was
     trained on; stsb (Spearman of cosine similarities), sst2, conll2003 (entity F1), text/pydoc (perplexity)."""
     from .config import DataConfig, from_dict
-    from .io import load, resolve_checkpoint
+    from .io import load, resolve_checkpoint, saved_tokenizer
 
     directory = resolve_checkpoint(checkpoint)
     model = load(directory)
@@ -86,7 +86,7 @@ def evaluate(checkpoint: str, *, data: str | None = None, data_path: str | None 
 
         bundle = build_data(data_cfg.name, data_cfg.path, val_fraction=data_cfg.val_fraction,
                             block_size=data_cfg.block_size, img_size=data_cfg.img_size, seed=data_cfg.seed,
-                            tokenizer=_tokenizer_of(directory), max_length=max_length)
+                            tokenizer=saved_tokenizer(directory), max_length=max_length)
         available = [s for s in ("train", "val", "test") if getattr(bundle, s) is not None]
         split = split or ("test" if "test" in available else "val")
         if split not in available:
@@ -112,16 +112,6 @@ def _evaluate_sts(model, directory: Path, path: str | None, split: str, batch_si
     if getattr(model.config, "head", None) != "embedding":
         raise ConfigError(f"{directory} is not a sentence-embedding model; STS-B scores embeddings by cosine")
     return evaluate_sts(model, load_tokenizer(directory), read_stsb(path, split), batch_size=min(batch_size, 64))
-
-
-def _tokenizer_of(directory: Path):
-    """The tokenizer saved beside a model (None when there is none)."""
-    from .data.tokenizers import load_tokenizer
-
-    try:
-        return load_tokenizer(directory)
-    except BigModelsError:
-        return None
 
 
 def predict(checkpoint: str, *inputs: str, top_k: int = 5, max_new_tokens: int = 200, temperature: float = 0.8,
@@ -223,11 +213,11 @@ def embed(checkpoint: str, *texts: str, file: str | None = None, out: str | None
 
 def convert(source: str, target: str, *, format: str = "hf") -> int:
     """Convert a model between formats: a bigmodels or Hugging Face directory -> format hf or bigmodels."""
-    from .io import load, resolve_checkpoint, save
+    from .io import load, resolve_checkpoint, save, saved_tokenizer
 
     directory = resolve_checkpoint(source)
     model = load(directory)
-    save(model, target, format=format, tokenizer=_tokenizer_of(directory))
+    save(model, target, format=format, tokenizer=saved_tokenizer(directory))
     print(f"{directory} -> {target} ({format})")
     return 0
 

@@ -73,6 +73,7 @@ def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None,
 
     from .bench import count_flops, count_params, measure_latency, peak_memory
     from .config import resolve_run_config
+    from .data.batching import fetch_batch
     from .registry import get_spec
     from .train import Trainer
 
@@ -91,7 +92,7 @@ def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None,
             summary = trainer.fit()
         model, data = trainer.model, trainer.data
         model.eval()
-        x, _ = next(iter(_first_batches(data.val, 64 if spec.task == "image_classification" else 8)))
+        x, _ = fetch_batch(data.val, range(min(64 if spec.task == "image_classification" else 8, len(data.val))))
         if data.eval_transform is not None:
             x = data.eval_transform(x)
         one = {k: v[:1] for k, v in x.items()} if isinstance(x, dict) else x[:1]
@@ -131,12 +132,6 @@ class _NamedInputs(torch.nn.Module):
 
     def forward(self, x):
         return self.model(**x) if isinstance(x, dict) else self.model(x)
-
-
-def _first_batches(dataset, batch_size: int):
-    from .data.batching import fetch_batch
-
-    yield fetch_batch(dataset, range(min(batch_size, len(dataset))))
 
 
 def _models_for(plan: Plan, models: list[str] | None) -> list[str]:

@@ -29,7 +29,10 @@ from .config import to_dict
 from .errors import CheckpointError, ConfigError
 from .registry import get_family, model_from_config
 
-__all__ = ["save", "load", "read_config", "resolve_checkpoint", "atomic_write", "atomic_dir", "FORMAT_VERSION"]
+__all__ = [
+    "save", "load", "saved_tokenizer", "read_config", "resolve_checkpoint", "atomic_write", "atomic_dir",
+    "FORMAT_VERSION",
+]
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -145,6 +148,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
         f"no model found in {str(path)!r}: expected {CONFIG_FILE} + {WEIGHTS_FILE} (a saved model) or a "
         "training run with checkpoints/best or checkpoints/latest"
     )
+
+
+def saved_tokenizer(path: str | Path):
+    """The tokenizer saved beside a model (a directory, training run or hub name); None when there is none."""
+    from .data.tokenizers import load_tokenizer
+    from .errors import BigModelsError
+
+    try:
+        return load_tokenizer(resolve_checkpoint(path))
+    except BigModelsError:
+        return None
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ IGNORE_INDEX = -100  # targets that take no part in a loss (padding, sub-tokens,
 
 __all__ = [
     "Task", "Classification", "LanguageModeling", "TokenClassification", "MaskedLanguageModeling", "get_task",
-    "better", "metric_dict", "IGNORE_INDEX",
+    "better", "IGNORE_INDEX",
 ]
 
 
@@ -32,8 +32,6 @@ def call(model: nn.Module, x):
 class Task:
     name: str = ""
     unit: str = "samples"  # what throughput counts
-    primary: str = "loss"  # the headline metric
-    higher_is_better: bool = False
     metric_names: tuple[str, ...] = ("loss",)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,8 +56,6 @@ class Classification(Task):
     """Cross-entropy over class logits (B, C); accuracy and top-5 accuracy."""
 
     unit = "samples"
-    primary = "accuracy"
-    higher_is_better = True
     metric_names = ("loss", "accuracy", "top5_accuracy")
 
     def __init__(self, name: str) -> None:
@@ -88,7 +84,6 @@ class LanguageModeling(Task):
 
     name = "language_modeling"
     unit = "tokens"
-    primary = "loss"
     metric_names = ("loss", "perplexity", "bits_per_token")
 
     def loss(self, model, x, y):
@@ -108,8 +103,6 @@ class TokenClassification(Task):
 
     name = "token_classification"
     unit = "samples"
-    primary = "f1"
-    higher_is_better = True
     metric_names = ("loss", "accuracy", "f1", "precision", "recall")
 
     def __init__(self, label_list: list[str] | None = None) -> None:
@@ -154,7 +147,6 @@ class MaskedLanguageModeling(Task):
 
     name = "masked_language_modeling"
     unit = "samples"
-    primary = "loss"
     metric_names = ("loss", "mlm_loss", "mlm_accuracy", "nsp_accuracy")
 
     def loss(self, model, x, y):
@@ -208,13 +200,9 @@ def get_task(name: str, meta: dict[str, Any] | None = None) -> Task:
     return _TASKS[name]
 
 
-def better(task: Task, metric: str, new: float, old: float | None) -> bool:
+def better(metric: str, new: float, old: float | None) -> bool:
     """Is ``new`` an improvement of ``metric`` over ``old``? Losses go down, accuracies go up."""
     if old is None:
         return True
     higher = "acc" in metric or metric.endswith("f1")
     return new > old if higher else new < old
-
-
-def metric_dict(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {f"{prefix}_{k}": v for k, v in metrics.items()}

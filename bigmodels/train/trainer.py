@@ -36,8 +36,9 @@ from ..config import RunConfig, to_dict
 from ..data import DataBundle, build_data
 from ..data.batching import iterate_batches, to_device
 from ..data.sampler import ResumableSampler
-from ..errors import BigModelsError, CheckpointError, ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..evaluate.loop import autocast, evaluate_model
+from ..io import saved_tokenizer
 from ..registry import create_model, get_spec
 from ..tasks import Task, better, get_task
 from .checkpoint import CheckpointManager
@@ -90,26 +91,13 @@ def _data_tokenizer(cfg: RunConfig):
     """data.tokenizer (a file, directory or hub name; or "bpe:N", trained on the data), else init's tokenizer."""
     spec = cfg.data.tokenizer
     if spec is None:
-        return _pretrained_tokenizer(cfg.init)
+        return saved_tokenizer(cfg.init) if cfg.init is not None else None
     if spec.startswith("bpe:"):
         return spec
     from ..data.tokenizers import load_tokenizer
     from ..io import resolve_checkpoint
 
     return load_tokenizer(Path(spec) if Path(spec).exists() else resolve_checkpoint(spec))
-
-
-def _pretrained_tokenizer(init: str | None):
-    """The tokenizer that comes with a pretrained model directory (None without one)."""
-    if init is None:
-        return None
-    from ..data.tokenizers import load_tokenizer
-    from ..io import resolve_checkpoint
-
-    try:
-        return load_tokenizer(resolve_checkpoint(init))
-    except BigModelsError:
-        return None  # a model without a tokenizer: data that needs one says so
 
 
 def _load_pretrained(model: nn.Module, init: str) -> None:
@@ -251,7 +239,7 @@ class Trainer:
             "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
             "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "rng_augment": self.aug_generator.get_state(),
-            "rng_data": _data_generator(self.data.train).get_state() if _data_generator(self.data.train) else None,
+            "rng_data": data_rng.get_state() if (data_rng := _data_generator(self.data.train)) else None,
             "world_size": self.dist.world_size,
         }
 
@@ -467,7 +455,7 @@ class Trainer:
         if metrics:
             self._record({"step": self.step, "epoch": self.epoch, "split": "val", **metrics})
             value = metrics[self.cfg.train.monitor.removeprefix("val_")]
-            if better(self.task, self.cfg.train.monitor, value, self.best):
+            if better(self.cfg.train.monitor, value, self.best):
                 self.best, self.bad_evals, is_best = value, 0, True
             else:
                 self.bad_evals += 1
