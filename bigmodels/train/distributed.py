@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -54,5 +55,13 @@ def any_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Destroy the process group with nothing left that refers to it.
+
+    Collecting garbage before and after matters: a DDP reducer or a finished work object that is
+    freed only at interpreter exit takes the backend's threads down with the interpreter, which
+    aborts the process now and then (seen with gloo, torch 2.13).
+    """
     if info.enabled and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()

@@ -372,7 +372,13 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        """Leave the data-parallel process group (call once done with fit / evaluate)."""
+        """Leave the data-parallel process group (call once done with fit / evaluate).
+
+        The DDP wrapper goes first: while it (or anything holding its reducer) lives, the gloo worker
+        threads outlive ``destroy_process_group`` and the process can abort at exit with
+        "terminate called without an active exception".
+        """
+        self.ddp = None
         cleanup(self.dist)
 
     def __enter__(self) -> Trainer:
