@@ -336,6 +336,31 @@ def test_embedding_head_pools_real_tokens_only():
     assert torch.allclose(padded.norm(), torch.tensor(1.0))
 
 
+def test_mean_pooled_classifier_reads_real_tokens_and_has_no_pooler(tmp_path):
+    torch.manual_seed(0)
+    model = bigmodels.create_model("minilm-l6-h384", **TINY, head="sequence_classification", num_labels=3,
+                                   classifier_pooling="mean").eval()
+    assert model.pooler is None and not any(k.startswith("pooler.") for k in model.state_dict())
+    x = batch()
+    with torch.no_grad():
+        logits = model(**x)
+        hidden = model.encode(**x)[0]
+        m = x["attention_mask"].unsqueeze(-1).float()
+        expected = model.classifier((hidden * m).sum(1) / m.sum(1))
+        alone = model(x["input_ids"][2:, :3], attention_mask=x["attention_mask"][2:, :3],
+                      token_type_ids=x["token_type_ids"][2:, :3])
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(logits[2:], alone, atol=1e-6, rtol=1e-5)  # padding changes nothing
+    embedder = bigmodels.create_model("minilm-l6-h384", **TINY, classifier_pooling="mean")
+    embedder.reset_classifier(2)
+    assert embedder.pooler is None and embedder(**x).shape == (3, 2)
+    with pytest.raises(ConfigError, match="format='bigmodels'"):
+        bigmodels.save(model, tmp_path / "hf", format="hf")
+    bigmodels.save(model, tmp_path / "ours")
+    with torch.no_grad():
+        assert torch.equal(bigmodels.load(tmp_path / "ours").eval()(**x), logits)
+
+
 def test_reset_classifier_puts_a_fresh_classifier_on_the_encoder(tmp_path):
     torch.manual_seed(0)
     model = bigmodels.create_model("bert-base", **TINY)

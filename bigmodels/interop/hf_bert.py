@@ -176,6 +176,10 @@ def config_from_hf(hf: dict[str, Any], directory: Path) -> tuple[str, str, Any]:
 def config_to_hf(model: nn.Module) -> dict[str, Any]:
     """The transformers ``config.json`` for ``model`` (architectures from its head)."""
     c = model.config
+    if c.head == "sequence_classification" and c.classifier_pooling != "pooler":
+        raise ConfigError(f"transformers' BertForSequenceClassification reads the pooler; this classifier reads the "
+                          f"{c.classifier_pooling}-pooled tokens, so it has no Hugging Face form: save it with "
+                          "format='bigmodels' (the default)")
     hf: dict[str, Any] = {"model_type": "bert", "architectures": [_ARCH_OF_HEAD[c.head]]}
     hf.update({k: getattr(c, k) for k in _SHARED_FIELDS})
     hf.update(position_embedding_type="absolute", tie_word_embeddings=True)

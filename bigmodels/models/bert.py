@@ -13,7 +13,9 @@ embedding                   a sentence vector (B, H): mean over real tokens or C
                             Gurevych 2019)
 pretraining                 (masked-LM logits (B, T, V), next-sentence logits (B, 2))       masked_language_modeling
 mlm                         masked-LM logits (B, T, V)                                      masked_language_modeling
-sequence_classification     (B, num_labels) from the pooler (tanh dense on CLS)             sequence_classification
+sequence_classification     (B, num_labels) from the pooler (tanh dense on CLS), or from    sequence_classification
+                            the mean over real tokens with classifier_pooling="mean" (the
+                            better start for sentence-embedding checkpoints)
 token_classification        (B, T, num_labels)                                              token_classification
 question_answering          (B, T, 2): start and end logits of the answer span              question_answering
 ==========================  ==============================================================  ========================
@@ -44,9 +46,6 @@ HEADS = ("encoder", "embedding", "pretraining", "mlm", "sequence_classification"
 _TASK_OF_HEAD = {"encoder": "sentence_embedding", "embedding": "sentence_embedding",
                  "pretraining": "masked_language_modeling", "mlm": "masked_language_modeling"}
 _CLASSIFIER_HEADS = ("sequence_classification", "token_classification")
-# Heads built with a pooler by default, as transformers builds them (BertModel, BertForPreTraining,
-# BertForSequenceClassification); the others have none unless add_pooling_layer=True.
-_POOLER_HEADS = ("encoder", "pretraining", "sequence_classification")
 _ACTIVATIONS = {  # Hugging Face hidden_act names; "gelu" is the exact erf form (BERT's)
     "gelu": lambda: nn.GELU(),
     "gelu_new": lambda: nn.GELU(approximate="tanh"),
@@ -79,14 +78,17 @@ class BertConfig:
     num_labels: int = 2  # sequence_ / token_classification (question_answering: always 2)
     classifier_dropout: float | None = None  # None: hidden_dropout_prob
     pooling: str = "mean"  # embedding head: mean (over real tokens) | cls
+    classifier_pooling: str = "pooler"  # sequence_classification reads: pooler (transformers') | mean (real tokens)
     normalize: bool = False  # embedding head: L2-normalise the sentence vector
-    add_pooling_layer: bool | None = None  # None: as transformers builds the head (see _POOLER_HEADS)
+    add_pooling_layer: bool | None = None  # None: as transformers builds it (BertModel, the
+    # pretraining and classification heads that read it); the others have none unless add_pooling_layer=True
 
     def __post_init__(self) -> None:
         check_choice("bert", "head", self.head, HEADS)
         check_choice("bert", "attn_impl", self.attn_impl, ATTENTION_IMPLS)
         check_choice("bert", "hidden_act", self.hidden_act, tuple(_ACTIVATIONS))
         check_choice("bert", "pooling", self.pooling, ("mean", "cls"))
+        check_choice("bert", "classifier_pooling", self.classifier_pooling, ("pooler", "mean"))
         for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                     "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "initializer_range", "num_labels"):
             check_positive("bert", key, getattr(self, key))
@@ -103,7 +105,7 @@ class BertConfig:
         if self.head == "question_answering" and self.num_labels != 2:
             raise ConfigError(f"bert.num_labels={self.num_labels}: question answering predicts a start and an end "
                               "logit per token; use num_labels=2")
-        if self.add_pooling_layer is False and self.head in ("pretraining", "sequence_classification"):
+        if self.add_pooling_layer is False and self.reads_pooler:
             raise ConfigError(f"bert.head={self.head!r} reads the pooled CLS vector; drop add_pooling_layer=false")
 
     @property
@@ -112,8 +114,16 @@ class BertConfig:
         return _TASK_OF_HEAD.get(self.head, self.head)
 
     @property
+    def reads_pooler(self) -> bool:
+        """Whether the head's output depends on the pooler (next sentence; the default classifier)."""
+        return self.head == "pretraining" or (self.head == "sequence_classification"
+                                               and self.classifier_pooling == "pooler")
+
+    @property
     def has_pooler(self) -> bool:
-        return self.head in _POOLER_HEADS if self.add_pooling_layer is None else self.add_pooling_layer
+        if self.add_pooling_layer is not None:
+            return self.add_pooling_layer
+        return self.reads_pooler or self.head == "encoder"
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -294,32 +304,34 @@ class Bert(nn.Module):
         if head == "encoder":
             return h
         if head == "embedding":
-            return self._sentence_vector(h, attention_mask)
+            v = self._pool(h, attention_mask, self.config.pooling)
+            return F.normalize(v, p=2, dim=-1) if self.config.normalize else v
         if head == "mlm":
             return self.lm_head(h)
         if head == "pretraining":
             return self.lm_head(h), self.nsp(self.pooler(h))  # (B, T, V), (B, 2)
         if head == "sequence_classification":
-            return self.classifier(self.head_drop(self.pooler(h)))  # (B, num_labels)
+            pooled = self.pooler(h) if self.config.classifier_pooling == "pooler" else self._pool(h, attention_mask)
+            return self.classifier(self.head_drop(pooled))  # (B, num_labels)
         if head == "token_classification":
             return self.classifier(self.head_drop(h))  # (B, T, num_labels)
         return self.qa_outputs(h)  # (B, T, 2): [..., 0] start, [..., 1] end
 
-    def _sentence_vector(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        if self.config.pooling == "cls":
-            v = hidden[:, 0]  # (B, H)
-        elif attention_mask is None:
-            v = hidden.mean(1)
-        else:  # mean over real tokens only (sentence-transformers' mean pooling)
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            v = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return F.normalize(v, p=2, dim=-1) if self.config.normalize else v
+    @staticmethod
+    def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: str = "mean") -> torch.Tensor:
+        """(B, T, H) -> (B, H): the [CLS] state, or the mean over real tokens (sentence-transformers' mean)."""
+        if mode == "cls":
+            return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.mean(1)
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
     def reset_classifier(self, num_labels: int) -> None:
         """Put a fresh ``num_labels``-way classifier on the encoder (the fine-tuning step).
 
         A token classifier stays a token classifier; any other head becomes ``sequence_classification``
-        (its old head is dropped; a pooler is added when the model had none).
+        (its old head is dropped; a pooler is added when the model had none and the classifier reads it).
         """
         if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
             raise ConfigError(f"reset_classifier({num_labels!r}): give the number of labels, a whole number >= 1")
@@ -329,7 +341,7 @@ class Bert(nn.Module):
                 delattr(self, name)
         if c.head != "token_classification":
             c.head = "sequence_classification"
-            if self.pooler is None:
+            if self.pooler is None and c.classifier_pooling == "pooler":
                 c.add_pooling_layer = None
                 self.pooler = BertPooler(c)
                 self.pooler.apply(self._init_weights)
