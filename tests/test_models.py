@@ -24,6 +24,11 @@ TINY: dict[str, dict] = {
               "vocab_size": 96, "max_position_embeddings": 64},
     "minilm*": {"num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 32, "intermediate_size": 64,
                 "vocab_size": 96, "max_position_embeddings": 64},
+    "*resne*": {"layers": (1, 1, 1, 1)},  # resnet*, resnext*, wide_resnet*: one block per stage
+    "vit_[bls]_*": {"num_layers": 2, "num_heads": 2, "hidden_dim": 32, "mlp_dim": 64, "img_size": 32},
+    # the auxiliary heads only train through forward_aux (tests/test_inception.py), not through forward
+    "googlenet": {"aux_logits": False, "img_size": 64},
+    "inception_v3": {"aux_logits": False, "img_size": 75},
 }
 
 B, T = 2, 16  # batch and sequence length of the smoke inputs
@@ -46,7 +51,8 @@ def make_input(model: torch.nn.Module, task: str, seed: int = 0) -> torch.Tensor
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
     if task == "image_classification":
-        return torch.randn(B, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)
+        side = getattr(cfg, "img_size", None) or 32  # fully convolutional families take any size
+        return torch.randn(B, cfg.in_chans, side, side, generator=g)
     if task in ("language_modeling", "sequence_classification", "token_classification", "question_answering",
                 "masked_language_modeling", "sentence_embedding"):  # token ids (B, T)
         return torch.randint(0, cfg.vocab_size, (B, T), generator=g, dtype=torch.int64)

@@ -1,4 +1,4 @@
-"""Other libraries' checkpoint formats: Hugging Face directories (and, later, torchvision state dicts).
+"""Other libraries' checkpoint formats: Hugging Face directories here; torchvision state dicts in ``torchvision.py``.
 
 Each supported architecture registers an :class:`HFAdapter` (in its own ``hf_<name>.py``): how its
 ``config.json`` maps to a bigmodels config, and how its parameter names and layouts map to ours. Then
@@ -19,7 +19,8 @@ from torch import nn
 
 from ..errors import CheckpointError
 
-__all__ = ["HFAdapter", "register_hf_adapter", "is_hf_directory", "load_hf", "save_hf", "read_hf_state_dict"]
+__all__ = ["HFAdapter", "register_hf_adapter", "is_hf_directory", "load_hf", "save_hf", "read_hf_state_dict",
+           "hf_num_labels", "preset_name"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,25 @@ class HFAdapter:
     state_from_hf: Callable[[dict[str, torch.Tensor], Any], dict[str, torch.Tensor]]
     # bigmodels state dict -> HF state dict
     state_to_hf: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+
+
+def hf_num_labels(hf: dict[str, Any]) -> int:
+    """The class count of a transformers config: its id2label, else num_labels (transformers' default 2)."""
+    id2label = hf.get("id2label")
+    return len(id2label) if isinstance(id2label, dict) and id2label else int(hf.get("num_labels", 2))
+
+
+def preset_name(family: str, config: Any, dims: tuple[str, ...]) -> str:
+    """The registered preset of ``family`` whose ``dims`` fields equal ``config``'s (e.g. "vit_b_16"), else
+    the family's name: what a loaded Hugging Face model reports as its model name."""
+    from ..registry import get_spec, list_models
+
+    ours = tuple(getattr(config, k) for k in dims)
+    for name in list_models():
+        spec = get_spec(name)
+        if spec.family == family and tuple(getattr(spec.config, k) for k in dims) == ours:
+            return name
+    return family
 
 
 _ADAPTERS: dict[str, HFAdapter] = {}
@@ -123,10 +143,10 @@ def save_hf(model: nn.Module, directory: str | Path) -> Path:
         raise CheckpointError(
             f"no Hugging Face format is known for the {family!r} family; save it with format='bigmodels'"
         )
+    config = adapter.config_to_hf(model)  # first: an adapter that refuses the model leaves no files behind
+    state = {k: v.detach().contiguous().cpu() for k, v in adapter.state_to_hf(model.state_dict(), model).items()}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in adapter.state_to_hf(model.state_dict(), model).items()}
     atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    config = adapter.config_to_hf(model)
     atomic_write(directory / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     return directory

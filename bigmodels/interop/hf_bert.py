@@ -36,7 +36,7 @@ from torch import nn
 
 from ..config import from_dict
 from ..errors import CheckpointError, ConfigError
-from . import HFAdapter, register_hf_adapter
+from . import HFAdapter, hf_num_labels, preset_name, register_hf_adapter
 
 __all__ = ["ARCHITECTURES", "config_from_hf", "config_to_hf", "state_from_hf", "state_to_hf",
            "save_sentence_transformers", "sentence_transformers_files"]
@@ -122,23 +122,6 @@ def _sentence_transformers_pooling(directory: Path) -> dict[str, Any] | None:
     return {"pooling": mode, "normalize": "Normalize" in types}
 
 
-def _num_labels(hf: dict[str, Any]) -> int:
-    id2label = hf.get("id2label")
-    return len(id2label) if isinstance(id2label, dict) and id2label else int(hf.get("num_labels", 2))
-
-
-def _preset_name(config: Any) -> str:
-    """The registered preset with this architecture (e.g. "minilm-l6-h384"), else "bert"."""
-    from ..registry import get_spec, list_models
-
-    dims = tuple(getattr(config, k) for k in _DIMS)
-    for name in list_models():
-        spec = get_spec(name)
-        if spec.family == "bert" and tuple(getattr(spec.config, k) for k in _DIMS) == dims:
-            return name
-    return "bert"
-
-
 def config_from_hf(hf: dict[str, Any], directory: Path) -> tuple[str, str, Any]:
     """A Hugging Face BERT config.json (+ sentence-transformers files) -> (name, task, BertConfig)."""
     from ..models.bert import BertConfig
@@ -160,7 +143,7 @@ def config_from_hf(hf: dict[str, Any], directory: Path) -> tuple[str, str, Any]:
     kwargs: dict[str, Any] = {k: hf[k] for k in _SHARED_FIELDS if k in hf}
     kwargs["head"] = head
     if head in ("sequence_classification", "token_classification"):
-        kwargs["num_labels"] = _num_labels(hf)
+        kwargs["num_labels"] = hf_num_labels(hf)
     st = _sentence_transformers_pooling(directory) if arch == "BertModel" else None
     if st is not None:
         # transformers' BertModel, which sentence-transformers wraps, always has a pooler (initialised when
@@ -170,7 +153,7 @@ def config_from_hf(hf: dict[str, Any], directory: Path) -> tuple[str, str, Any]:
         config = from_dict(BertConfig, kwargs, "bert")
     except ConfigError as e:
         raise CheckpointError(f"{directory / 'config.json'}: {e}") from None
-    return _preset_name(config), config.task, config
+    return preset_name("bert", config, _DIMS), config.task, config
 
 
 def config_to_hf(model: nn.Module) -> dict[str, Any]:
