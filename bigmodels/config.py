@@ -59,8 +59,8 @@ def check_positive(owner: str, key: str, value: float | None, *, allow_zero: boo
 class DataConfig:
     """Which data to train on and how to batch and augment it."""
 
-    name: str = "digits"  # digits | mnist | imagefolder | pydoc | text | sst2 | conll2003 | mlm
-    path: str | None = None  # folder or file for mnist / imagefolder / text
+    name: str = "digits"  # digits | mnist | cifar10 | cifar100 | imagefolder | pydoc | text | sst2 | conll2003 | mlm
+    path: str | None = None  # folder or file for mnist / cifar10 / cifar100 (dir or .tar.gz) / imagefolder / text
     batch_size: int = 64  # global batch (summed over data-parallel processes)
     eval_batch_size: int | None = None  # defaults to 2 x batch_size
     val_fraction: float = 0.1
@@ -71,6 +71,10 @@ class DataConfig:
     img_size: int | None = None  # resize images (image folders of mixed sizes need it)
     crop_padding: int = 0  # random-crop augmentation: pad by this many pixels, crop back
     hflip: bool = False  # random horizontal flips (not for digits!)
+    # Inception-style random-resized-crop (train only): a crop of rrc_scale x the image area and aspect ratio
+    # in [3/4, 4/3], resized to img_size (or the data's size); excludes crop_padding. Eval sees whole images.
+    random_resized_crop: bool = False
+    rrc_scale: tuple[float, float] = (0.08, 1.0)  # random_resized_crop: (min, max) fraction of the image area
     num_workers: int = 0  # data-loader processes (0: load in the training process)
     seed: int = 0  # split and shuffle seed
 
@@ -82,6 +86,17 @@ class DataConfig:
         check_positive("data", "num_workers", self.num_workers, allow_zero=True)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction!r} must be in [0, 1)")
+        low, high = self.rrc_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ConfigError(
+                f"data.rrc_scale={list(self.rrc_scale)!r} must be [min, max] area fractions with "
+                "0 < min <= max <= 1, e.g. [0.08, 1.0]"
+            )
+        if self.random_resized_crop and self.crop_padding:
+            raise ConfigError(
+                f"data.random_resized_crop=true and data.crop_padding={self.crop_padding} are two crop "
+                "augmentations; choose one (data.crop_padding=0 or data.random_resized_crop=false)"
+            )
 
 
 @dataclass
@@ -144,9 +159,24 @@ class TrainConfig:
     out_dir: str = "runs/default"
     resume: bool = True  # resume from out_dir's latest checkpoint when there is one
     progress: bool = True  # progress bar on a terminal
+    # Regularisation for classification (all off by default). Evaluation always uses the hard labels and
+    # plain cross-entropy, so val metrics stay comparable across settings.
+    label_smoothing: float = 0.0  # in [0, 1): targets (1 - eps) one-hot + eps / classes (Szegedy et al. 2016)
+    mixup: float = 0.0  # image classification: mixup alpha (Zhang et al. 2018), lam ~ Beta(alpha, alpha); 0: off
+    cutmix: float = 0.0  # image classification: CutMix alpha (Yun et al. 2019); 0: off
+    mix_prob: float = 1.0  # with mixup or cutmix on: the chance that a batch is mixed at all
+    mix_switch_prob: float = 0.5  # with both on: the chance a mixed batch uses CutMix rather than mixup (timm's)
+    channels_last: bool = False  # image models: NHWC weights and 4-D inputs (faster convolutions on GPUs)
 
     def __post_init__(self) -> None:
         check_choice("train", "precision", self.precision, ("fp32", "bf16", "fp16"))
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing={self.label_smoothing!r} must be in [0, 1), e.g. 0.1")
+        for key in ("mixup", "cutmix"):
+            check_positive("train", key, getattr(self, key), allow_zero=True)
+        for key in ("mix_prob", "mix_switch_prob"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"train.{key}={getattr(self, key)!r} must be a probability in [0, 1]")
         for key in ("epochs", "steps", "max_time", "grad_accum", "log_every", "keep_last"):
             check_positive("train", key, getattr(self, key))
         for key in ("clip_grad_norm", "eval_every", "save_every", "patience"):

@@ -53,19 +53,34 @@ class Task:
 
 
 class Classification(Task):
-    """Cross-entropy over class logits (B, C); accuracy and top-5 accuracy."""
+    """Cross-entropy over class logits (B, C); accuracy and top-5 accuracy.
+
+    Targets are int labels (B,) or, from mixup/CutMix, class probabilities (B, C) (soft cross-entropy).
+    ``label_smoothing`` eps trains on ``(1 - eps) target + eps / C`` (Szegedy et al. 2016, sec. 7), for hard and
+    soft targets alike, as ``F.cross_entropy(label_smoothing=eps)`` does. Metrics need hard labels: evaluate
+    with a task built without smoothing (see :func:`get_task`), so val loss stays plain cross-entropy.
+    """
 
     unit = "samples"
     metric_names = ("loss", "accuracy", "top5_accuracy")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, label_smoothing: float = 0.0) -> None:
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing={label_smoothing!r} must be in [0, 1), e.g. 0.1")
         self.name = name
+        self.label_smoothing = float(label_smoothing)
 
     def loss(self, model, x, y):
         logits = call(model, x)  # (B, C)
-        return F.cross_entropy(logits.float(), y), logits
+        # y: (B,) int labels, or (B, C) float class probabilities
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing), logits
+
+    def count(self, x, y):
+        return int(y.shape[0])
 
     def update(self, sums, loss, logits, y):
+        if y.is_floating_point():
+            raise TypeError("Classification metrics need int labels (B,), not soft targets; evaluate on hard labels")
         super().update(sums, loss, logits, y)
         sums["correct"] = sums.get("correct", 0.0) + topk_correct(logits, y, 1)
         if logits.size(-1) > 5:
@@ -183,21 +198,30 @@ class MaskedLanguageModeling(Task):
         return out
 
 
-_TASKS: dict[str, Task] = {
-    "image_classification": Classification("image_classification"),
-    "sequence_classification": Classification("sequence_classification"),
-    "language_modeling": LanguageModeling(),
-    "masked_language_modeling": MaskedLanguageModeling(),
-}
+_CLASSIFICATION = ("image_classification", "sequence_classification")
+_TASKS = (*_CLASSIFICATION, "token_classification", "language_modeling", "masked_language_modeling")
 
 
-def get_task(name: str, meta: dict[str, Any] | None = None) -> Task:
-    """The task ``name``; ``meta`` (a data set's) supplies what some tasks need, e.g. NER's label list."""
+def get_task(name: str, meta: dict[str, Any] | None = None, *, label_smoothing: float = 0.0) -> Task:
+    """A new task ``name``; ``meta`` (a data set's) supplies what some tasks need, e.g. NER's label list.
+
+    ``label_smoothing`` (classification only) changes the training loss; evaluate with a task built without it.
+
+    >>> get_task("image_classification", label_smoothing=0.1).label_smoothing
+    0.1
+    """
+    if name not in _TASKS:
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(_TASKS)}")
+    if name in _CLASSIFICATION:
+        return Classification(name, label_smoothing=label_smoothing)
+    if label_smoothing:
+        raise ConfigError(
+            f"train.label_smoothing={label_smoothing} applies to classification ({', '.join(_CLASSIFICATION)}), "
+            f"not to {name}; set it to 0"
+        )
     if name == "token_classification":
         return TokenClassification((meta or {}).get("label_list"))
-    if name not in _TASKS:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join([*_TASKS, 'token_classification'])}")
-    return _TASKS[name]
+    return LanguageModeling() if name == "language_modeling" else MaskedLanguageModeling()
 
 
 def better(metric: str, new: float, old: float | None) -> bool:

@@ -321,7 +321,7 @@ def test_build_data_digits_and_errors():
     x = data.train_transform(images, torch.Generator().manual_seed(0))
     assert x.shape == (8, 1, 16, 16) and labels.shape == (8,)
     assert set(data.meta) == {"class_names", "mean", "std", "img_size", "in_chans"}
-    with pytest.raises(ConfigError, match="digits, mnist, imagefolder, pydoc, text"):
+    with pytest.raises(ConfigError, match="digits, mnist, cifar10, cifar100, imagefolder, pydoc, text"):
         build_data("cifar")
     with pytest.raises(DataError, match="path="):
         build_data("mnist")

@@ -7,6 +7,7 @@
 """
 
 from bigmodels.data.bundle import DATASETS, DataBundle, build_data
+from bigmodels.data.cifar import load_cifar10, load_cifar100
 from bigmodels.data.images import (
     ImageFolder,
     ImageTensorDataset,
@@ -34,6 +35,7 @@ from bigmodels.data.transforms import (
     Normalize,
     RandomCrop,
     RandomHorizontalFlip,
+    RandomResizedCrop,
     Resize,
     ToFloat,
     dataset_mean_std,
@@ -53,6 +55,7 @@ __all__ = [
     "Normalize",
     "RandomCrop",
     "RandomHorizontalFlip",
+    "RandomResizedCrop",
     "Resize",
     "ResumableSampler",
     "Subset",
@@ -65,6 +68,8 @@ __all__ = [
     "conll_label_list",
     "dataset_mean_std",
     "image_transforms",
+    "load_cifar10",
+    "load_cifar100",
     "load_digits_data",
     "load_mnist",
     "load_tokenizer",

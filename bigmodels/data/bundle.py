@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bigmodels.data.cifar import load_cifar10, load_cifar100
 from bigmodels.data.images import ImageFolder, ImageTensorDataset, load_digits_data, load_mnist, split_dataset
 from bigmodels.data.text import CharTokenizer, TokenWindows, pydoc_corpus, read_text, split_text
 from bigmodels.data.tokenizers import Tokenizer
@@ -25,9 +26,15 @@ logger = logging.getLogger(__name__)
 IMAGE_CLASSIFICATION = "image_classification"
 LANGUAGE_MODELING = "language_modeling"
 MNIST_MEAN_STD = ([0.1307], [0.3081])  # the customary MNIST train-set statistics
+# per-channel mean and (population) std of the 50,000 train images, in 0..1 units
+CIFAR10_MEAN_STD = ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
+CIFAR100_MEAN_STD = ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762])
 _STATS_SAMPLE = 2048  # decoded-on-access datasets: images sampled (seeded) for mean/std
 _PATH_HINTS = {
     "mnist": "the directory holding the four MNIST idx files, e.g. ../shared/data/mnist",
+    "cifar10": "the CIFAR-10 python-version directory (data_batch_1..5, test_batch, batches.meta) or "
+               "cifar-10-python.tar.gz",
+    "cifar100": "the CIFAR-100 python-version directory (train, test, meta) or cifar-100-python.tar.gz",
     "imagefolder": "a folder of <class_name>/<image> sub-folders, or one with train/ and val/ inside",
     "text": "a UTF-8 .txt file, e.g. ../shared/data/tinyshakespeare/input.txt",
     "sst2": "the GLUE SST-2 directory with train.tsv and dev.tsv, e.g. ../shared/data/sst2",
@@ -63,7 +70,8 @@ def _stats_images(ds: Dataset, seed: int) -> Tensor:
 def _image_bundle(
     train: Dataset, val: Dataset, test: Dataset | None, *, class_names: list[str], in_chans: int,
     data_size: tuple[int, int], img_size: int | None, resize_in_transform: bool,
-    mean_std: tuple[list[float], list[float]] | None, crop_padding: int, hflip: bool, seed: int,
+    mean_std: tuple[list[float], list[float]] | None, crop_padding: int, hflip: bool,
+    random_resized_crop: bool, rrc_scale: tuple[float, float], seed: int,
 ) -> DataBundle:
     mean, std = mean_std or dataset_mean_std(_stats_images(train, seed))
     if min(std) <= 0:
@@ -80,7 +88,8 @@ def _image_bundle(
         test=test,
         model_args={"in_chans": in_chans, "img_size": size, "num_classes": len(class_names)},
         train_transform=image_transforms(
-            mean, std, train=True, crop_padding=crop_padding, hflip=hflip, img_size=resize
+            mean, std, train=True, crop_padding=crop_padding, hflip=hflip, img_size=resize,
+            random_resized_crop=random_resized_crop, rrc_scale=rrc_scale,
         ),
         eval_transform=image_transforms(mean, std, train=False, img_size=resize),
         meta=meta,
@@ -108,6 +117,16 @@ def _digits(path: str | None, *, val_fraction: float, seed: int, **options: Any)
 def _mnist(path: str, *, val_fraction: float, seed: int, **options: Any) -> DataBundle:
     train, test = load_mnist(path)
     return _tensor_image_bundle(train, test, MNIST_MEAN_STD, val_fraction=val_fraction, seed=seed, **options)
+
+
+def _cifar10(path: str, *, val_fraction: float, seed: int, **options: Any) -> DataBundle:
+    train, test = load_cifar10(path)
+    return _tensor_image_bundle(train, test, CIFAR10_MEAN_STD, val_fraction=val_fraction, seed=seed, **options)
+
+
+def _cifar100(path: str, *, val_fraction: float, seed: int, **options: Any) -> DataBundle:
+    train, test = load_cifar100(path)
+    return _tensor_image_bundle(train, test, CIFAR100_MEAN_STD, val_fraction=val_fraction, seed=seed, **options)
 
 
 def _same_layout(reference: ImageFolder, other: ImageFolder) -> None:
@@ -264,6 +283,8 @@ def _text(path: str, **options: Any) -> DataBundle:
 _IMAGE_BUILDERS: dict[str, Callable[..., DataBundle]] = {
     "digits": _digits,
     "mnist": _mnist,
+    "cifar10": _cifar10,
+    "cifar100": _cifar100,
     "imagefolder": _imagefolder,
 }
 _TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {"pydoc": _pydoc, "text": _text}
@@ -282,17 +303,19 @@ def build_data(
     img_size: int | None = None,
     crop_padding: int = 0,
     hflip: bool = False,
+    random_resized_crop: bool = False,
+    rrc_scale: tuple[float, float] = (0.08, 1.0),
     seed: int = 0,
     tokenizer=None,
     max_length: int = 128,
 ) -> DataBundle:
     """Datasets, transforms and model arguments for a named data set.
 
-    Names: `digits` (embedded), `mnist` (path: idx directory), `imagefolder` (path: root), `pydoc`
-    (embedded text), `text` (path: .txt file), and for pretrained text models (pass their ``tokenizer``;
-    ``max_length`` truncates) `sst2` (path: directory) and `conll2003` (path: directory). Image options
-    (`img_size`, `crop_padding`, `hflip`)
-    apply to image data; `block_size` to text.
+    Names: `digits` (embedded), `mnist` (path: idx directory), `cifar10` / `cifar100` (path: the python-version
+    directory or its .tar.gz), `imagefolder` (path: root), `pydoc` (embedded text), `text` (path: .txt file),
+    and for pretrained text models (pass their ``tokenizer``; ``max_length`` truncates) `sst2` (path:
+    directory) and `conll2003` (path: directory). Image options (`img_size`, `crop_padding`, `hflip`,
+    `random_resized_crop` with its area range `rrc_scale`) apply to image data; `block_size` to text.
 
     >>> data = build_data("digits", img_size=16, crop_padding=2)
     >>> data.model_args
@@ -306,19 +329,25 @@ def build_data(
         raise DataError(f"build_data({name!r}) needs path=...: {_PATH_HINTS[name]}")
     if name not in _PATH_HINTS and path is not None:
         raise ConfigError(f"data set {name!r} is embedded and takes no path, got path={path!r}; drop it")
+    if random_resized_crop and crop_padding:
+        raise ConfigError(
+            f"random_resized_crop and crop_padding={crop_padding} are two crop augmentations; choose one "
+            "(random_resized_crop=false, or crop_padding=0)"
+        )
+    augment = img_size is not None or crop_padding or hflip or random_resized_crop
     if name in _PRETRAINED_TEXT_BUILDERS:
         bundle = _PRETRAINED_TEXT_BUILDERS[name](path, tokenizer=tokenizer, max_length=max_length)
     elif name in _TEXT_BUILDERS:
-        if img_size is not None or crop_padding or hflip:
+        if augment:
             raise ConfigError(
-                f"img_size/crop_padding/hflip apply to image data, not to the text data set {name!r}; "
-                "drop them"
+                f"img_size/crop_padding/hflip/random_resized_crop apply to image data, not to the text data set "
+                f"{name!r}; drop them"
             )
         bundle = _TEXT_BUILDERS[name](path, val_fraction=val_fraction, block_size=block_size, tokenizer=tokenizer)
     else:
         bundle = _IMAGE_BUILDERS[name](
             path, val_fraction=val_fraction, seed=seed, img_size=img_size,
-            crop_padding=crop_padding, hflip=hflip,
+            crop_padding=crop_padding, hflip=hflip, random_resized_crop=random_resized_crop, rrc_scale=rrc_scale,
         )
     logger.info(
         "data %s: %d train, %d val, %s test items; model args %s",

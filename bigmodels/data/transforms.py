@@ -12,6 +12,7 @@ drawn on the generator's device (CPU for `torch.Generator()`) and then moved to 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -26,6 +27,7 @@ __all__ = [
     "Normalize",
     "RandomCrop",
     "RandomHorizontalFlip",
+    "RandomResizedCrop",
     "Resize",
     "ToFloat",
     "dataset_mean_std",
@@ -111,6 +113,86 @@ class RandomCrop(BatchTransform):
         return x[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, h, w)
 
 
+class RandomResizedCrop(BatchTransform):
+    """Crop a random area fraction (`scale`) and aspect ratio (`ratio`) per sample, resize it to `size`.
+
+    The Inception crop (Szegedy et al. 2015, "Going deeper with convolutions", sec. 6), drawn as torchvision's
+    `RandomResizedCrop` draws it: up to `attempts` tries of area ~ U(scale) x image area and log aspect ratio
+    ~ U(log ratio); the first crop that fits wins, and a sample where none fits gets the largest central crop
+    whose aspect ratio lies within `ratio`. The crop is resized with bilinear antialiasing (uint8 stays uint8,
+    rounded). `size=None` keeps the input size. Every call draws the same amount of randomness from
+    `generator`, whatever the outcome.
+
+    >>> rrc = RandomResizedCrop(224)
+    >>> rrc(torch.rand(8, 3, 256, 320), generator=torch.Generator().manual_seed(0)).shape
+    torch.Size([8, 3, 224, 224])
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int] | None = None,
+        scale: Sequence[float] = (0.08, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        attempts: int = 10,
+    ) -> None:
+        scale, ratio = tuple(float(s) for s in scale), tuple(float(r) for r in ratio)
+        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ConfigError(f"scale={scale!r} must be (min, max) area fractions with 0 < min <= max <= 1")
+        if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1]:
+            raise ConfigError(f"ratio={ratio!r} must be (min, max) aspect ratios (w / h) with 0 < min <= max")
+        if attempts < 1:
+            raise ConfigError(f"attempts={attempts!r} must be >= 1")
+        self.size = None if size is None else _pair(size, "size")
+        self.scale = scale
+        self.ratio = ratio
+        self.attempts = attempts
+
+    def params(self, batch: int, height: int, width: int, generator: torch.Generator | None = None) -> Tensor:
+        """Crop boxes (B, 4) int64 rows (top, left, h, w), one per sample."""
+        device = _rand_device(generator)
+        shape = (batch, self.attempts)
+        u_area, u_ratio = torch.rand((2, *shape), generator=generator, device=device, dtype=torch.float64).cpu()
+        u_top, u_left = torch.rand((2, batch), generator=generator, device=device, dtype=torch.float64).cpu()
+        area = height * width * (self.scale[0] + (self.scale[1] - self.scale[0]) * u_area)  # (B, attempts)
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(lo + (hi - lo) * u_ratio)  # w / h
+        w = torch.sqrt(area * aspect).round().long()  # round half to even, as Python's round in torchvision
+        h = torch.sqrt(area / aspect).round().long()
+        fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (B, attempts)
+        first = fits.long().argmax(dim=1, keepdim=True)  # the first fitting attempt (0 when none fits)
+        w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)  # (B,)
+        top = (u_top * (height - h + 1)).floor().long().clamp_max(height - h)  # uniform over 0..height-h
+        left = (u_left * (width - w + 1)).floor().long().clamp_max(width - w)
+        # fallback: the whole image, narrowed to the nearest allowed aspect ratio, centred
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            fw, fh = width, round(width / self.ratio[0])
+        elif in_ratio > self.ratio[1]:
+            fw, fh = round(height * self.ratio[1]), height
+        else:
+            fw, fh = width, height
+        none_fit = ~fits.any(dim=1)
+        h, w = torch.where(none_fit, fh, h), torch.where(none_fit, fw, w)
+        top = torch.where(none_fit, (height - fh) // 2, top)
+        left = torch.where(none_fit, (width - fw) // 2, left)
+        return torch.stack([top, left, h, w], dim=1)
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        B, C, H, W = x.shape
+        size = self.size or (H, W)
+        boxes = self.params(B, H, W, generator).tolist()
+        out = torch.empty((B, C, *size), dtype=torch.float32 if not x.is_floating_point() else x.dtype,
+                          device=x.device)
+        for i, (top, left, h, w) in enumerate(boxes):  # crops differ in size: one resize per sample
+            crop = x[i : i + 1, :, top : top + h, left : left + w]  # (1, C, h, w)
+            if (h, w) != size:
+                crop = F.interpolate(crop.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+            out[i] = crop[0]
+        if x.is_floating_point():
+            return out
+        return out.round_().clamp_(0, 255).to(x.dtype)
+
+
 class RandomHorizontalFlip(BatchTransform):
     """Mirror each sample left-right with probability `p`."""
 
@@ -172,13 +254,25 @@ def image_transforms(
     crop_padding: int = 0,
     hflip: bool = False,
     img_size: int | None = None,
+    random_resized_crop: bool = False,
+    rrc_scale: Sequence[float] = (0.08, 1.0),
 ) -> Compose:
     """The standard pipeline: ToFloat, [Resize], then (train only) [pad-and-crop], [flip], Normalize.
 
+    With `random_resized_crop` (train only), a `RandomResizedCrop` of area fraction `rrc_scale` to the
+    output size takes the place of the resize (one resampling, not two); evaluation still resizes the
+    whole image. It excludes `crop_padding`.
+
     >>> image_transforms([0.1307], [0.3081], train=True, crop_padding=2)
     """
+    if random_resized_crop and crop_padding:
+        raise ConfigError(
+            f"random_resized_crop and crop_padding={crop_padding} are two crop augmentations; choose one"
+        )
     steps: list[BatchTransform] = [ToFloat()]
-    if img_size is not None:
+    if train and random_resized_crop:
+        steps.append(RandomResizedCrop(img_size, scale=rrc_scale))
+    elif img_size is not None:
         steps.append(Resize(img_size))
     if train and crop_padding:
         steps.append(RandomCrop(img_size, padding=crop_padding))

@@ -6,7 +6,8 @@
     >>> summary["status"], summary["val"]["accuracy"]    # doctest: +SKIP
 
 What it does, in order of a step: fetch the next batch (a resumable, seeded order, sharded over
-data-parallel processes), augment it on the device with a checkpointed generator, forward under autocast,
+data-parallel processes), augment it on the device with a checkpointed generator (transforms, then
+mixup/CutMix into soft targets), [channels-last], forward under autocast,
 backward (gradient accumulation with DDP's ``no_sync``), unscale + clip, optimizer and scheduler step. Around
 the steps: non-finite loss detection, JSONL metrics and a progress bar, evaluation with early stopping and
 best-checkpoint selection, atomic checkpoints, and a Ctrl-C that saves and exits cleanly.
@@ -44,6 +45,7 @@ from ..tasks import Task, better, get_task
 from .checkpoint import CheckpointManager
 from .distributed import DistInfo, all_reduce_mean, any_flag, cleanup, init_distributed
 from .logs import MetricsLog, plot_history
+from .mixing import MixUpCutMix
 from .optim import build_optimizer, build_scheduler
 
 __all__ = ["Trainer", "build_model_for_data", "resolve_device"]
@@ -79,6 +81,19 @@ def build_model_for_data(
     if init is not None:
         _load_pretrained(model, init)
     return model
+
+
+def _build_mixing(cfg: RunConfig, data: DataBundle) -> MixUpCutMix | None:
+    tc = cfg.train
+    if not (tc.mixup or tc.cutmix):
+        return None
+    if data.task != "image_classification" or "num_classes" not in data.model_args:
+        raise ConfigError(
+            f"train.mixup={tc.mixup} / train.cutmix={tc.cutmix} mix images and their labels, for image "
+            f"classification only; data {cfg.data.name!r} is {data.task}: set both to 0"
+        )
+    return MixUpCutMix(data.model_args["num_classes"], mixup_alpha=tc.mixup, cutmix_alpha=tc.cutmix,
+                       prob=tc.mix_prob, switch_prob=tc.mix_switch_prob)
 
 
 def _data_generator(dataset) -> torch.Generator | None:
@@ -169,14 +184,21 @@ class Trainer:
         random.seed(tc.seed)
         self.data = data or build_data(
             cfg.data.name, cfg.data.path, val_fraction=cfg.data.val_fraction, block_size=cfg.data.block_size,
-            img_size=cfg.data.img_size, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, seed=cfg.data.seed,
+            img_size=cfg.data.img_size, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip,
+            random_resized_crop=cfg.data.random_resized_crop, rrc_scale=cfg.data.rrc_scale, seed=cfg.data.seed,
             tokenizer=_data_tokenizer(cfg), max_length=cfg.data.max_length,
         )
-        self.task: Task = get_task(self.data.task, self.data.meta)
+        # the training objective (label smoothing, soft targets) and the evaluation task (plain cross-entropy on
+        # hard labels, so val metrics stay comparable across settings) are one object when they agree
+        self.task: Task = get_task(self.data.task, self.data.meta, label_smoothing=tc.label_smoothing)
+        self.eval_task: Task = get_task(self.data.task, self.data.meta) if tc.label_smoothing else self.task
+        self.mixing = _build_mixing(cfg, self.data)
         self.model = model if model is not None else build_model_for_data(
             cfg.model, cfg.model_args, self.data, cfg.init
         )
         self.model.to(self.device)
+        if tc.channels_last:  # converts the 4-D (conv) weights only; inputs follow in _train_step
+            self.model.to(memory_format=torch.channels_last)
         self._check_monitor()
         n_train = len(self.data.train)
         if n_train < cfg.data.batch_size:
@@ -398,6 +420,10 @@ class Trainer:
             x, y = to_device(x, self.device), to_device(y, self.device)
             if self.data.train_transform is not None:
                 x = self.data.train_transform(x, generator=self.aug_generator)
+            if self.mixing is not None:  # y becomes soft targets (B, classes); same generator: exact resume
+                x, y = self.mixing(x, y, generator=self.aug_generator)
+            if tc.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             sync = self.ddp is not None and micro < tc.grad_accum - 1
             with self.ddp.no_sync() if sync else contextlib.nullcontext(), autocast(self.device, self.precision):
                 loss, _ = self.task.loss(model, x, y)
@@ -447,7 +473,7 @@ class Trainer:
         if dataset is None or len(dataset) == 0:
             return {}
         return evaluate_model(
-            self.model, dataset, self.task, transform=self.data.eval_transform,
+            self.model, dataset, self.eval_task, transform=self.data.eval_transform,
             batch_size=self.cfg.data.eval_batch_size or 2 * self.cfg.data.batch_size,
             device=self.device, precision=self.precision, num_workers=self.cfg.data.num_workers,
         )
