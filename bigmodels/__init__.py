@@ -29,6 +29,10 @@ def __getattr__(name: str):
         from .data import build_data
 
         return build_data
+    if name == "load_torchvision":
+        from .interop.torchvision import load_torchvision
+
+        return load_torchvision
     if name == "evaluate_model":
         from .evaluate import evaluate_model
 
@@ -38,6 +42,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "create_model", "list_models", "get_spec", "load", "save", "Trainer", "RunConfig", "resolve_run_config",
-    "build_data", "evaluate_model", "BigModelsError", "ConfigError", "DataError", "CheckpointError",
+    "build_data", "evaluate_model", "load_torchvision", "BigModelsError", "ConfigError", "DataError", "CheckpointError",
     "ModelNotFoundError", "TrainingError", "__version__",
 ]

@@ -115,22 +115,26 @@ def _evaluate_sts(model, directory: Path, path: str | None, split: str, batch_si
 
 
 def predict(checkpoint: str, *inputs: str, top_k: int = 5, max_new_tokens: int = 200, temperature: float = 0.8,
-            seed: int = 0) -> int:
-    """Classify image files (top-k classes) or continue a text prompt, with a saved model."""
+            seed: int = 0, model: str | None = None) -> int:
+    """Classify image files (top-k classes) or continue a text prompt, with a saved model (or, with --model,
+    a torchvision state dict such as resnet50-11ad3fa6.pth)."""
     from .io import load, resolve_checkpoint
     from .predict import classify_images, continue_text
 
-    directory = resolve_checkpoint(checkpoint)
-    model = load(directory)
     if not inputs:
         raise ConfigError("give at least one input: image file paths, or a text prompt for a language model")
-    if model.task == "language_modeling":
+    if model is not None:  # a plain state dict: the architecture comes from --model
+        directory, net = None, load(checkpoint, model=model)
+    else:
+        directory = resolve_checkpoint(checkpoint)
+        net = load(directory)
+    if net.task == "language_modeling":
         for prompt in inputs:
-            print(continue_text(model, directory, prompt, max_new_tokens=max_new_tokens,
+            print(continue_text(net, directory, prompt, max_new_tokens=max_new_tokens,
                                 temperature=temperature, seed=seed))
         return 0
     failed = 0
-    for path, ranked in classify_images(model, [Path(p) for p in inputs], top_k=top_k):
+    for path, ranked in classify_images(net, [Path(p) for p in inputs], top_k=top_k):
         if isinstance(ranked, BigModelsError):  # one unreadable file does not stop the others
             print(f"error: {ranked}", file=sys.stderr)
             failed += 1
@@ -211,13 +215,18 @@ def embed(checkpoint: str, *texts: str, file: str | None = None, out: str | None
     return 0
 
 
-def convert(source: str, target: str, *, format: str = "hf") -> int:
-    """Convert a model between formats: a bigmodels or Hugging Face directory -> format hf or bigmodels."""
+def convert(source: str, target: str, *, format: str = "hf", model: str | None = None) -> int:
+    """Convert a model between formats: a bigmodels or Hugging Face directory, or a torchvision state dict
+    with --model NAME (e.g. --model resnet50), -> format hf or bigmodels."""
     from .io import load, resolve_checkpoint, save, saved_tokenizer
 
+    if model is not None:
+        save(load(source, model=model), target, format=format)
+        print(f"{source} ({model}) -> {target} ({format})")
+        return 0
     directory = resolve_checkpoint(source)
-    model = load(directory)
-    save(model, target, format=format, tokenizer=saved_tokenizer(directory))
+    loaded = load(directory)
+    save(loaded, target, format=format, tokenizer=saved_tokenizer(directory))
     print(f"{directory} -> {target} ({format})")
     return 0
 

@@ -69,7 +69,7 @@ def save(
     """Write ``model`` (weights + config) to ``directory``; each file is replaced atomically.
 
     ``format="hf"`` writes a Hugging Face directory (config.json + model.safetensors) for the families
-    that have one (GPT-2, BERT), which ``transformers`` loads with ``from_pretrained``.
+    that have one (GPT-2, BERT, ViT), which ``transformers`` loads with ``from_pretrained``.
     """
     if format not in ("bigmodels", "hf"):
         raise ConfigError(f"save format {format!r} is not valid; use 'bigmodels' or 'hf'")
@@ -121,6 +121,18 @@ def _from_hub(name: str) -> Path:
         ) from None
 
 
+def _is_plain_state_dict(path: Path) -> bool:
+    """A weights file on its own (torchvision's .pth, a bare .safetensors), not a saved model's."""
+    from .interop.torchvision import STATE_DICT_SUFFIXES
+
+    return path.is_file() and path.suffix in STATE_DICT_SUFFIXES and path.name != WEIGHTS_FILE
+
+
+def _needs_architecture(path: str | Path) -> CheckpointError:
+    return CheckpointError(f"{path} is a plain state dict, which names no architecture; pass the model it belongs "
+                           "to: load(path, model='resnet50') (CLI: --model resnet50)")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A model directory, a training run / its ``checkpoints`` folder (-> the best, else latest, checkpoint),
     or a Hugging Face hub name such as ``sentence-transformers/all-MiniLM-L6-v2``."""
@@ -132,6 +144,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_file():
         if path.name in (CONFIG_FILE, WEIGHTS_FILE):
             return path.parent
+        if _is_plain_state_dict(path):
+            raise _needs_architecture(path)
         raise CheckpointError(
             f"{str(path)!r} is a file; pass the directory that holds {CONFIG_FILE} and {WEIGHTS_FILE}"
         )
@@ -177,12 +191,25 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return record
 
 
-def load(path: str | Path, *, map_location: str | torch.device = "cpu", strict: bool = True) -> nn.Module:
+def load(
+    path: str | Path, *, map_location: str | torch.device = "cpu", strict: bool = True, model: str | None = None
+) -> nn.Module:
     """Rebuild the model saved in ``path`` with its weights, in eval mode.
 
-    ``path``: a bigmodels model directory, a training run (its best checkpoint), or a Hugging Face
-    directory (config.json + model.safetensors) of a supported architecture.
+    ``path``: a bigmodels model directory, a training run (its best checkpoint), a Hugging Face directory
+    (config.json + model.safetensors) of a supported architecture, or a plain torchvision state dict
+    (``.pth`` / ``.pt`` / ``.safetensors`` file, or its URL) with ``model`` naming the registered
+    architecture it belongs to (``load("resnet50-11ad3fa6.pth", model="resnet50")``).
     """
+    from .interop.torchvision import load_torchvision
+
+    text = str(path)
+    if model is not None or _is_plain_state_dict(Path(path)) or text.startswith(("http://", "https://")):
+        if model is None:
+            raise _needs_architecture(path)
+        if Path(path).is_dir():
+            raise CheckpointError(f"{text} is a directory, which carries its own config; drop model={model!r}")
+        return load_torchvision(model, path).to(map_location)
     directory = resolve_checkpoint(path)
     from .interop import is_hf_directory, load_hf
 
