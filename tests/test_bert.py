@@ -356,6 +356,7 @@ def test_mean_pooled_classifier_reads_real_tokens_and_has_no_pooler(tmp_path):
     assert embedder.pooler is None and embedder(**x).shape == (3, 2)
     with pytest.raises(ConfigError, match="format='bigmodels'"):
         bigmodels.save(model, tmp_path / "hf", format="hf")
+    assert not (tmp_path / "hf").exists()  # refused before anything is written
     bigmodels.save(model, tmp_path / "ours")
     with torch.no_grad():
         assert torch.equal(bigmodels.load(tmp_path / "ours").eval()(**x), logits)
