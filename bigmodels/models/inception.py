@@ -72,7 +72,9 @@ class _InceptionConfig:
             )
         low = self.min_side(aux=self.aux_logits)
         if self.img_size < low:
-            fix = "set aux_logits=false or " if self.img_size >= self.min_side(aux=False) else ""
+            bare = self.min_side(aux=False)
+            fix = "set aux_logits=false or " if self.img_size >= bare else (
+                f"resize the images (data.img_size={low}, or {bare} with aux_logits=false) or ")
             raise ConfigError(
                 f"{owner}.img_size={self.img_size} is too small: this network needs inputs of at least "
                 f"{low}x{low}; {fix}use img_size >= {low}"
