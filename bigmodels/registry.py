@@ -48,6 +48,7 @@ TASKS = (
     "language_modeling",  # next token (causal)
     "masked_language_modeling",  # BERT pretraining: masked tokens (+ next-sentence prediction)
     "sentence_embedding",  # a vector per text
+    "translation",  # sequence to sequence (source ids -> target ids)
 )
 
 

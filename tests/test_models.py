@@ -15,6 +15,7 @@ from bigmodels import create_model, list_models
 from bigmodels.config import to_dict
 from bigmodels.errors import CheckpointError, ConfigError, DataError, ModelNotFoundError
 from bigmodels.registry import TASKS
+from bigmodels.tasks import call
 
 # Families that later hold big presets (resnet50, gpt2, bert-base, ...) shrink here for the smoke test:
 # name-glob -> config overrides, applied in order with fnmatch, e.g. {"resnet*": {"layers": (1, 1, 1, 1)}}.
@@ -29,6 +30,8 @@ TINY: dict[str, dict] = {
     # the auxiliary heads only train through forward_aux (tests/test_inception.py), not through forward
     "googlenet": {"aux_logits": False, "img_size": 64},
     "inception_v3": {"aux_logits": False, "img_size": 75},
+    "transformer_*": {"d_model": 32, "num_heads": 2, "d_ff": 64, "num_encoder_layers": 1, "num_decoder_layers": 1,
+                      "src_vocab_size": 64, "tgt_vocab_size": 64},
 }
 
 B, T = 2, 16  # batch and sequence length of the smoke inputs
@@ -56,6 +59,10 @@ def make_input(model: torch.nn.Module, task: str, seed: int = 0) -> torch.Tensor
     if task in ("language_modeling", "sequence_classification", "token_classification", "question_answering",
                 "masked_language_modeling", "sentence_embedding"):  # token ids (B, T)
         return torch.randint(0, cfg.vocab_size, (B, T), generator=g, dtype=torch.int64)
+    if task == "translation":  # source ids, their mask, and the shifted target ids (teacher forcing)
+        return {"input_ids": torch.randint(3, cfg.src_vocab_size, (B, T), generator=g),
+                "attention_mask": torch.ones(B, T, dtype=torch.int64),
+                "decoder_input_ids": torch.randint(3, cfg.tgt_vocab_size, (B, T), generator=g)}
     raise AssertionError(f"no smoke input for task {task!r}: extend make_input")
 
 
@@ -64,6 +71,8 @@ def expected_shape(model: torch.nn.Module, task: str) -> tuple[int, ...]:
     cfg = model.config
     if task in ("language_modeling", "masked_language_modeling"):
         return (B, T, cfg.vocab_size)
+    if task == "translation":
+        return (B, T, cfg.tgt_vocab_size)
     if task == "sentence_embedding":  # a vector per text, or per token for a bare encoder
         return (B, T, cfg.hidden_size) if getattr(cfg, "head", None) == "encoder" else (B, cfg.hidden_size)
     if task == "token_classification":
@@ -117,7 +126,7 @@ def test_smoke_every_model(name, tmp_path):
 
     # forward + backward in training mode
     model.train()
-    outputs = as_tuple(model(x))  # BERT pretraining returns (MLM logits, NSP logits)
+    outputs = as_tuple(call(model, x))  # BERT pretraining returns (MLM logits, NSP logits)
     assert tuple(outputs[0].shape) == expected_shape(model, spec.task)
     assert all(torch.isfinite(o).all() for o in outputs)
     loss = sum(F.cross_entropy(o.flatten(0, -2), targets(o).flatten()) for o in outputs)
@@ -134,7 +143,7 @@ def test_smoke_every_model(name, tmp_path):
     # save / load round trip: same config, same outputs in eval mode
     model.eval()
     with torch.no_grad():
-        before = model(x)
+        before = call(model, x)
     bigmodels.save(model, tmp_path / name)
     loaded = bigmodels.load(tmp_path / name)
     assert type(loaded) is type(model)
@@ -143,7 +152,7 @@ def test_smoke_every_model(name, tmp_path):
     assert loaded.model_name == name and loaded.task == spec.task
     loaded.eval()
     with torch.no_grad():
-        after = loaded(x)
+        after = call(loaded, x)
     assert all(torch.equal(a, b) for a, b in zip(as_tuple(before), as_tuple(after), strict=True))
     # the state dicts agree key for key (buffers such as batch-norm statistics included)
     sd, sd2 = model.state_dict(), loaded.state_dict()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -10,7 +11,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.batching import iterate_batches, to_device
-from ..tasks import Task
+
+if TYPE_CHECKING:  # tasks imports this package's metrics: a runtime import here would be circular
+    from ..tasks import Task
 
 __all__ = ["evaluate_model", "autocast"]
 

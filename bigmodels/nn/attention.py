@@ -178,20 +178,25 @@ class MultiHeadAttention(nn.Module):
         ``memory`` (B, S, C) makes it cross-attention. ``mask`` is a ready additive mask; otherwise one is
         built from ``causal`` and ``key_padding`` (B, Tk) over the keys, the cached ones included.
         ``positions`` (B, T) feed a rotary embedding (default: 0..T-1, continuing after the cached keys).
+        With ``memory`` and a ``cache``, the cache holds the memory's keys/values: projected on the first
+        call, reused on later ones (the memory does not change while a decoder generates).
         """
-        if hasattr(self, "qkv") and memory is None:
-            q, k, v = self.qkv(x).split(self.dim, dim=2)
+        if memory is not None and cache is not None and cache.keys[layer] is not None:
+            q, k, v = self._heads(self.q_proj(x)), cache.keys[layer], cache.values[layer]  # (B, nh, T|S, hs)
         else:
-            src = x if memory is None else memory
-            q, k, v = self.q_proj(x), self.k_proj(src), self.v_proj(src)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh, T, hs)
-        if self.rotary is not None:
-            if positions is None and cache is not None:  # continue after the cached positions
-                past = 0 if cache.keys[layer] is None else cache.keys[layer].size(-2)
-                positions = torch.arange(past, past + q.size(-2), device=q.device)[None]  # (1, T)
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
+            if hasattr(self, "qkv") and memory is None:
+                q, k, v = self.qkv(x).split(self.dim, dim=2)
+            else:
+                src = x if memory is None else memory
+                q, k, v = self.q_proj(x), self.k_proj(src), self.v_proj(src)
+            q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh, T, hs)
+            if self.rotary is not None:
+                if positions is None and cache is not None:  # continue after the cached positions
+                    past = 0 if cache.keys[layer] is None else cache.keys[layer].size(-2)
+                    positions = torch.arange(past, past + q.size(-2), device=q.device)[None]  # (1, T)
+                q, k = self.rotary(q, positions), self.rotary(k, positions)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)
         # plain causal self-attention needs no mask tensor: the fused kernels apply it themselves
         is_causal = mask is None and causal and key_padding is None and q.size(-2) == k.size(-2)
         if mask is None and not is_causal:
