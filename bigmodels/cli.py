@@ -64,9 +64,10 @@ def train(recipe: str | None = None, *overrides: str, quiet: bool = False) -> in
 
 
 def evaluate(checkpoint: str, *, data: str | None = None, data_path: str | None = None, split: str | None = None,
-             batch_size: int = 256, max_length: int = 128) -> int:
+             batch_size: int = 256, max_length: int = 128, beams: int | None = None, max_new_tokens: int = 128) -> int:
     """Evaluate a model (a directory, training run or hub name) on a data split: by default the data it was
-    trained on; stsb (Spearman of cosine similarities), sst2, conll2003 (entity F1), text/pydoc (perplexity)."""
+    trained on; stsb (Spearman of cosine similarities), sst2, conll2003 (entity F1), text/pydoc (perplexity),
+    translation (sacreBLEU of beam-search translations, --beams 4 by default, plus teacher-forced loss)."""
     from .config import DataConfig, from_dict
     from .io import load, resolve_checkpoint, saved_tokenizer
 
@@ -76,9 +77,16 @@ def evaluate(checkpoint: str, *, data: str | None = None, data_path: str | None 
     base = _plain(trained) if trained is not None and data in (None, trained.name) else {}
     data_cfg = from_dict(DataConfig, {**base, **({"name": data} if data else {}),
                                       **({"path": data_path} if data_path else {})})
+    if data_cfg.name != "translation" and beams is not None:
+        raise ConfigError(f"--beams sets the beam search of translation, not of data {data_cfg.name!r}; drop it")
     if data_cfg.name == "stsb":
         metrics = _evaluate_sts(model, directory, data_cfg.path, split or "test", batch_size)
         split = split or "test"
+    elif data_cfg.name == "translation":
+        split = split or "test"
+        metrics = _evaluate_translation(model, directory, data_cfg, split, batch_size=batch_size,
+                                        max_length=max_length, beams=4 if beams is None else beams,
+                                        max_new_tokens=max_new_tokens)
     else:
         from .data import build_data
         from .evaluate import evaluate_model
@@ -112,6 +120,94 @@ def _evaluate_sts(model, directory: Path, path: str | None, split: str, batch_si
     if getattr(model.config, "head", None) != "embedding":
         raise ConfigError(f"{directory} is not a sentence-embedding model; STS-B scores embeddings by cosine")
     return evaluate_sts(model, load_tokenizer(directory), read_stsb(path, split), batch_size=min(batch_size, 64))
+
+
+def _evaluate_translation(model, directory: Path, data_cfg, split: str, *, batch_size: int, max_length: int,
+                          beams: int, max_new_tokens: int) -> dict:
+    """Teacher-forced loss / perplexity / token accuracy and sacreBLEU of the translations of one split, read
+    on its own (as STS-B is) with the model's saved tokenizer."""
+    from .data.parallel import SPLIT_NAMES, ParallelDataset, read_split
+    from .evaluate import evaluate_model
+    from .evaluate.bleu import evaluate_translation
+    from .io import saved_tokenizer
+    from .tasks import get_task
+
+    if model.task != "translation":
+        raise ConfigError(f"{directory} is a {model.task} model; data 'translation' needs a translation model")
+    if data_cfg.path is None:
+        raise ConfigError("--data translation needs --data-path: the folder of the {split}.{lang}[.gz] files "
+                          "(e.g. ../shared/data/multi30k)")
+    if split not in SPLIT_NAMES:
+        raise ConfigError(f"split {split!r} is not a translation split; use --split with one of "
+                          f"{', '.join(SPLIT_NAMES)}")
+    if beams < 1 or max_new_tokens < 1:
+        raise ConfigError(f"--beams {beams} and --max-new-tokens {max_new_tokens} must be >= 1")
+    tokenizer = saved_tokenizer(directory)
+    if tokenizer is None:
+        raise ConfigError(f"{directory} has no tokenizer.json; translation needs the tokenizer the model was "
+                          "trained with (a training run's checkpoints carry it)")
+    meta = getattr(model, "meta", None) or {}  # what the trainer saved: the data's languages, splits, ...
+    src_lang, tgt_lang = data_cfg.src_lang or meta.get("src_lang"), data_cfg.tgt_lang or meta.get("tgt_lang")
+    if not src_lang or not tgt_lang:
+        raise ConfigError(f"{directory} does not record its language pair (meta src_lang / tgt_lang); evaluate a "
+                          "training run, or save the model with meta={'src_lang': 'en', 'tgt_lang': 'de'}")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    max_length = min(max_length, limit) if limit else max_length
+    name, pairs = read_split(data_cfg.path, split, src_lang, tgt_lang)
+    dataset = ParallelDataset(pairs, tokenizer, max_length)
+    metrics = evaluate_model(model, dataset, get_task("translation"), batch_size=batch_size)
+    scores = evaluate_translation(model, tokenizer, dataset.sources, dataset.targets, num_beams=beams,
+                                  batch_size=min(batch_size, 64), max_new_tokens=max_new_tokens, max_length=max_length)
+    scores.pop("hypotheses")
+    return {"languages": f"{src_lang}-{tgt_lang}", "split_name": name, **metrics, **scores}
+
+
+def translate(checkpoint: str, *sentences: str, file: str | None = None, out: str | None = None, beams: int = 4,
+              max_new_tokens: int = 128, batch_size: int = 64) -> int:
+    """Translate sentences (or --file, one a line, plain or .gz) with a translation model: one translation per
+    line, to the terminal or --out; an empty input line gives an empty output line."""
+    from .data.parallel import read_lines
+    from .evaluate.bleu import translate_texts
+    from .io import load, resolve_checkpoint, saved_tokenizer
+
+    if beams < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise ConfigError(f"--beams {beams}, --max-new-tokens {max_new_tokens} and --batch-size {batch_size} must "
+                          "all be >= 1 (--beams 1 is greedy decoding)")
+    if sentences and file is not None:
+        raise ConfigError(f"give sentences or --file, not both (got {len(sentences)} sentences and --file {file}); "
+                          "put them all in the file")
+    if file is not None:
+        try:
+            items = read_lines(file)
+        except BigModelsError as e:
+            raise ConfigError(f"--file: {e}") from None
+    else:
+        items = list(sentences)
+    if not items:
+        raise ConfigError("give sentences to translate, or --file with one sentence a line")
+    if out is not None and Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a directory; give a file path for the translations")
+    directory = resolve_checkpoint(checkpoint)
+    model = load(directory)
+    if model.task != "translation":
+        raise ConfigError(f"{directory} is a {model.task} model; `translate` needs a translation model "
+                          "(e.g. one trained with recipes/multi30k_transformer.yaml)")
+    tokenizer = saved_tokenizer(directory)
+    if tokenizer is None:
+        raise ConfigError(f"{directory} has no tokenizer.json; translation needs the tokenizer the model was "
+                          "trained with")
+    lines = translate_texts(model, tokenizer, items, num_beams=beams, batch_size=batch_size,
+                            max_new_tokens=max_new_tokens)
+    if out is None:
+        for line in lines:
+            print(line)
+        return 0
+    try:
+        Path(out).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot write --out {out} ({e}); give a writable file path") from None
+    print(f"{len(lines)} translations -> {out}")
+    return 0
 
 
 def predict(checkpoint: str, *inputs: str, top_k: int = 5, max_new_tokens: int = 200, temperature: float = 0.8,
@@ -248,11 +344,12 @@ _VAR_ARGS = {
     "inputs": ("INPUT", "image files to classify, or text prompts for a language model"),
     "prompts": ("PROMPT", "text to continue"),
     "texts": ("TEXT", "texts to embed"),
+    "sentences": ("SENTENCE", "sentences to translate"),
 }
 
 COMMANDS = {
     "models": models, "train": train, "evaluate": evaluate, "predict": predict, "generate": generate,
-    "embed": embed, "convert": convert, "compare": compare,
+    "embed": embed, "translate": translate, "convert": convert, "compare": compare,
 }
 
 # ---------------------------------------------------------------------------------------------- plumbing

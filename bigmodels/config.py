@@ -59,13 +59,16 @@ def check_positive(owner: str, key: str, value: float | None, *, allow_zero: boo
 class DataConfig:
     """Which data to train on and how to batch and augment it."""
 
-    name: str = "digits"  # digits | mnist | cifar10 | cifar100 | imagefolder | pydoc | text | sst2 | conll2003 | mlm
+    # digits | mnist | cifar10 | cifar100 | imagefolder | pydoc | text | sst2 | conll2003 | mlm | translation
+    name: str = "digits"
     path: str | None = None  # folder or file for mnist / cifar10 / cifar100 (dir or .tar.gz) / imagefolder / text
     batch_size: int = 64  # global batch (summed over data-parallel processes)
     eval_batch_size: int | None = None  # defaults to 2 x batch_size
     val_fraction: float = 0.1
     block_size: int = 128  # language modelling: tokens per training window
-    max_length: int = 128  # text for pretrained models (sst2, conll2003): truncate to this many tokens
+    max_length: int = 128  # text for pretrained models (sst2, conll2003) and translation: truncate to this many tokens
+    src_lang: str | None = None  # translation: the source language, the suffix of {split}.{lang}[.gz] (e.g. en)
+    tgt_lang: str | None = None  # translation: the target language (e.g. de)
     group_by_length: bool = False  # text: batch samples of similar length together (less padding)
     tokenizer: str | None = None  # text: a tokenizer file/directory, or bpe:N to train one (default: init's)
     img_size: int | None = None  # resize images (image folders of mixed sizes need it)
@@ -124,14 +127,14 @@ class OptimConfig:
 class SchedConfig:
     """Learning-rate schedule: linear warmup, then ``name``."""
 
-    name: str = "cosine"  # constant | cosine | linear | step
+    name: str = "cosine"  # constant | cosine | linear | step | inverse_sqrt
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine/linear floor, as a fraction of optim.lr
     step_size: int = 1000  # step: decay every step_size optimizer steps
     gamma: float = 0.1  # step: multiply by gamma
 
     def __post_init__(self) -> None:
-        check_choice("sched", "name", self.name, ("constant", "cosine", "linear", "step"))
+        check_choice("sched", "name", self.name, ("constant", "cosine", "linear", "step", "inverse_sqrt"))
         check_positive("sched", "warmup_steps", self.warmup_steps, allow_zero=True)
         check_positive("sched", "step_size", self.step_size)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -161,7 +164,8 @@ class TrainConfig:
     progress: bool = True  # progress bar on a terminal
     # Regularisation for classification (all off by default). Evaluation always uses the hard labels and
     # plain cross-entropy, so val metrics stay comparable across settings.
-    label_smoothing: float = 0.0  # in [0, 1): targets (1 - eps) one-hot + eps / classes (Szegedy et al. 2016)
+    # in [0, 1): targets (1 - eps) one-hot + eps / classes (Szegedy et al. 2016); classification and translation
+    label_smoothing: float = 0.0
     mixup: float = 0.0  # image classification: mixup alpha (Zhang et al. 2018), lam ~ Beta(alpha, alpha); 0: off
     cutmix: float = 0.0  # image classification: CutMix alpha (Yun et al. 2019); 0: off
     mix_prob: float = 1.0  # with mixup or cutmix on: the chance that a batch is mixed at all

@@ -19,8 +19,8 @@ from .evaluate.text_metrics import get_entities
 IGNORE_INDEX = -100  # targets that take no part in a loss (padding, sub-tokens, unmasked tokens)
 
 __all__ = [
-    "Task", "Classification", "LanguageModeling", "TokenClassification", "MaskedLanguageModeling", "get_task",
-    "better", "IGNORE_INDEX",
+    "Task", "Classification", "LanguageModeling", "TokenClassification", "MaskedLanguageModeling", "Seq2Seq",
+    "get_task", "better", "IGNORE_INDEX",
 ]
 
 
@@ -198,14 +198,54 @@ class MaskedLanguageModeling(Task):
         return out
 
 
+class Seq2Seq(Task):
+    """Sequence-to-sequence (translation) with teacher forcing: the model reads ``x`` = {input_ids,
+    attention_mask, decoder_input_ids} and returns (B, T, V) logits for labels ``y`` (B, T) that hold -100 on
+    padding. Token-level cross-entropy over the real labels, with ``label_smoothing`` eps as in Vaswani et al.
+    2017 (sec. 5.4) and ``F.cross_entropy(label_smoothing=eps)``; metrics are per target token: loss,
+    perplexity and teacher-forced token accuracy. Throughput counts target tokens."""
+
+    name = "translation"
+    unit = "tokens"
+    metric_names = ("loss", "perplexity", "token_accuracy")
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing={label_smoothing!r} must be in [0, 1), e.g. 0.1")
+        self.label_smoothing = float(label_smoothing)
+
+    def loss(self, model, x, y):
+        logits = call(model, x)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX,
+                               label_smoothing=self.label_smoothing)
+        return loss, logits
+
+    def count(self, x, y):
+        return int((y != IGNORE_INDEX).sum())
+
+    def update(self, sums, loss, logits, y):
+        keep = y != IGNORE_INDEX  # (B, T)
+        n = int(keep.sum())
+        correct = float((logits.argmax(-1)[keep] == y[keep]).sum())
+        for key, value in (("loss_sum", float(loss) * n), ("count", n), ("correct", correct)):
+            sums[key] = sums.get(key, 0.0) + value
+
+    def finalize(self, sums):
+        out = super().finalize(sums)
+        out["perplexity"] = perplexity(out["loss"])
+        out["token_accuracy"] = sums.get("correct", 0.0) / max(1.0, sums["count"])
+        return out
+
+
 _CLASSIFICATION = ("image_classification", "sequence_classification")
-_TASKS = (*_CLASSIFICATION, "token_classification", "language_modeling", "masked_language_modeling")
+_TASKS = (*_CLASSIFICATION, "token_classification", "language_modeling", "masked_language_modeling", "translation")
 
 
 def get_task(name: str, meta: dict[str, Any] | None = None, *, label_smoothing: float = 0.0) -> Task:
     """A new task ``name``; ``meta`` (a data set's) supplies what some tasks need, e.g. NER's label list.
 
-    ``label_smoothing`` (classification only) changes the training loss; evaluate with a task built without it.
+    ``label_smoothing`` (classification and translation) changes the training loss; evaluate with a task built
+    without it.
 
     >>> get_task("image_classification", label_smoothing=0.1).label_smoothing
     0.1
@@ -214,10 +254,12 @@ def get_task(name: str, meta: dict[str, Any] | None = None, *, label_smoothing: 
         raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(_TASKS)}")
     if name in _CLASSIFICATION:
         return Classification(name, label_smoothing=label_smoothing)
+    if name == "translation":
+        return Seq2Seq(label_smoothing=label_smoothing)
     if label_smoothing:
         raise ConfigError(
-            f"train.label_smoothing={label_smoothing} applies to classification ({', '.join(_CLASSIFICATION)}), "
-            f"not to {name}; set it to 0"
+            f"train.label_smoothing={label_smoothing} applies to classification ({', '.join(_CLASSIFICATION)}) "
+            f"and translation, not to {name}; set it to 0"
         )
     if name == "token_classification":
         return TokenClassification((meta or {}).get("label_list"))

@@ -26,6 +26,7 @@ from bigmodels.data.nlp_datasets import (
     TokenClassificationDataset,
     split_documents,
 )
+from bigmodels.data.parallel import ParallelDataset, read_parallel, train_joint_bpe
 from bigmodels.data.sampler import ResumableSampler
 from bigmodels.data.text import CharTokenizer, TokenWindows, pydoc_corpus, read_text, split_text
 from bigmodels.data.tokenizers import Tokenizer, load_tokenizer
@@ -53,6 +54,7 @@ __all__ = [
     "ImageTensorDataset",
     "MaskedLMDataset",
     "Normalize",
+    "ParallelDataset",
     "RandomCrop",
     "RandomHorizontalFlip",
     "RandomResizedCrop",
@@ -77,10 +79,12 @@ __all__ = [
     "read_conll2003",
     "read_idx",
     "read_image",
+    "read_parallel",
     "read_sst2",
     "read_stsb",
     "read_text",
     "split_dataset",
     "split_documents",
     "split_text",
+    "train_joint_bpe",
 ]

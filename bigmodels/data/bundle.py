@@ -40,6 +40,8 @@ _PATH_HINTS = {
     "sst2": "the GLUE SST-2 directory with train.tsv and dev.tsv, e.g. ../shared/data/sst2",
     "conll2003": "the CoNLL-2003 directory with train.txt and valid.txt, e.g. ../shared/data/conll2003",
     "mlm": "a UTF-8 .txt corpus, documents separated by blank lines (default: the embedded pydoc corpus)",
+    "translation": "a directory of aligned files {split}.{lang}[.gz] (splits train, val and test), e.g. "
+                   "../shared/data/multi30k",
 }
 
 
@@ -47,11 +49,12 @@ _PATH_HINTS = {
 class DataBundle:
     """Everything a trainer needs from data; `model_args` and `meta` are plain, JSON-friendly dicts."""
 
-    task: str  # "image_classification" | "language_modeling"
+    task: str  # "image_classification" | "language_modeling" | ... | "translation"
     train: Dataset
     val: Dataset
     test: Dataset | None
-    model_args: dict[str, Any]  # images: in_chans, img_size, num_classes; text: vocab_size
+    # images: in_chans, img_size, num_classes; text: vocab_size; translation: src/tgt_vocab_size + special ids
+    model_args: dict[str, Any]
     train_transform: BatchTransform | None  # None for text
     eval_transform: BatchTransform | None
     meta: dict[str, Any] = field(default_factory=dict)  # images: class_names, mean, std, img_size, in_chans
@@ -166,16 +169,21 @@ def _imagefolder(
     )
 
 
+def bpe_vocab_size(spec: str) -> int:
+    """N of a ``data.tokenizer="bpe:N"`` spec (a byte-level BPE of N tokens to train on the training split)."""
+    kind, _, size = spec.partition(":")
+    if kind != "bpe" or not size.isdigit() or int(size) < 260:
+        raise ConfigError(f"data.tokenizer={spec!r}: give a tokenizer file/directory, or bpe:N with "
+                          "N >= 260 (a byte-level BPE of N tokens trained on the training text)")
+    return int(size)
+
+
 def _text_bundle(text: str, source: str, *, val_fraction: float, block_size: int, tokenizer=None) -> DataBundle:
     """Language-model windows over ``text``: characters by default; ``tokenizer`` may be a Tokenizer, or
     ``"bpe:N"`` to train a byte-level BPE of N tokens on the training split."""
     train_text, val_text = split_text(text, val_fraction)
     if isinstance(tokenizer, str):
-        kind, _, size = tokenizer.partition(":")
-        if kind != "bpe" or not size.isdigit() or int(size) < 260:
-            raise ConfigError(f"data.tokenizer={tokenizer!r}: give a tokenizer file/directory, or bpe:N with "
-                              "N >= 260 (a byte-level BPE of N tokens trained on the training text)")
-        tokenizer = Tokenizer.train_bpe([train_text], int(size))
+        tokenizer = Tokenizer.train_bpe([train_text], bpe_vocab_size(tokenizer))
     tokenizer = tokenizer if tokenizer is not None else CharTokenizer.fit(text)
     if len(val_text) < block_size + 1:
         raise DataError(
@@ -272,6 +280,42 @@ def _mlm(path: str | None, *, tokenizer=None, max_length: int = 128, **_: Any) -
     )
 
 
+def _translation(path: str, *, tokenizer=None, max_length: int = 128, src_lang: str | None = None,
+                 tgt_lang: str | None = None) -> DataBundle:
+    """Sentence-level translation from ``path/{split}.{src_lang|tgt_lang}[.gz]``: train; val (or valid, dev);
+    test (test_2016_flickr, else test; optional). ``tokenizer="bpe:N"`` trains one byte-level BPE on both
+    sides of the train split; a Tokenizer (a trained model's) is used as it is. `meta` records the languages,
+    the split files used and the tokenizer's special ids; the raw sentences stay on the datasets
+    (``.sources`` / ``.targets``), the references BLEU is scored against."""
+    from bigmodels.data.parallel import ParallelDataset, read_split, seq2seq_token_ids, train_joint_bpe
+
+    if not src_lang or not tgt_lang or src_lang == tgt_lang:
+        raise ConfigError(f"data 'translation' needs two different languages, got data.src_lang={src_lang!r} and "
+                          f"data.tgt_lang={tgt_lang!r}: the file suffixes, e.g. data.src_lang=en data.tgt_lang=de")
+    if tokenizer is None:
+        raise ConfigError("data 'translation' needs data.tokenizer=bpe:N (a joint BPE of N tokens trained on both "
+                          "languages, e.g. bpe:8000), a tokenizer file, or init=<a translation model>")
+    found = {split: read_split(path, split, src_lang, tgt_lang, required=split != "test")
+             for split in ("train", "val", "test")}
+    pairs = {split: f[1] for split, f in found.items() if f is not None}
+    if isinstance(tokenizer, str):
+        tokenizer = train_joint_bpe(pairs["train"], bpe_vocab_size(tokenizer))
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a CharTokenizer's full Tokenizer
+    special = seq2seq_token_ids(tokenizer)  # checks pad / bos / eos before tokenizing anything
+    data = {split: ParallelDataset(rows, tokenizer, max_length) for split, rows in pairs.items()}
+    meta = {
+        "src_lang": src_lang, "tgt_lang": tgt_lang, "max_length": max_length,
+        "splits": {split: f[0] if f is not None else None for split, f in found.items()},
+        "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
+                      "special_tokens": dict(tokenizer.special_tokens), **special},
+    }
+    return DataBundle(
+        task="translation", train=data["train"], val=data["val"], test=data.get("test"),
+        model_args={"src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size, **special},
+        train_transform=None, eval_transform=None, meta=meta, tokenizer=tokenizer,
+    )
+
+
 def _pydoc(path: str | None, **options: Any) -> DataBundle:
     return _text_bundle(pydoc_corpus(), "the pydoc corpus", **options)
 
@@ -291,7 +335,7 @@ _TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {"pydoc": _pydoc, "text":
 _PRETRAINED_TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {
     "sst2": _sst2, "conll2003": _conll2003, "mlm": _mlm,
 }
-DATASETS = tuple(_IMAGE_BUILDERS) + tuple(_TEXT_BUILDERS) + tuple(_PRETRAINED_TEXT_BUILDERS)
+DATASETS = (*_IMAGE_BUILDERS, *_TEXT_BUILDERS, *_PRETRAINED_TEXT_BUILDERS, "translation")
 
 
 def build_data(
@@ -308,13 +352,17 @@ def build_data(
     seed: int = 0,
     tokenizer=None,
     max_length: int = 128,
+    src_lang: str | None = None,
+    tgt_lang: str | None = None,
 ) -> DataBundle:
     """Datasets, transforms and model arguments for a named data set.
 
     Names: `digits` (embedded), `mnist` (path: idx directory), `cifar10` / `cifar100` (path: the python-version
     directory or its .tar.gz), `imagefolder` (path: root), `pydoc` (embedded text), `text` (path: .txt file),
-    and for pretrained text models (pass their ``tokenizer``; ``max_length`` truncates) `sst2` (path:
-    directory) and `conll2003` (path: directory). Image options (`img_size`, `crop_padding`, `hflip`,
+    for pretrained text models (pass their ``tokenizer``; ``max_length`` truncates) `sst2` (path:
+    directory) and `conll2003` (path: directory), and `translation` (path: a directory of parallel files
+    ``{split}.{lang}[.gz]``; ``src_lang`` / ``tgt_lang`` name the pair, ``tokenizer="bpe:N"`` trains a joint
+    BPE, ``max_length`` truncates). Image options (`img_size`, `crop_padding`, `hflip`,
     `random_resized_crop` with its area range `rrc_scale`) apply to image data; `block_size` to text.
 
     >>> data = build_data("digits", img_size=16, crop_padding=2)
@@ -335,7 +383,15 @@ def build_data(
             "(random_resized_crop=false, or crop_padding=0)"
         )
     augment = img_size is not None or crop_padding or hflip or random_resized_crop
-    if name in _PRETRAINED_TEXT_BUILDERS:
+    if name != "translation" and (src_lang is not None or tgt_lang is not None):
+        raise ConfigError(f"data.src_lang / data.tgt_lang name the language pair of translation data, not of "
+                          f"{name!r}; drop them")
+    if name == "translation":
+        if augment:
+            raise ConfigError("img_size/crop_padding/hflip/random_resized_crop apply to image data, not to "
+                              "translation; drop them")
+        bundle = _translation(path, tokenizer=tokenizer, max_length=max_length, src_lang=src_lang, tgt_lang=tgt_lang)
+    elif name in _PRETRAINED_TEXT_BUILDERS:
         bundle = _PRETRAINED_TEXT_BUILDERS[name](path, tokenizer=tokenizer, max_length=max_length)
     elif name in _TEXT_BUILDERS:
         if augment:

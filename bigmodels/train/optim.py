@@ -53,6 +53,8 @@ def lr_lambda(cfg: SchedConfig, total_steps: int):
             return 1.0
         if cfg.name == "step":
             return cfg.gamma ** ((step - warmup) // cfg.step_size)
+        if cfg.name == "inverse_sqrt":  # Vaswani et al. 2017, eq. 3, normalised to peak at 1 after warmup
+            return math.sqrt(max(1, warmup) / (step + 1))
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         if cfg.name == "linear":
             return floor + (1.0 - floor) * (1.0 - progress)

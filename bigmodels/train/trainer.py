@@ -187,6 +187,7 @@ class Trainer:
             img_size=cfg.data.img_size, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip,
             random_resized_crop=cfg.data.random_resized_crop, rrc_scale=cfg.data.rrc_scale, seed=cfg.data.seed,
             tokenizer=_data_tokenizer(cfg), max_length=cfg.data.max_length,
+            src_lang=cfg.data.src_lang, tgt_lang=cfg.data.tgt_lang,
         )
         # the training objective (label smoothing, soft targets) and the evaluation task (plain cross-entropy on
         # hard labels, so val metrics stay comparable across settings) are one object when they agree
