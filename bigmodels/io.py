@@ -69,7 +69,7 @@ def save(
     """Write ``model`` (weights + config) to ``directory``; each file is replaced atomically.
 
     ``format="hf"`` writes a Hugging Face directory (config.json + model.safetensors) for the families
-    that have one (GPT-2, BERT, ViT), which ``transformers`` loads with ``from_pretrained``.
+    that have one (GPT-2, BERT, ViT, MarianMT), which ``transformers`` loads with ``from_pretrained``.
     """
     if format not in ("bigmodels", "hf"):
         raise ConfigError(f"save format {format!r} is not valid; use 'bigmodels' or 'hf'")
