@@ -38,8 +38,9 @@ def embed_texts(
     """Embed ``texts`` with an embedding-head model: (N, H) float32 on the CPU, in the order of ``texts``.
 
     Each text is truncated to ``max_length`` tokens (special tokens included; 256 is all-MiniLM-L6-v2's
-    ``max_seq_length``). Texts are sorted by token count so a batch pads little; the model runs in eval
-    mode without gradients and is left in the mode it had.
+    ``max_seq_length``). Texts are sorted by token count so a batch pads little, and the encoder skips
+    what padding remains (its position-wise layers run on real tokens only); the model runs in eval mode
+    without gradients and is left in the mode it had.
     """
     config = getattr(model, "config", None)
     if getattr(config, "head", None) != "embedding":
@@ -68,14 +69,10 @@ def embed_texts(
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
                 T = len(ids_rows[rows[0]])  # the longest of the batch
-                ids = torch.full((len(rows), T), config.pad_token_id, dtype=torch.long)
-                types = torch.zeros(len(rows), T, dtype=torch.long)
-                mask = torch.zeros(len(rows), T, dtype=torch.long)
-                for r, i in enumerate(rows):
-                    n = len(ids_rows[i])
-                    ids[r, :n] = torch.tensor(ids_rows[i])
-                    types[r, :n] = torch.tensor(type_rows[i])
-                    mask[r, :n] = 1
+                pad = [T - len(ids_rows[i]) for i in rows]  # right padding, built in one tensor per input
+                ids = torch.tensor([ids_rows[i] + [config.pad_token_id] * p for i, p in zip(rows, pad, strict=True)])
+                types = torch.tensor([type_rows[i] + [0] * p for i, p in zip(rows, pad, strict=True)])
+                mask = torch.tensor([[1] * (T - p) + [0] * p for p in pad])
                 vectors = model(ids.to(device), attention_mask=mask.to(device), token_type_ids=types.to(device))
                 out[rows] = vectors.float().cpu()  # (b, H) back into the input order
     finally:

@@ -12,12 +12,22 @@ an attention mask; positions count real tokens only, as Hugging Face does, so re
     >>> out = generate(model, [[5, 6, 7], [8, 9]], max_new_tokens=4, temperature=0, pad_token_id=0)
     >>> out.shape
     torch.Size([2, 7])
+
+Speed: ``cache="static"`` decodes with a preallocated :class:`~bigmodels.nn.StaticKVCache` (the model's
+``new_cache(batch_size=..., max_length=..., static=True)``), so every step has the same shapes, and
+``compile=True`` compiles that one-token step once with ``torch.compile(mode="reduce-overhead")``: on CUDA the
+whole step replays as one CUDA graph. Outputs are the dynamic cache's, token for token. Decoding reads the
+device only where a stop rule needs it (:func:`generate` checks every few steps and trims).
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,9 +35,19 @@ from torch import nn
 from .errors import ConfigError, DataError
 from .nn.sampling import sample_next_token
 
-__all__ = ["generate", "stream", "pad_prompts", "apply_repetition_penalty"]
+__all__ = ["generate", "stream", "pad_prompts", "apply_repetition_penalty", "CACHES"]
+
+log = logging.getLogger(__name__)
 
 Prompt = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
+CACHES = ("dynamic", "static")
+# torch.compile options for the one-token step, by device type. CUDA graphs ("reduce-overhead") replay a step
+# with one launch; where a device has no options (CPU: no graphs, and compiling costs more than it saves on a
+# small step) the static step runs uncompiled, with a logged note.
+_COMPILE_OPTIONS: dict[str, dict[str, Any]] = {"cuda": {"mode": "reduce-overhead", "fullgraph": True}}
+_COMPILED: dict[str, Callable | None] = {}  # device type -> the compiled step (None: none, noted once)
+_STATIC_ROUND = 256  # compiled static caches round their length up, so nearby request lengths share one graph
+_STOP_CHECK_EVERY = 8  # generate() reads "has every row stopped?" from the device this often (stream: every step)
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,10 +93,22 @@ class _Plan:
     stop_strings: tuple[str, ...]
     decode: Callable[[list[int]], str] | None
     generator: torch.Generator | None
+    cache: str  # "dynamic" | "static"
+    compile: bool
 
 
 def _plan(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-          stop_tokens, eos_token_id, pad_token_id, stop_strings, decode, seed) -> _Plan:
+          stop_tokens, eos_token_id, pad_token_id, stop_strings, decode, seed, cache, compile) -> _Plan:
+    if cache not in CACHES:
+        raise ConfigError(f"cache={cache!r} is not valid; choose one of {', '.join(CACHES)}")
+    if not isinstance(compile, bool):
+        raise ConfigError(f"compile={compile!r} must be True or False")
+    if compile and cache != "static":
+        raise ConfigError("compile=True compiles one decoding step for every step, which needs the same shapes "
+                          "each time: pass cache='static' too")
+    if cache == "static" and "static" not in inspect.signature(model.new_cache).parameters:
+        raise ConfigError(f"{type(model).__name__} has no static cache (its new_cache() takes no static=); "
+                          "use cache='dynamic'")
     if max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 0")
     if temperature < 0:
@@ -133,43 +165,143 @@ def _plan(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, 
     generator = seed if isinstance(seed, torch.Generator) or seed is None else (
         torch.Generator(device=device).manual_seed(seed))
     return _Plan(ids.to(device=device, dtype=torch.long), mask, max_new_tokens,
-                 torch.tensor(stops, dtype=torch.long, device=device), pad_id, tuple(stop_strings), decode, generator)
+                 torch.tensor(stops, dtype=torch.long, device=device), pad_id, tuple(stop_strings), decode, generator,
+                 cache, compile)
+
+
+def _decode_step(model: nn.Module, cache, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """One token per row through a static cache: ids (B, 1) -> next-token logits (B, V). The unit compiled."""
+    return model(ids, attention_mask=mask, cache=cache)[:, -1].float()
+
+
+def _compiled_step(device: torch.device) -> Callable | None:
+    """:func:`_decode_step` compiled for ``device``'s type, or None (noted once) where it has no options."""
+    if device.type not in _COMPILED:
+        options = _COMPILE_OPTIONS.get(device.type)
+        if options is None:
+            log.warning("compile=True: no compiled decoding for %s (CUDA graphs need a CUDA device); decoding "
+                        "with the static cache, uncompiled", device.type)
+        _COMPILED[device.type] = None if options is None else torch.compile(_decode_step, **options)
+    return _COMPILED[device.type]
+
+
+# Static caches of compiled decoding, reused call after call: a compiled step (and its CUDA graph) is bound to
+# its cache's buffers, whose addresses torch.compile is told stay put. model -> {(B, L, dtype, device): [free]}
+_POOL: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list]] = weakref.WeakKeyDictionary()
+
+
+class _DynamicDecoder:
+    """A growing :class:`~bigmodels.nn.KVCache`; the running attention mask grows by one column per step."""
+
+    def __init__(self, model: nn.Module, p: _Plan) -> None:
+        self.model, self.mask, self.cache = model, p.mask, model.new_cache()
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids, attention_mask=self.mask, cache=self.cache)[:, -1].float()  # (B, V)
+
+    def step(self, nxt: torch.Tensor) -> torch.Tensor:
+        if self.mask is not None:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(nxt.size(0), 1)], dim=1)  # (B, T + step + 1)
+        return self.model(nxt[:, None], attention_mask=self.mask, cache=self.cache)[:, -1].float()  # (B, V)
+
+    def close(self) -> None:
+        pass
+
+
+class _StaticDecoder:
+    """A :class:`~bigmodels.nn.StaticKVCache` for prompt + new tokens: each step has the same shapes and inputs
+    (the new tokens and one fixed mask), so a compiled step is captured once and replayed."""
+
+    def __init__(self, model: nn.Module, p: _Plan) -> None:
+        B, T = p.ids.shape
+        device, dtype = p.ids.device, next(model.parameters()).dtype
+        self.model, self.pooled = model, None
+        self.step_fn = (_compiled_step(device) if p.compile else None) or _decode_step
+        length = T + p.max_new_tokens
+        if self.step_fn is _decode_step:
+            self.cache = model.new_cache(batch_size=B, max_length=length, static=True, dtype=dtype, device=device)
+        else:
+            context = getattr(getattr(model, "config", None), "block_size", None) or length
+            length = min(context, -(-length // _STATIC_ROUND) * _STATIC_ROUND)
+            self.pooled = (B, length, dtype, device)
+            self.cache = self._take_cache()
+        # (B, L): the prompt's padding is 0, every later slot holds a real token once written (the cache itself
+        # hides the slots not written yet), so one mask serves the prompt and every step
+        self.mask = None if p.mask is None else torch.cat([p.mask, p.mask.new_ones(B, length - T)], dim=1)
+        self.graphs = self.step_fn is not _decode_step and device.type == "cuda"
+
+    def _take_cache(self):
+        try:
+            cache = _POOL.setdefault(self.model, {}).setdefault(self.pooled, []).pop()
+            cache.reset()
+            return cache
+        except IndexError:  # none free: a new one (and, for its new addresses, one more compilation)
+            B, length, dtype, device = self.pooled
+        cache = self.model.new_cache(batch_size=B, max_length=length, static=True, dtype=dtype, device=device)
+        for t in cache.tensors():
+            torch._dynamo.mark_static_address(t)  # written in place: CUDA graphs keep the addresses, copy nothing
+        return cache
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids, attention_mask=self.mask, cache=self.cache)[:, -1].float()  # (B, V), uncompiled
+
+    def step(self, nxt: torch.Tensor) -> torch.Tensor:
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        logits = self.step_fn(self.model, self.cache, nxt[:, None], self.mask)  # (B, V)
+        return logits.clone() if self.graphs else logits  # a CUDA graph's output is overwritten by its next replay
+
+    def close(self) -> None:
+        if self.pooled is not None:
+            _POOL.setdefault(self.model, {}).setdefault(self.pooled, []).append(self.cache)
+            self.pooled = None
 
 
 @torch.no_grad()
-def _steps(model: nn.Module, p: _Plan, temperature, top_k, top_p, repetition_penalty) -> Iterator[torch.Tensor]:
+def _steps(model: nn.Module, p: _Plan, temperature, top_k, top_p, repetition_penalty,
+           check_every: int = 1) -> Iterator[torch.Tensor]:
+    """Yield each step's tokens (B,). Whether every row has stopped is read from the device every
+    ``check_every`` steps (a sync), and only when there is a stop rule; rows that stopped yield padding."""
     B = p.ids.size(0)
+    stopping = p.stop_ids.numel() > 0 or bool(p.stop_strings)
     was_training = model.training
     model.eval()  # dropout off while decoding; restored when the generator finishes or is closed
+    decoder = None
     try:
-        cache, mask = model.new_cache(), p.mask
-        logits = model(p.ids, attention_mask=mask, cache=cache)[:, -1].float()  # (B, V)
-        # tokens already in each row (padding excluded), for the repetition penalty: (B, V)
-        counts = torch.zeros_like(logits, dtype=torch.long)
-        seen = counts.scatter_add_(1, p.ids, torch.ones_like(p.ids) if mask is None else mask) > 0
+        decoder = (_StaticDecoder if p.cache == "static" else _DynamicDecoder)(model, p)
+        logits = decoder.prefill(p.ids)  # (B, V)
+        seen = None
+        if repetition_penalty != 1.0:  # tokens already in each row (padding excluded): (B, V)
+            counts = torch.zeros_like(logits, dtype=torch.long)
+            seen = counts.scatter_add_(1, p.ids, torch.ones_like(p.ids) if p.mask is None else p.mask) > 0
         done = torch.zeros(B, dtype=torch.bool, device=p.ids.device)
         new: list[list[int]] = [[] for _ in range(B)]
         for step in range(p.max_new_tokens):
-            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+            if seen is not None:
+                logits = apply_repetition_penalty(logits, seen, repetition_penalty)
             nxt = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                     generator=p.generator).squeeze(-1)  # (B,)
-            if p.pad_id is not None:
+            if stopping and p.pad_id is not None:
                 nxt = nxt.masked_fill(done, p.pad_id)  # finished rows only pad
             yield nxt
-            done |= torch.isin(nxt, p.stop_ids)
-            if p.stop_strings:
-                for row, token in enumerate(nxt.tolist()):
-                    if not done[row]:
-                        new[row].append(token)
-                        if any(s in p.decode(new[row]) for s in p.stop_strings):
-                            done[row] = True
-            if bool(done.all()) or step == p.max_new_tokens - 1:
+            if stopping:
+                done |= torch.isin(nxt, p.stop_ids)
+                if p.stop_strings:
+                    for row, token in enumerate(nxt.tolist()):
+                        if not done[row]:
+                            new[row].append(token)
+                            if any(s in p.decode(new[row]) for s in p.stop_strings):
+                                done[row] = True
+                if (step + 1) % check_every == 0 and bool(done.all()):
+                    return
+            if step == p.max_new_tokens - 1:
                 return
-            seen.scatter_(1, nxt[:, None], True)
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)  # (B, T + step + 1)
-            logits = model(nxt[:, None], attention_mask=mask, cache=cache)[:, -1].float()
+            if seen is not None:
+                seen.scatter_(1, nxt[:, None], True)
+            logits = decoder.step(nxt)
     finally:
+        if decoder is not None:
+            decoder.close()
         model.train(was_training)
 
 
@@ -189,6 +321,8 @@ def stream(
     stop_strings: Sequence[str] = (),
     decode: Callable[[list[int]], str] | None = None,
     seed: int | torch.Generator | None = None,
+    cache: str = "dynamic",
+    compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Like :func:`generate`, but yield each step's new tokens (B,) as soon as they are chosen.
 
@@ -198,7 +332,7 @@ def stream(
             print(tokenizer.decode(tokens.tolist()), end="", flush=True)
     """
     plan = _plan(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                 stop_tokens, eos_token_id, pad_token_id, stop_strings, decode, seed)
+                 stop_tokens, eos_token_id, pad_token_id, stop_strings, decode, seed, cache, compile)
     return _steps(model, plan, temperature, top_k, top_p, repetition_penalty)
 
 
@@ -218,6 +352,8 @@ def generate(
     stop_strings: Sequence[str] = (),
     decode: Callable[[list[int]], str] | None = None,
     seed: int | torch.Generator | None = None,
+    cache: str = "dynamic",
+    compile: bool = False,
 ) -> torch.Tensor:
     """Continue prompts by up to ``max_new_tokens`` tokens -> LongTensor (B, T + new), prompts included.
 
@@ -228,12 +364,25 @@ def generate(
     ``pad_token_id`` (default: the eos id), and decoding stops when every row has ended. ``seed`` (an int or a
     ``torch.Generator``) makes sampling reproducible.
 
+    ``cache="static"`` preallocates the key/value cache for prompt + ``max_new_tokens`` (same shapes every step);
+    ``compile=True`` (with the static cache) compiles the one-token step once, as CUDA graphs on CUDA; both give
+    the tokens of the default ``cache="dynamic"``.
+
     >>> import bigmodels
     >>> model = bigmodels.create_model("gpt_mini")
     >>> generate(model, [1, 2, 3], max_new_tokens=5, seed=0).shape
     torch.Size([1, 8])
+    >>> generate(model, [1, 2, 3], max_new_tokens=5, seed=0, cache="static").shape
+    torch.Size([1, 8])
     """
     plan = _plan(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                 stop_tokens, eos_token_id, pad_token_id, stop_strings, decode, seed)
-    new = [t[:, None] for t in _steps(model, plan, temperature, top_k, top_p, repetition_penalty)]
-    return torch.cat([plan.ids, *new], dim=1)  # (B, T + new)
+                 stop_tokens, eos_token_id, pad_token_id, stop_strings, decode, seed, cache, compile)
+    every = 1 if plan.stop_strings else _STOP_CHECK_EVERY
+    steps = list(_steps(model, plan, temperature, top_k, top_p, repetition_penalty, check_every=every))
+    new = torch.stack(steps, dim=1) if steps else plan.ids[:, :0]  # (B, new)
+    if every > 1 and plan.stop_ids.numel() and new.size(1):
+        # stops were read every few steps: drop the steps after the one where every row had stopped
+        stopped = (torch.isin(new, plan.stop_ids).cumsum(dim=1) > 0).all(dim=0)  # (new,)
+        if bool(stopped.any()):
+            new = new[:, : int(stopped.int().argmax()) + 1]
+    return torch.cat([plan.ids, new], dim=1)  # (B, T + new)

@@ -17,6 +17,7 @@ from bigmodels.nn import (
     scaled_dot_product_attention,
     sinusoidal_table,
 )
+from bigmodels.nn import attention as attention_module
 
 B, NH, HS = 2, 3, 8
 
@@ -33,7 +34,10 @@ PADDING = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # row 0 is lef
 @pytest.mark.parametrize("tq", [6, 2], ids=["full", "cached_keys"])
 @pytest.mark.parametrize("causal,padding", [(False, False), (True, False), (False, True), (True, True)],
                          ids=["none", "causal", "padding", "causal+padding"])
-def test_reference_and_fused_attention_agree(causal, padding, tq):
+@pytest.mark.parametrize("cpu_math_max_keys", [0, 32], ids=["fused_kernel", "cpu_short_keys_route"])
+def test_reference_and_fused_attention_agree(causal, padding, tq, cpu_math_max_keys, monkeypatch):
+    # impl="sdpa" takes the fused kernel, or on the CPU for short keys the matrix-product route: both checked
+    monkeypatch.setattr(attention_module, "_CPU_MATH_MAX_KEYS", cpu_math_max_keys)
     q, k, v = qkv(tq, 6)
     mask = attention_mask(tq, 6, causal=causal, key_padding=PADDING if padding else None)
     ref, weights = scaled_dot_product_attention(q, k, v, mask, impl="reference")

@@ -434,3 +434,44 @@ def test_unsupported_checkpoints_are_checkpoint_errors(hf_dirs, tmp_path):
     (out / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
     with pytest.raises(CheckpointError, match="max_tokens"):
         bigmodels.load(out)
+
+
+@pytest.mark.parametrize("head,pooling", [("embedding", "mean"), ("sequence_classification", "pooler"),
+                                          ("sequence_classification", "mean")])
+def test_sentence_heads_skip_padding_with_the_padded_results(head, pooling):
+    # sentence-level heads run the position-wise layers on real tokens only (Unpadded); the result and the
+    # gradients must be those of the padded computation (encode() keeps every position)
+    torch.manual_seed(0)
+    extra = {"classifier_pooling": pooling, "num_labels": 3} if head != "embedding" else {}
+    model = bigmodels.create_model("bert-base", **TINY, head=head, hidden_dropout_prob=0.0,
+                                   attention_probs_dropout_prob=0.0, **extra)
+    x = batch()
+    assert (x["attention_mask"] == 0).any(), "the batch must hold padding for this test to mean anything"
+    out = model(**x)
+    hidden, pooled = model.encode(**x)
+    if head == "embedding":
+        expected = Bert._pool(hidden, x["attention_mask"], model.config.pooling)
+        expected = torch.nn.functional.normalize(expected, dim=-1) if model.config.normalize else expected
+    else:
+        expected = model.classifier(pooled if pooling == "pooler" else Bert._pool(hidden, x["attention_mask"]))
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()), allow_unused=True)
+    grads_padded = torch.autograd.grad(expected.square().sum(), list(model.parameters()), allow_unused=True)
+    for g, gp in zip(grads, grads_padded, strict=True):
+        if gp is not None:
+            torch.testing.assert_close(g, gp, atol=1e-6, rtol=1e-4)
+
+
+def test_inference_stacks_qkv_and_refreshes_after_a_weight_update():
+    # without autograd, q/k/v run as one stacked product (cached); an in-place update must not go stale
+    torch.manual_seed(0)
+    model = bigmodels.create_model("bert-base", **TINY, head="encoder").eval()
+    x = batch()
+    with torch.no_grad():
+        stacked = model(**x)
+    torch.testing.assert_close(stacked, model(**x).detach(), atol=1e-6, rtol=1e-5)  # grad on: three products
+    with torch.no_grad():
+        model.layers[0].attn.k_proj.weight.mul_(2.0)
+        updated = model(**x)
+    torch.testing.assert_close(updated, model(**x).detach(), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(updated, stacked, atol=1e-4)

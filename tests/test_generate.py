@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bigmodels
+from bigmodels import generate as decoding
 from bigmodels.errors import ConfigError, DataError
 from bigmodels.generate import generate, pad_prompts, stream
 
@@ -54,6 +55,84 @@ def test_greedy_is_token_identical_to_hugging_face(models, batch, penalty):
     # a padded tensor with its attention_mask is the same request
     ids, mask = pad_prompts(prompts, PAD_ID)
     assert torch.equal(generate(ours, ids, attention_mask=mask, temperature=0, pad_token_id=PAD_ID, **kw), out)
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one_prompt", "batch"])
+def test_static_cache_decodes_the_tokens_of_the_dynamic_cache_and_hugging_face(models, batch):
+    ours, hf = models
+    prompts = PROMPTS if batch else [PROMPT]
+    out = generate(ours, prompts, temperature=0, max_new_tokens=32, pad_token_id=PAD_ID, cache="static")
+    assert torch.equal(out, hf_generate(hf, prompts))
+    # seeded sampling with every filter, the repetition penalty and a stop token: the same draws
+    kw = {"max_new_tokens": 20, "temperature": 0.9, "top_k": 30, "top_p": 0.95, "repetition_penalty": 1.2,
+          "seed": 11, "pad_token_id": PAD_ID}
+    sampled = generate(ours, prompts, **kw)
+    assert torch.equal(generate(ours, prompts, cache="static", **kw), sampled)
+    stop = sampled[0, -15].item()
+    assert torch.equal(generate(ours, prompts, cache="static", stop_tokens=(stop,), **kw),
+                       generate(ours, prompts, stop_tokens=(stop,), **kw))
+    steps = list(stream(ours, prompts, cache="static", **kw))
+    assert torch.equal(torch.stack(steps, 1), sampled[:, -20:])
+
+
+def test_compiled_static_decoding_is_one_graph_for_every_step_and_call(models, monkeypatch):
+    """On CPU with a counting backend (CUDA uses mode="reduce-overhead"): one whole graph, captured once."""
+    ours, _ = models
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setitem(decoding._COMPILE_OPTIONS, "cpu", {"backend": backend, "fullgraph": True})
+    monkeypatch.setattr(decoding, "_COMPILED", {})
+    try:
+        expected = generate(ours, PROMPTS, temperature=0, max_new_tokens=24, pad_token_id=PAD_ID)
+        T = expected.size(1) - 24
+        for n in (24, 10):  # two calls of different lengths share the pooled cache (64 slots) and the graph
+            out = generate(ours, PROMPTS, temperature=0, max_new_tokens=n, pad_token_id=PAD_ID, cache="static",
+                           compile=True)
+            assert torch.equal(out, expected[:, :T + n])
+        assert len(graphs) == 1
+        # two streams open at once each take a cache of their own, so they do not disturb each other
+        a = stream(ours, PROMPTS, temperature=0, max_new_tokens=24, pad_token_id=PAD_ID, cache="static", compile=True)
+        b = stream(ours, PROMPTS, temperature=0, max_new_tokens=24, pad_token_id=PAD_ID, cache="static", compile=True)
+        pairs = list(zip(a, b, strict=True))
+        assert torch.equal(torch.stack([x for x, _ in pairs], 1), expected[:, T:])
+        assert torch.equal(torch.stack([y for _, y in pairs], 1), expected[:, T:])
+        assert len(decoding._POOL[ours][(3, 64, torch.float32, torch.device("cpu"))]) == 2  # both given back
+    finally:
+        decoding._POOL.pop(ours, None)
+        torch._dynamo.reset()
+
+
+def test_compile_without_compile_options_for_the_device_decodes_uncompiled_with_a_note(models, caplog, monkeypatch):
+    ours, _ = models
+    monkeypatch.setattr(decoding, "_COMPILED", {})
+    expected = generate(ours, PROMPTS, temperature=0, max_new_tokens=8, pad_token_id=PAD_ID)
+    with caplog.at_level("WARNING", logger="bigmodels.generate"):
+        out = generate(ours, PROMPTS, temperature=0, max_new_tokens=8, pad_token_id=PAD_ID, cache="static",
+                       compile=True)
+    assert torch.equal(out, expected)
+    assert "no compiled decoding for cpu" in caplog.text
+
+
+def test_bad_cache_options_are_config_errors(models):
+    ours, _ = models
+    with pytest.raises(ConfigError, match="cache='paged' is not valid; choose one of dynamic, static"):
+        generate(ours, PROMPT, cache="paged")
+    with pytest.raises(ConfigError, match="pass cache='static'"):
+        generate(ours, PROMPT, compile=True)
+    with pytest.raises(ConfigError, match="compile='yes'"):
+        stream(ours, PROMPT, cache="static", compile="yes")
+
+    class NoStaticCache(torch.nn.Module):
+        def new_cache(self):
+            return bigmodels.nn.KVCache(1)
+
+    with pytest.raises(ConfigError, match="NoStaticCache has no static cache.*cache='dynamic'"):
+        generate(NoStaticCache(), PROMPT, cache="static")
 
 
 def test_eos_ends_a_row_and_pads_it_like_hugging_face(models):

@@ -172,20 +172,98 @@ def test_gpt2_initialisation_scales_residual_projections():
     assert not model.blocks[0].mlp.fc.bias.any()
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["kv_cache", "static_kv_cache"])
 @pytest.mark.parametrize("position", ["learned", "rotary", "sinusoidal"])
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "left_padded"])
-def test_kv_cache_decoding_equals_the_full_forward(position, padded, ids):
+def test_kv_cache_decoding_equals_the_full_forward(position, padded, static, ids):
     torch.manual_seed(0)
     model = create_model("gpt_mini", position=position, vocab_size=100).eval()
     mask = PAD if padded else None
+    if static:  # the mask covers the whole buffer (16 slots): the prompt's padding 0, every later slot 1
+        cache = model.new_cache(batch_size=2, max_length=16, static=True)
+        full_mask = None if mask is None else torch.cat([mask, torch.ones(2, 6, dtype=torch.long)], 1)
+        prefix = lambda t: full_mask  # noqa: E731
+    else:
+        cache = model.new_cache()
+        prefix = lambda t: None if mask is None else mask[:, :t]  # noqa: E731
     with torch.no_grad():
         full = model(ids, attention_mask=mask)
-        cache = model.new_cache()
-        steps = [model(ids[:, :6], attention_mask=None if mask is None else mask[:, :6], cache=cache)]
+        steps = [model(ids[:, :6], attention_mask=prefix(6), cache=cache)]
         for t in range(6, 10):
-            steps.append(model(ids[:, t:t + 1], attention_mask=None if mask is None else mask[:, :t + 1], cache=cache))
+            steps.append(model(ids[:, t:t + 1], attention_mask=prefix(t + 1), cache=cache))
+    assert len(cache) == 10
     real = PAD.bool() if padded else torch.ones_like(PAD, dtype=torch.bool)
     assert max_diff(torch.cat(steps, 1)[real], full[real]) <= 1e-5
+
+
+def test_static_cache_keeps_its_buffers_and_checks_its_inputs():
+    model = create_model("gpt_mini", vocab_size=100, block_size=16).eval()
+    cache = model.new_cache(batch_size=2, max_length=8, static=True)
+    buffers = [t.data_ptr() for t in (*cache.keys, *cache.values)]
+    with torch.no_grad():
+        model(torch.zeros(2, 3, dtype=torch.long), cache=cache)
+        model(torch.zeros(2, 1, dtype=torch.long), cache=cache)
+    assert len(cache) == 4 and [t.data_ptr() for t in (*cache.keys, *cache.values)] == buffers
+    assert cache.keys[0][:, :, 4:].abs().max() == 0  # slots past the position are untouched
+    cache.reorder(torch.tensor([1, 0]))
+    assert [t.data_ptr() for t in (*cache.keys, *cache.values)] == buffers
+    cache.reset()
+    assert len(cache) == 0
+    with pytest.raises(DataError, match=r"holds 2 rows but ids have 3.*batch_size=3"):
+        model(torch.zeros(3, 1, dtype=torch.long), cache=cache)
+    with pytest.raises(DataError, match=r"whole buffer: \(batch, max_length\) = \(2, 8\), got \(2, 3\)"):
+        model(torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 3), cache=cache)
+    with pytest.raises(DataError, match="9 new tokens do not fit the static cache of 8"):
+        model(torch.zeros(2, 9, dtype=torch.long), cache=cache)
+    with pytest.raises(ConfigError, match=r"max_length=17.*1\.\.16"):
+        model.new_cache(batch_size=1, max_length=17, static=True)
+    with pytest.raises(ConfigError, match="batch_size"):
+        model.new_cache(static=True)
+    with pytest.raises(ConfigError, match="static=True"):
+        model.new_cache(batch_size=2)
+    assert model.new_cache(batch_size=1, static=True, dtype=torch.bfloat16).keys[0].shape == (1, 4, 16, 32)
+
+
+def test_a_padded_vocabulary_gives_the_unpadded_models_logits_and_never_a_padded_token(ids):
+    torch.manual_seed(0)
+    plain = create_model("gpt_mini", vocab_size=100, tie_weights=False).eval()
+    padded = create_model("gpt_mini", vocab_size=100, tie_weights=False, pad_vocab_multiple=64).eval()
+    assert padded.config.padded_vocab_size == 128 and padded.wte.weight.shape == (128, 128)
+    state = plain.state_dict()
+    for key in ("wte.weight", "lm_head.weight"):  # the same weights, plus rows that would win every argmax
+        state[key] = torch.cat([state[key], torch.full((28, 128), 5.0)])
+    padded.load_state_dict(state)
+    with torch.no_grad():
+        assert padded(ids).shape == (2, 10, 100)
+        assert max_diff(padded(ids, attention_mask=PAD), plain(ids, attention_mask=PAD)) <= 1e-6
+        assert max_diff(padded.lm_head(padded.forward_hidden(ids))[..., :100], plain(ids)) <= 1e-6
+    for cache in ("dynamic", "static"):
+        out = padded.generate(ids, 8, temperature=0, cache=cache)
+        assert out.max() < 100 and torch.equal(out, plain.generate(ids, 8, temperature=0))
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_a_padded_vocabulary_round_trips_hugging_face_weights_exactly(tmp_path, ids, tie):
+    from bigmodels.interop.hf_gpt2 import state_from_hf
+
+    torch.manual_seed(0)
+    model = create_model("gpt2", **TINY, tie_weights=tie, pad_vocab_multiple=64).eval()
+    bigmodels.save(model, tmp_path, format="hf")
+    state = load_file(tmp_path / "model.safetensors")
+    assert state["transformer.wte.weight"].shape == (100, 32)  # the padded rows stay home
+    assert torch.equal(state["transformer.wte.weight"], model.wte.weight[:100])
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert max_diff(hf(ids).logits, model(ids)) <= 1e-5
+    # and back into a padded model: zero rows appended, the real rows bit for bit
+    again = model_from_config("gpt", model.config).eval()
+    again.load_state_dict(state_from_hf(state, model.config), strict=True)
+    assert torch.equal(again.wte.weight[:100], model.wte.weight[:100]) and again.wte.weight[100:].abs().max() == 0
+    assert torch.equal(again.lm_head.weight[:100], model.lm_head.weight[:100])
+    assert (again.lm_head.weight is again.wte.weight) == tie
+    with torch.no_grad():
+        assert torch.equal(again(ids), model(ids))
+        assert max_diff(bigmodels.load(tmp_path)(ids), again(ids)) <= 1e-6  # Hugging Face's config: unpadded
 
 
 def test_too_long_input_is_a_data_error_naming_both_lengths():
@@ -204,7 +282,8 @@ def test_too_long_input_is_a_data_error_naming_both_lengths():
 
 BAD_CONFIGS = [({"n_embd": 30, "n_head": 4}, "n_head"), ({"position": "alibi"}, "position"),
                ({"activation": "relu"}, "activation"), ({"attn_impl": "flash"}, "attn_impl"),
-               ({"n_layer": 0}, "n_layer"), ({"mlp_ratio": 0.3}, "mlp_ratio")]
+               ({"n_layer": 0}, "n_layer"), ({"mlp_ratio": 0.3}, "mlp_ratio"),
+               ({"pad_vocab_multiple": 0}, "pad_vocab_multiple")]
 
 
 @pytest.mark.parametrize("overrides,key", BAD_CONFIGS)

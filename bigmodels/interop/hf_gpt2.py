@@ -4,6 +4,8 @@ Hugging Face's GPT-2 keeps OpenAI's TensorFlow layout: its ``Conv1D`` layers sto
 the transpose of ``nn.Linear``'s (out, in), so those four matrices per block are transposed both ways.
 Old checkpoints also carry the causal-mask buffers ``attn.bias`` / ``attn.masked_bias``, which are dropped.
 ``GPT2Model`` checkpoints (no ``transformer.`` prefix, no ``lm_head``) load too when the weights are tied.
+A GPT whose vocabulary is padded (``pad_vocab_multiple``) gets zero rows appended to the embedding and
+output matrices on load and loses them on export, so the Hugging Face weights round-trip exactly.
 
     >>> import bigmodels, tempfile
     >>> d = tempfile.mkdtemp()
@@ -56,6 +58,7 @@ _ACTIVATIONS_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
 _FIXED_OPTIONS = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                   "reorder_and_upcast_attn": False, "add_cross_attention": False}
 _ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
+_VOCAB_ROWS = ("wte.weight", "lm_head.weight")  # (vocab, C) matrices: padded rows exist only in bigmodels
 
 
 def _key_map(n_layer: int) -> list[tuple[str, str, bool]]:
@@ -158,12 +161,21 @@ def state_from_hf(state: dict[str, torch.Tensor], config: Any) -> dict[str, torc
         out["lm_head.weight"] = out["wte.weight"]  # tied: the embedding is the output layer
     elif head is not None:
         out["lm_head.weight"] = head
+    extra = config.padded_vocab_size - config.vocab_size
+    for key in _VOCAB_ROWS:
+        w = out.get(key)
+        if extra and w is not None and w.size(0) == config.vocab_size:  # (V, C) -> (V_padded, C), zero rows
+            out[key] = torch.cat([w, w.new_zeros(extra, w.size(1))])
+    if config.tie_weights and "lm_head.weight" in out:
+        out["lm_head.weight"] = out["wte.weight"]
     out.update(state)  # anything left is unexpected: load_hf reports it by name
     return out
 
 
 def state_to_hf(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     _check_expressible(model.config)
+    V = model.config.vocab_size
+    state = {k: v[:V] if k in _VOCAB_ROWS else v for k, v in state.items()}  # padded rows are no tokens
     out = {hf: state[ours].t() if transpose else state[ours] for ours, hf, transpose in _key_map(model.config.n_layer)}
     if not model.config.tie_weights:  # tied: transformers re-ties lm_head to wte (and safetensors refuses twins)
         out["lm_head.weight"] = state["lm_head.weight"]

@@ -37,6 +37,7 @@ from ..errors import ConfigError, DataError
 from ..nn import LearnedPositionalEmbedding, MultiHeadAttention
 from ..nn.attention import ATTENTION_IMPLS
 from ..nn.attention import attention_mask as additive_mask
+from ..nn.padding import Unpadded
 from ..registry import register_family, register_model
 
 __all__ = ["BertConfig", "Bert", "HEADS"]
@@ -160,8 +161,9 @@ class BertLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.drop = nn.Dropout(c.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attn_norm(x + self.drop(self.attn(x, mask=mask)))  # (B, T, H)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, unpadded: Unpadded | None = None) -> torch.Tensor:
+        """x (B, T, H), or (N, H) real tokens only when ``unpadded`` says where they sit in the batch."""
+        x = self.attn_norm(x + self.drop(self.attn(x, mask=mask, unpadded=unpadded)))  # (B, T, H) | (N, H)
         return self.mlp_norm(x + self.drop(self.fc2(self.act(self.fc1(x)))))
 
 
@@ -253,7 +255,11 @@ class Bert(nn.Module):
         attention_mask: torch.Tensor | None,
         token_type_ids: torch.Tensor | None,
         positions: torch.Tensor | None,
+        *,
+        unpad: bool = False,
     ) -> torch.Tensor:
+        """Last hidden states (B, T, H). With ``unpad`` (heads that read real tokens only), the position-wise
+        layers skip padding (see :class:`~bigmodels.nn.padding.Unpadded`) and padding positions come back 0."""
         c = self.config
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise DataError(f"expected token ids of shape (batch, time), got {tuple(input_ids.shape)} "
@@ -271,12 +277,16 @@ class Bert(nn.Module):
             positions = torch.arange(T, device=input_ids.device)[None]  # (1, T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids, positions)  # (B, T, H)
+        u = Unpadded.from_mask(attention_mask) if unpad and attention_mask is not None else None
+        if u is None:
+            x = self.embeddings(input_ids, token_type_ids, positions)  # (B, T, H)
+        else:  # the real tokens only: (N,) ids -> (N, H)
+            x = self.embeddings(u.unpad(input_ids), u.unpad(token_type_ids), u.unpad(positions.expand(B, T)))
         # one additive mask (B, 1, T, T) for every layer: padding keys blocked, all queries kept
         mask = None if attention_mask is None else additive_mask(T, T, key_padding=attention_mask, dtype=x.dtype)
         for layer in self.layers:
-            x = layer(x, mask)
-        return x
+            x = layer(x, mask, u)
+        return x if u is None else u.pad(x)  # (B, T, H)
 
     def encode(
         self,
@@ -299,8 +309,10 @@ class Bert(nn.Module):
         """input_ids (B, T); attention_mask (B, T), 1 = token, 0 = padding; token_type_ids (B, T) segment ids
         (0 = first sentence); positions (B, T) or (1, T), default 0..T-1. Returns what the head gives (see above).
         """
-        h = self._hidden(input_ids, attention_mask, token_type_ids, positions)  # (B, T, H)
         head = self.config.head
+        # sentence-level heads read real tokens only (mean, [CLS]), so padding can skip the encoder's work
+        h = self._hidden(input_ids, attention_mask, token_type_ids, positions,
+                         unpad=head in ("embedding", "sequence_classification"))  # (B, T, H)
         if head == "encoder":
             return h
         if head == "embedding":

@@ -15,6 +15,11 @@ Decoding (:mod:`bigmodels.generate`) runs the prompt once and then one token per
     torch.Size([1, 3, 128])
     >>> model(torch.tensor([[4]]), cache=cache).shape  # the 4th token, at position 3
     torch.Size([1, 1, 128])
+
+A :class:`~bigmodels.nn.StaticKVCache` (``new_cache(batch_size=..., static=True)``) is preallocated, so every
+step has the same shapes (CUDA graphs); its ``attention_mask`` covers the whole buffer. Training computes
+the loss from :meth:`GPT.forward_hidden` chunk by chunk (:func:`~bigmodels.nn.chunked_cross_entropy`), and
+``pad_vocab_multiple=64`` rounds the embedding and output rows up (the logits keep ``vocab_size`` columns).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from ..nn import (
     MultiHeadAttention,
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
+    StaticKVCache,
 )
 from ..registry import register_family, register_model
 
@@ -58,9 +64,13 @@ class GPTConfig:
     attn_impl: str = "sdpa"  # sdpa (fused kernels) | reference (readable, returns weights)
     position: str = "learned"  # learned (GPT-2) | rotary (Su et al. 2021) | sinusoidal (Vaswani et al. 2017)
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * n_embd
+    # embedding / output rows rounded up to a multiple (64: 50257 -> 50304, tensor-core friendly matrix
+    # products, as nanoGPT does); the extra rows are no tokens: logits keep vocab_size columns
+    pad_vocab_multiple: int = 1
 
     def __post_init__(self) -> None:
-        for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "layer_norm_eps", "mlp_ratio"):
+        for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "layer_norm_eps", "mlp_ratio",
+                    "pad_vocab_multiple"):
             check_positive("gpt", key, getattr(self, key))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"gpt.dropout={self.dropout!r} must be in [0, 1)")
@@ -86,6 +96,11 @@ class GPTConfig:
     @property
     def mlp_hidden(self) -> int:
         return round(self.mlp_ratio * self.n_embd)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and output matrices: vocab_size rounded up to pad_vocab_multiple."""
+        return -(-self.vocab_size // self.pad_vocab_multiple) * self.pad_vocab_multiple
 
 
 class MLP(nn.Module):
@@ -114,8 +129,8 @@ class Block(nn.Module):
         self.mlp = MLP(c)
         self.drop = nn.Dropout(c.dropout)  # residual dropout (GPT-2's resid_pdrop) on both branches
 
-    def forward(self, x, *, key_padding=None, cache=None, layer=0, positions=None) -> torch.Tensor:
-        a = self.attn(self.ln_1(x), causal=True, key_padding=key_padding, cache=cache, layer=layer,
+    def forward(self, x, *, key_padding=None, mask=None, cache=None, layer=0, positions=None) -> torch.Tensor:
+        a = self.attn(self.ln_1(x), causal=True, key_padding=key_padding, mask=mask, cache=cache, layer=layer,
                       positions=positions)
         x = x + self.drop(a)
         return x + self.drop(self.mlp(self.ln_2(x)))  # (B, T, C)
@@ -132,7 +147,7 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+        self.wte = nn.Embedding(c.padded_vocab_size, c.n_embd)
         if c.position == "learned":
             self.wpe = LearnedPositionalEmbedding(c.block_size, c.n_embd)
         elif c.position == "sinusoidal":
@@ -142,7 +157,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias)
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head = nn.Linear(c.n_embd, c.padded_vocab_size, bias=False)
         self.apply(self._init_weights)
         # GPT-2 sec. 2.3: scale the residual projections by 1/sqrt(N), N = 2 residual branches per layer
         for name, p in self.named_parameters():
@@ -158,9 +173,42 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def new_cache(self) -> KVCache:
-        """An empty key/value cache for incremental decoding with this model."""
-        return KVCache(self.config.n_layer)
+    def new_cache(
+        self,
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        *,
+        static: bool = False,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> KVCache | StaticKVCache:
+        """An empty key/value cache for incremental decoding with this model.
+
+        By default a growing :class:`~bigmodels.nn.KVCache`. With ``static=True``, a preallocated
+        :class:`~bigmodels.nn.StaticKVCache` of ``batch_size`` rows and ``max_length`` positions (default:
+        block_size), in ``dtype`` on ``device`` (default: the model's).
+
+        >>> model = GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=2, n_head=2, n_embd=32))
+        >>> model.new_cache(batch_size=3, max_length=20, static=True).keys[0].shape
+        torch.Size([3, 2, 20, 16])
+        """
+        c = self.config
+        if not static:
+            given = {k: v for k, v in (("batch_size", batch_size), ("max_length", max_length), ("dtype", dtype),
+                                       ("device", device)) if v is not None}
+            if given:
+                raise ConfigError(f"new_cache({', '.join(given)}=...) sizes a preallocated cache: pass static=True "
+                                  "too, or nothing for a growing cache")
+            return KVCache(c.n_layer)
+        if batch_size is None:
+            raise ConfigError("new_cache(static=True) preallocates its buffers: pass batch_size=<rows>")
+        max_length = c.block_size if max_length is None else max_length
+        if not isinstance(max_length, int) or not 0 < max_length <= c.block_size:
+            raise ConfigError(f"new_cache(max_length={max_length!r}) must be in 1..{c.block_size} (the model's "
+                              "block_size); prompt + new tokens cannot exceed the context")
+        weight = self.wte.weight
+        return StaticKVCache(c.n_layer, batch_size, c.n_head, max_length, c.n_embd // c.n_head,
+                             dtype=dtype or weight.dtype, device=device if device is not None else weight.device)
 
     def _positions(self, ids, attention_mask, positions, past: int) -> torch.Tensor:
         B, T = ids.shape
@@ -178,22 +226,8 @@ class GPT(nn.Module):
             return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
         return torch.arange(past, past + T, device=ids.device)[None].expand(B, T)  # (B, T)
 
-    def forward(
-        self,
-        ids: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-    ) -> torch.Tensor:
-        """ids (B, T) -> logits (B, T, V).
-
-        ``attention_mask`` (B, T_cached + T): 1 for tokens, 0 for (left) padding, over the cached and the new
-        positions. ``positions`` (B, T) default to continuing after the cache (or to the mask's running count
-        of real tokens). With a ``cache``, ``ids`` are only the new tokens; their keys/values are appended.
-        """
-        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
-            raise DataError(f"expected token ids of shape (batch, time), got {tuple(ids.shape)} {ids.dtype}")
+    def _dynamic_positions(self, ids, attention_mask, positions, cache: KVCache | None) -> torch.Tensor:
+        """Check a call without a cache or with a growing one; positions (B, T)."""
         B, T = ids.shape
         past = len(cache) if cache is not None else 0
         if past + T > self.config.block_size:
@@ -208,14 +242,79 @@ class GPT(nn.Module):
                 f"attention_mask must be (batch, cached + new tokens) = {(B, past + T)}, got "
                 f"{tuple(attention_mask.shape)}; pass the full running mask"
             )
-        positions = self._positions(ids, attention_mask, positions, past)
+        return self._positions(ids, attention_mask, positions, past)
+
+    def _static_positions(self, ids, attention_mask, positions, cache: StaticKVCache) -> torch.Tensor:
+        """Check a call with a static cache; positions (B, T) from the cache's write slots, without a sync."""
+        B, T = ids.shape
+        L = cache.max_length
+        if cache.batch_size != B:
+            raise DataError(f"the static cache holds {cache.batch_size} rows but ids have {B}; make it with "
+                            f"new_cache(batch_size={B}, static=True)")
+        if T > L:
+            raise DataError(f"{T} new tokens do not fit the static cache of {L} positions; make a larger one with "
+                            f"new_cache(max_length=...) (at most block_size={self.config.block_size})")
+        if attention_mask is not None and attention_mask.shape != (B, L):
+            raise DataError(
+                f"with a static cache, attention_mask covers its whole buffer: (batch, max_length) = {(B, L)}, got "
+                f"{tuple(attention_mask.shape)}; mark the (left) padding 0 and every other slot 1"
+            )
+        if positions is not None:
+            return self._positions(ids, None, positions, 0)
+        slots = cache.slots(T)  # (T,)
+        if attention_mask is not None:  # Hugging Face's convention, as in _positions: real tokens count from 0
+            return (attention_mask.long().cumsum(-1) - 1).clamp(min=0).index_select(1, slots)  # (B, T)
+        return slots[None].expand(B, T)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | StaticKVCache | None = None,
+    ) -> torch.Tensor:
+        """ids (B, T) -> logits (B, T, vocab_size): the output layer on :meth:`forward_hidden`.
+
+        ``attention_mask`` (B, T_cached + T): 1 for tokens, 0 for (left) padding, over the cached and the new
+        positions (with a :class:`~bigmodels.nn.StaticKVCache`: (B, max_length), over its whole buffer).
+        ``positions`` (B, T) default to continuing after the cache (or to the mask's running count of real
+        tokens). With a ``cache``, ``ids`` are only the new tokens; their keys/values are appended.
+        """
+        logits = self.lm_head(self.forward_hidden(ids, attention_mask=attention_mask, positions=positions,
+                                                  cache=cache))  # (B, T, padded V)
+        V = self.config.vocab_size
+        return logits if logits.size(-1) == V else logits[..., :V]  # padded rows are no tokens
+
+    def forward_hidden(
+        self,
+        ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | StaticKVCache | None = None,
+    ) -> torch.Tensor:
+        """ids (B, T) -> the final hidden states ln_f(x) (B, T, C), before the output layer ``lm_head``.
+
+        Arguments as :meth:`forward`. A loss can then go from hidden states to the targets a chunk at a time
+        (:func:`~bigmodels.nn.chunked_cross_entropy`) instead of holding the (B, T, V) logits.
+        """
+        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+            raise DataError(f"expected token ids of shape (batch, time), got {tuple(ids.shape)} {ids.dtype}")
+        if isinstance(cache, StaticKVCache):
+            # keys over the whole buffer: the cache masks the slots not written yet (and the padding)
+            positions = self._static_positions(ids, attention_mask, positions, cache)
+            mask, key_padding = cache.mask(ids.size(1), attention_mask), None  # (B|1, 1, T, L)
+        else:
+            positions = self._dynamic_positions(ids, attention_mask, positions, cache)
+            mask, key_padding = None, attention_mask
         x = self.wte(ids)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(positions)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, key_padding=attention_mask, cache=cache, layer=i, positions=positions)
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+            x = block(x, key_padding=key_padding, mask=mask, cache=cache, layer=i, positions=positions)
+        return self.ln_f(x)  # (B, T, C)
 
     def generate(
         self, ids: torch.Tensor, max_new_tokens: int = 32, *, generator: torch.Generator | None = None, **kwargs

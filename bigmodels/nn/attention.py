@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .padding import Unpadded
 
 __all__ = [
     "ATTENTION_IMPLS",
     "scaled_dot_product_attention",
     "attention_mask",
     "KVCache",
+    "StaticKVCache",
     "MultiHeadAttention",
 ]
 
@@ -60,6 +62,15 @@ def attention_mask(
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+# On the CPU the fused kernel loses to two batched matrix products for short keys (sentences): measured
+# 20-25% slower at T = 12..30 (batch 64, 12 heads of 32, 2 threads, torch 2.13). GPUs always fuse.
+_CPU_MATH_MAX_KEYS = 32
+
+
+def _math_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
+    return q.device.type == "cpu" and k.size(-2) <= _CPU_MATH_MAX_KEYS
+
+
 def scaled_dot_product_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -79,7 +90,7 @@ def scaled_dot_product_attention(
     """
     if impl not in ATTENTION_IMPLS:
         raise ConfigError(f"attention impl {impl!r} is not valid; choose one of {', '.join(ATTENTION_IMPLS)}")
-    if impl == "sdpa" and not return_weights:
+    if impl == "sdpa" and not return_weights and not _math_is_faster(q, k):
         mask = mask.to(q.dtype) if mask is not None else None
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal), None
     if is_causal:
@@ -89,7 +100,7 @@ def scaled_dot_product_attention(
         scores = scores + mask.to(scores.dtype)
     weights = scores.float().softmax(dim=-1).to(q.dtype)
     out = F.dropout(weights, p=dropout_p) @ v if dropout_p > 0 else weights @ v  # (B, nh, Tq, hs)
-    return out, weights
+    return out, weights if return_weights or impl == "reference" else None
 
 
 class KVCache:
@@ -117,6 +128,96 @@ class KVCache:
         """Select batch rows (beam search)."""
         self.keys = [None if t is None else t.index_select(0, index) for t in self.keys]
         self.values = [None if t is None else t.index_select(0, index) for t in self.values]
+
+
+class StaticKVCache:
+    """A preallocated key/value cache: (B, nh, max_length, hs) buffers per layer, written in place.
+
+    The dynamic :class:`KVCache` grows by concatenation, so every decoding step has new shapes. Here the
+    buffers never change shape or address and the write position is a device tensor, so a one-token step
+    is the same computation every time: what CUDA graphs (``torch.compile(mode="reduce-overhead")``) need.
+    ``update(layer, k, v)`` writes the new keys/values at the next free slots and returns the *whole*
+    buffers, so attention must hide the slots not yet written: :meth:`mask` gives that additive mask
+    (query at slot s sees slots <= s, and only real tokens where a ``key_padding`` mask is given).
+    Every forward pass updates each of the ``num_layers`` layers once, in order.
+
+    >>> cache = StaticKVCache(2, batch_size=1, num_heads=4, max_length=16, head_dim=8)
+    >>> k = v = torch.randn(1, 4, 3, 8)
+    >>> cache.update(0, k, v)[0].shape, cache.update(1, k, v)[0].shape
+    (torch.Size([1, 4, 16, 8]), torch.Size([1, 4, 16, 8]))
+    >>> len(cache)
+    3
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        max_length: int,
+        head_dim: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        for name, value in (("num_layers", num_layers), ("batch_size", batch_size), ("num_heads", num_heads),
+                            ("max_length", max_length), ("head_dim", head_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"StaticKVCache {name}={value!r} must be a positive int")
+        shape = (batch_size, num_heads, max_length, head_dim)
+        self.num_layers, self.batch_size, self.max_length, self.dtype = num_layers, batch_size, max_length, dtype
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        device = self.keys[0].device
+        self.position = torch.zeros(1, dtype=torch.long, device=device)  # (1,): slots written so far
+        self._arange = torch.arange(max_length, device=device)  # (L,): slot numbers, allocated once
+        self._index = self.position  # (T,): the slots the current forward pass writes (set at layer 0)
+
+    def __len__(self) -> int:
+        """Positions written (reads the device position: a sync, which decoding itself never needs)."""
+        return int(self.position.item())
+
+    def slots(self, q_len: int) -> torch.Tensor:
+        """The buffer slots (q_len,) the next ``q_len`` new positions are written to."""
+        return self._arange[:q_len] + self.position
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nh, T_new, hs) at the next slots; returns the full (B, nh, max_length, hs) buffers."""
+        if layer == 0:
+            self._index = self.slots(k.size(-2))  # (T_new,)
+        self.keys[layer].index_copy_(2, self._index, k.to(self.dtype))
+        self.values[layer].index_copy_(2, self._index, v.to(self.dtype))
+        if layer == self.num_layers - 1:
+            self.position.add_(k.size(-2))  # in place: the tensor keeps its address
+        return self.keys[layer], self.values[layer]
+
+    def mask(self, q_len: int, key_padding: torch.Tensor | None = None, *,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Additive mask (B or 1, 1, q_len, max_length) for the next ``q_len`` queries over the whole buffer.
+
+        Query i (at slot position + i) sees the slots up to its own: causal, and the unwritten ones hidden.
+        ``key_padding`` (B, max_length): 1 for real tokens, 0 for (left) padding, over the whole buffer.
+        """
+        dtype = dtype or self.dtype
+        allowed = self._arange[None, :] <= self.slots(q_len)[:, None]  # (q_len, L)
+        allowed = allowed[None, None]  # (1, 1, q_len, L)
+        if key_padding is not None:
+            allowed = allowed & key_padding.bool()[:, None, None, :]  # (B, 1, q_len, L)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search), in place: the buffers keep their addresses."""
+        for t in (*self.keys, *self.values):
+            t.copy_(t.index_select(0, index))
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are reused; unwritten slots are always masked)."""
+        self.position.zero_()
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the cache owns; none ever changes shape or address (what a compiler may rely on)."""
+        return [*self.keys, *self.values, self.position, self._arange]
 
 
 class MultiHeadAttention(nn.Module):
@@ -156,6 +257,22 @@ class MultiHeadAttention(nn.Module):
             self.v_proj = nn.Linear(dim, dim, bias=bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
 
+    def _stacked_qkv(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q/k/v projections stacked into one (3C, C) matrix and (3C,) bias, for separate-projection layouts.
+
+        Kept between calls while the parameters are unchanged (same storage, no in-place update), so
+        inference pays the copy once; it costs one more copy of the three matrices in memory.
+        """
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        params = [m.weight for m in projs] + [m.bias for m in projs if m.bias is not None]
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        cached = self.__dict__.get("_stacked")
+        if cached is None or cached[0] != key:
+            weight = torch.cat([m.weight for m in projs])  # (3C, C)
+            bias = torch.cat([m.bias for m in projs]) if projs[0].bias is not None else None
+            cached = self.__dict__["_stacked"] = (key, weight, bias)
+        return cached[1], cached[2]
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
@@ -172,8 +289,12 @@ class MultiHeadAttention(nn.Module):
         layer: int = 0,
         positions: torch.Tensor | None = None,
         return_weights: bool = False,
+        unpadded: Unpadded | None = None,
     ):
         """x (B, T, C) -> (B, T, C); with ``return_weights``, also the (B, nh, T, Tk) attention weights.
+
+        With ``unpadded`` (self-attention only), x is the (N, C) rows of the real tokens of a padded batch
+        and so is the result: the projections run on real tokens only, attention on the padded layout.
 
         ``memory`` (B, S, C) makes it cross-attention. ``mask`` is a ready additive mask; otherwise one is
         built from ``causal`` and ``key_padding`` (B, Tk) over the keys, the cached ones included.
@@ -185,10 +306,14 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self._heads(self.q_proj(x)), cache.keys[layer], cache.values[layer]  # (B, nh, T|S, hs)
         else:
             if hasattr(self, "qkv") and memory is None:
-                q, k, v = self.qkv(x).split(self.dim, dim=2)
+                q, k, v = self.qkv(x).split(self.dim, dim=-1)
+            elif memory is None and not torch.is_grad_enabled():  # inference: one product, not three
+                q, k, v = F.linear(x, *self._stacked_qkv()).split(self.dim, dim=-1)
             else:
                 src = x if memory is None else memory
                 q, k, v = self.q_proj(x), self.k_proj(src), self.v_proj(src)
+            if unpadded is not None:  # (N, C) -> (B, T, C): attention needs each sentence's positions
+                q, k, v = unpadded.pad(q), unpadded.pad(k), unpadded.pad(v)
             q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh, T, hs)
             if self.rotary is not None:
                 if positions is None and cache is not None:  # continue after the cached positions
@@ -206,6 +331,8 @@ class MultiHeadAttention(nn.Module):
             q, k, v, mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0,
             impl=self.impl, return_weights=return_weights,
         )
-        y = y.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.dim)  # (B, T, C)
+        y = y.transpose(1, 2).reshape(q.size(0), q.size(2), self.dim)  # (B, T, C)
+        if unpadded is not None:
+            y = unpadded.unpad(y)  # (N, C)
         out = self.out_proj(y)
         return (out, weights) if return_weights else out
