@@ -61,6 +61,12 @@ PLANS = {
          "optim.weight_decay=0.01", "sched.name=cosine", "sched.warmup_steps=20", "train.clip_grad_norm=1.0"),
         steps=3000, quick_steps=400, budget=180.0, quick_budget=25.0,
     ),
+    "numbers": Plan(
+        "numbers", "translation",
+        ("data.tokenizer=bpe:600", "data.batch_size=64", "optim.name=adamw", "optim.lr=0.003", "sched.name=cosine",
+         "sched.warmup_steps=30", "train.label_smoothing=0.1", "train.clip_grad_norm=1.0"),
+        steps=2000, quick_steps=300, budget=120.0, quick_budget=20.0,
+    ),
 }
 
 
@@ -189,7 +195,9 @@ def run_compare(
         "Image models: trained on the embedded scikit-learn digits (8x8), accuracy on its held-out 20% test split. "
         "Language models: character level on the Python help topics that ship with Python (pydoc_data), "
         "validation loss in nats per character on its last 10%. Masked language models (BERT): the same corpus, "
-        "character tokens, masked-LM + next-sentence loss on its last 10% of documents.",
+        "character tokens, masked-LM + next-sentence loss on its last 10% of documents. Encoder-decoders: the "
+        "embedded numbers corpus (English number words -> German, bigmodels.data.numbers), teacher-forced loss and "
+        "token accuracy on 1,000 held-out numbers.",
         "Latency: eval mode, batch 1 and a batch of validation data, median of timed runs after warm-up.",
         "Peak memory: how far training raised the process's peak resident memory above where building the "
         "model and loading the data had left it (activations, gradients, optimizer state).",

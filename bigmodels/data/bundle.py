@@ -287,7 +287,7 @@ def _translation(path: str, *, tokenizer=None, max_length: int = 128, src_lang: 
     sides of the train split; a Tokenizer (a trained model's) is used as it is. `meta` records the languages,
     the split files used and the tokenizer's special ids; the raw sentences stay on the datasets
     (``.sources`` / ``.targets``), the references BLEU is scored against."""
-    from bigmodels.data.parallel import ParallelDataset, read_split, seq2seq_token_ids, train_joint_bpe
+    from bigmodels.data.parallel import read_split
 
     if not src_lang or not tgt_lang or src_lang == tgt_lang:
         raise ConfigError(f"data 'translation' needs two different languages, got data.src_lang={src_lang!r} and "
@@ -298,6 +298,29 @@ def _translation(path: str, *, tokenizer=None, max_length: int = 128, src_lang: 
     found = {split: read_split(path, split, src_lang, tgt_lang, required=split != "test")
              for split in ("train", "val", "test")}
     pairs = {split: f[1] for split, f in found.items() if f is not None}
+    files = {split: f[0] if f is not None else None for split, f in found.items()}
+    return _parallel_bundle(pairs, files, tokenizer=tokenizer, max_length=max_length, src_lang=src_lang,
+                            tgt_lang=tgt_lang)
+
+
+def _numbers(*, tokenizer=None, max_length: int = 128, seed: int = 0) -> DataBundle:
+    """The embedded numbers corpus (:mod:`bigmodels.data.numbers`): English -> German number words,
+    20,000 train / 1,000 val / 1,000 test pairs drawn without overlap from 0..999,999."""
+    from bigmodels.data.numbers import SPLITS, number_pairs
+
+    if tokenizer is None:
+        raise ConfigError("data 'numbers' needs data.tokenizer=bpe:N (a joint BPE trained on both languages, "
+                          "e.g. bpe:1000) or init=<a translation model>")
+    pairs = number_pairs(SPLITS, seed=seed)
+    files = {split: f"embedded numbers corpus ({split}, seed {seed})" for split in pairs}
+    return _parallel_bundle(pairs, files, tokenizer=tokenizer, max_length=max_length, src_lang="en", tgt_lang="de")
+
+
+def _parallel_bundle(pairs: dict[str, list[tuple[str, str]]], files: dict[str, Any], *, tokenizer, max_length: int,
+                     src_lang: str, tgt_lang: str) -> DataBundle:
+    """A translation bundle from (source, target) sentence pairs per split (train, val, optional test)."""
+    from bigmodels.data.parallel import ParallelDataset, seq2seq_token_ids, train_joint_bpe
+
     if isinstance(tokenizer, str):
         tokenizer = train_joint_bpe(pairs["train"], bpe_vocab_size(tokenizer))
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a CharTokenizer's full Tokenizer
@@ -305,7 +328,7 @@ def _translation(path: str, *, tokenizer=None, max_length: int = 128, src_lang: 
     data = {split: ParallelDataset(rows, tokenizer, max_length) for split, rows in pairs.items()}
     meta = {
         "src_lang": src_lang, "tgt_lang": tgt_lang, "max_length": max_length,
-        "splits": {split: f[0] if f is not None else None for split, f in found.items()},
+        "splits": files,
         "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
                       "special_tokens": dict(tokenizer.special_tokens), **special},
     }
@@ -335,7 +358,7 @@ _TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {"pydoc": _pydoc, "text":
 _PRETRAINED_TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {
     "sst2": _sst2, "conll2003": _conll2003, "mlm": _mlm,
 }
-DATASETS = (*_IMAGE_BUILDERS, *_TEXT_BUILDERS, *_PRETRAINED_TEXT_BUILDERS, "translation")
+DATASETS = (*_IMAGE_BUILDERS, *_TEXT_BUILDERS, *_PRETRAINED_TEXT_BUILDERS, "translation", "numbers")
 
 
 def build_data(
@@ -360,10 +383,11 @@ def build_data(
     Names: `digits` (embedded), `mnist` (path: idx directory), `cifar10` / `cifar100` (path: the python-version
     directory or its .tar.gz), `imagefolder` (path: root), `pydoc` (embedded text), `text` (path: .txt file),
     for pretrained text models (pass their ``tokenizer``; ``max_length`` truncates) `sst2` (path:
-    directory) and `conll2003` (path: directory), and `translation` (path: a directory of parallel files
+    directory) and `conll2003` (path: directory), `translation` (path: a directory of parallel files
     ``{split}.{lang}[.gz]``; ``src_lang`` / ``tgt_lang`` name the pair, ``tokenizer="bpe:N"`` trains a joint
-    BPE, ``max_length`` truncates). Image options (`img_size`, `crop_padding`, `hflip`,
-    `random_resized_crop` with its area range `rrc_scale`) apply to image data; `block_size` to text.
+    BPE, ``max_length`` truncates) and `numbers` (embedded English -> German number words, same options).
+    Image options (`img_size`, `crop_padding`, `hflip`, `random_resized_crop` with its area range
+    `rrc_scale`) apply to image data; `block_size` to text.
 
     >>> data = build_data("digits", img_size=16, crop_padding=2)
     >>> data.model_args
@@ -386,11 +410,15 @@ def build_data(
     if name != "translation" and (src_lang is not None or tgt_lang is not None):
         raise ConfigError(f"data.src_lang / data.tgt_lang name the language pair of translation data, not of "
                           f"{name!r}; drop them")
-    if name == "translation":
+    if name in ("translation", "numbers"):
         if augment:
             raise ConfigError("img_size/crop_padding/hflip/random_resized_crop apply to image data, not to "
-                              "translation; drop them")
-        bundle = _translation(path, tokenizer=tokenizer, max_length=max_length, src_lang=src_lang, tgt_lang=tgt_lang)
+                              f"{name}; drop them")
+        if name == "numbers":
+            bundle = _numbers(tokenizer=tokenizer, max_length=max_length, seed=seed)
+        else:
+            bundle = _translation(path, tokenizer=tokenizer, max_length=max_length, src_lang=src_lang,
+                                  tgt_lang=tgt_lang)
     elif name in _PRETRAINED_TEXT_BUILDERS:
         bundle = _PRETRAINED_TEXT_BUILDERS[name](path, tokenizer=tokenizer, max_length=max_length)
     elif name in _TEXT_BUILDERS:

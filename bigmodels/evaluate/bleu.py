@@ -93,8 +93,8 @@ def evaluate_translation(
     batch_size: int = 64, max_new_tokens: int = 128, max_length: int | None = None,
 ) -> dict[str, Any]:
     """Translate ``sources`` (`translate_texts`) and score them against ``references`` (`corpus_bleu`):
-    {"bleu", "signature", "num_beams", "sentences", "precisions", "brevity_penalty", "sys_len", "ref_len",
-    "hypotheses"}.
+    {"bleu", "signature", "chrf", "exact_match", "num_beams", "sentences", "precisions", "brevity_penalty",
+    "sys_len", "ref_len", "hypotheses"}.
 
     >>> data = build_data("translation", "../shared/data/multi30k", tokenizer=tok,  # doctest: +SKIP
     ...                   src_lang="en", tgt_lang="de")
@@ -104,5 +104,14 @@ def evaluate_translation(
         raise DataError(f"got {len(sources)} source sentences and {len(references)} references; pass one each")
     hypotheses = translate_texts(model, tokenizer, sources, num_beams=num_beams, batch_size=batch_size,
                                  max_new_tokens=max_new_tokens, max_length=max_length)
-    return {**corpus_bleu(hypotheses, references), "num_beams": num_beams, "sentences": len(sources),
-            "hypotheses": hypotheses}
+    exact = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references, strict=True)) / max(1, len(sources))
+    return {**corpus_bleu(hypotheses, references), "chrf": corpus_chrf(hypotheses, references), "exact_match": exact,
+            "num_beams": num_beams, "sentences": len(sources), "hypotheses": hypotheses}
+
+
+def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """sacreBLEU's chrF (Popovic 2015, character 6-grams, beta 2): fairer than BLEU on one-word compounds
+    (German number words), where BLEU's word 2- to 4-grams do not exist."""
+    from sacrebleu.metrics import CHRF
+
+    return float(CHRF().corpus_score(list(hypotheses), [list(references)]).score)
