@@ -77,12 +77,12 @@ def evaluate(checkpoint: str, *, data: str | None = None, data_path: str | None 
     base = _plain(trained) if trained is not None and data in (None, trained.name) else {}
     data_cfg = from_dict(DataConfig, {**base, **({"name": data} if data else {}),
                                       **({"path": data_path} if data_path else {})})
-    if data_cfg.name != "translation" and beams is not None:
+    if data_cfg.name not in ("translation", "numbers") and beams is not None:
         raise ConfigError(f"--beams sets the beam search of translation, not of data {data_cfg.name!r}; drop it")
     if data_cfg.name == "stsb":
         metrics = _evaluate_sts(model, directory, data_cfg.path, split or "test", batch_size)
         split = split or "test"
-    elif data_cfg.name == "translation":
+    elif data_cfg.name in ("translation", "numbers"):
         split = split or "test"
         metrics = _evaluate_translation(model, directory, data_cfg, split, batch_size=batch_size,
                                         max_length=max_length, beams=4 if beams is None else beams,
@@ -133,8 +133,8 @@ def _evaluate_translation(model, directory: Path, data_cfg, split: str, *, batch
     from .tasks import get_task
 
     if model.task != "translation":
-        raise ConfigError(f"{directory} is a {model.task} model; data 'translation' needs a translation model")
-    if data_cfg.path is None:
+        raise ConfigError(f"{directory} is a {model.task} model; data {data_cfg.name!r} needs a translation model")
+    if data_cfg.path is None and data_cfg.name == "translation":
         raise ConfigError("--data translation needs --data-path: the folder of the {split}.{lang}[.gz] files "
                           "(e.g. ../shared/data/multi30k)")
     if split not in SPLIT_NAMES:
@@ -153,7 +153,12 @@ def _evaluate_translation(model, directory: Path, data_cfg, split: str, *, batch
                           "training run, or save the model with meta={'src_lang': 'en', 'tgt_lang': 'de'}")
     limit = getattr(model.config, "max_position_embeddings", None)
     max_length = min(max_length, limit) if limit else max_length
-    name, pairs = read_split(data_cfg.path, split, src_lang, tgt_lang)
+    if data_cfg.name == "numbers":  # embedded: the split is regenerated from the run's seed
+        from .data.numbers import SPLITS, number_pairs
+
+        name, pairs = f"numbers {split}", number_pairs(SPLITS, seed=data_cfg.seed)[split]
+    else:
+        name, pairs = read_split(data_cfg.path, split, src_lang, tgt_lang)
     dataset = ParallelDataset(pairs, tokenizer, max_length)
     metrics = evaluate_model(model, dataset, get_task("translation"), batch_size=batch_size)
     scores = evaluate_translation(model, tokenizer, dataset.sources, dataset.targets, num_beams=beams,
@@ -338,6 +343,26 @@ def compare(*, quick: bool = False, out: str = "reports/compare", budget: float 
     return 0
 
 
+def bench(*workloads: str, tiny: bool = False, device: str | None = None, steps: int | None = None,
+          warmup: int | None = None, no_peer: bool = False, compile: bool = False, no_compile: bool = False,
+          data: str | None = None, out: str = "benchmarks/out", list: bool = False) -> int:
+    """Speed side by side with the peer libraries (transformers, torchvision, sentence-transformers) on the same
+    weights: throughput, latency, peak memory, MFU and the targets, as a table and speed.json in --out. --tiny
+    runs CPU-sized models; compile is on for CUDA unless --no-compile; --list shows the workloads."""
+    from .bench.speed import format_table, run_speed, workloads_table
+
+    if list:
+        print(workloads_table())
+        return 0
+    if compile and no_compile:
+        raise ConfigError("--compile and --no-compile contradict each other; give one (default: compile on CUDA)")
+    rows, paths = run_speed(workloads, tiny=tiny, device=device, steps=steps, warmup=warmup, peer=not no_peer,
+                            compile=True if compile else False if no_compile else None, data=data, out=out)
+    print(format_table(rows))
+    print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+    return 1 if any("error" in r for r in rows) else 0
+
+
 # how the *args of a command read in --help
 _VAR_ARGS = {
     "overrides": ("KEY=VALUE", "dotted config overrides, e.g. optim.lr=3e-4 train.epochs=2"),
@@ -345,11 +370,12 @@ _VAR_ARGS = {
     "prompts": ("PROMPT", "text to continue"),
     "texts": ("TEXT", "texts to embed"),
     "sentences": ("SENTENCE", "sentences to translate"),
+    "workloads": ("WORKLOAD", "speed workloads to run (default: all); see --list"),
 }
 
 COMMANDS = {
     "models": models, "train": train, "evaluate": evaluate, "predict": predict, "generate": generate,
-    "embed": embed, "translate": translate, "convert": convert, "compare": compare,
+    "embed": embed, "translate": translate, "convert": convert, "compare": compare, "bench": bench,
 }
 
 # ---------------------------------------------------------------------------------------------- plumbing

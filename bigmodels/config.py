@@ -59,7 +59,7 @@ def check_positive(owner: str, key: str, value: float | None, *, allow_zero: boo
 class DataConfig:
     """Which data to train on and how to batch and augment it."""
 
-    # digits | mnist | cifar10 | cifar100 | imagefolder | pydoc | text | sst2 | conll2003 | mlm | translation
+    # digits | mnist | cifar10 | cifar100 | imagefolder | pydoc | text | sst2 | conll2003 | mlm | translation | numbers
     name: str = "digits"
     path: str | None = None  # folder or file for mnist / cifar10 / cifar100 (dir or .tar.gz) / imagefolder / text
     batch_size: int = 64  # global batch (summed over data-parallel processes)
@@ -171,9 +171,15 @@ class TrainConfig:
     mix_prob: float = 1.0  # with mixup or cutmix on: the chance that a batch is mixed at all
     mix_switch_prob: float = 0.5  # with both on: the chance a mixed batch uses CutMix rather than mixup (timm's)
     channels_last: bool = False  # image models: NHWC weights and 4-D inputs (faster convolutions on GPUs)
+    # torch.compile the training step's forward + loss: default | reduce-overhead | max-autotune |
+    # max-autotune-no-cudagraphs (see bigmodels.speed.COMPILE_MODES); None: eager
+    compile: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("train", "precision", self.precision, ("fp32", "bf16", "fp16"))
+        if self.compile is not None:
+            check_choice("train", "compile", self.compile,
+                         ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing={self.label_smoothing!r} must be in [0, 1), e.g. 0.1")
         for key in ("mixup", "cutmix"):

@@ -123,6 +123,28 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path):
         torch.testing.assert_close(weights(acc.model)[k], v, rtol=1e-5, atol=1e-6)
 
 
+def test_compile_compiles_forward_and_loss_and_trains_the_same(tmp_path, monkeypatch):
+    # train.compile hands the step (forward + loss) to torch.compile with the mode; the eager backend keeps the
+    # test fast on a CPU while checking the wiring and that the compiled step trains exactly as eager does
+    real, modes = torch.compile, []
+
+    def compile_eagerly(fn, *, mode=None, **kwargs):
+        modes.append(mode)
+        return real(fn, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    base = ["model=mlp_small", "train.steps=3", "optim.name=adamw"]
+    with Trainer(make_cfg(tmp_path / "eager", *base)) as eager:
+        eager.fit()
+    with Trainer(make_cfg(tmp_path / "compiled", *base, "train.compile=max-autotune-no-cudagraphs")) as compiled:
+        compiled.fit()
+    assert modes == ["max-autotune-no-cudagraphs"]
+    for k, v in weights(eager.model).items():
+        torch.testing.assert_close(weights(compiled.model)[k], v, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="train.compile"):
+        make_cfg(tmp_path / "bad", *base, "train.compile=fast")
+
+
 def test_gradient_clipping_bounds_the_update(tmp_path):
     with Trainer(make_cfg(tmp_path, "model=mlp_small", "train.steps=1", "optim.name=sgd", "optim.momentum=0",
                           "optim.lr=1.0", "train.clip_grad_norm=0.001", "sched.name=constant")) as t:

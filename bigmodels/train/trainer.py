@@ -125,13 +125,26 @@ def _load_pretrained(model: nn.Module, init: str) -> None:
             f"{model.family} model; pick a model of the same family or another init"
         )
     mine = model.state_dict()
-    matched = {k: v for k, v in source.state_dict().items() if k in mine and mine[k].shape == v.shape}
+    vocab = getattr(model.config, "vocab_size", None)
+    matched = {k: _fit_rows(v, mine[k], vocab) for k, v in source.state_dict().items() if k in mine}
+    matched = {k: v for k, v in matched.items() if v is not None}
     if not matched:
         raise CheckpointError(f"no weight of init={init} fits {model.model_name}; check the model settings")
     model.load_state_dict(matched, strict=False)
     fresh = sorted(set(mine) - set(matched))
     log.info("init from %s: %d tensors loaded, %d new%s", init, len(matched), len(fresh),
              f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else "")
+
+
+def _fit_rows(source: torch.Tensor, target: torch.Tensor, vocab_size: int | None) -> torch.Tensor | None:
+    """``source`` if it fits ``target``; a (vocab_size, C) table padded with zero rows when the target has a
+    vocabulary padded to a multiple (GPT's ``pad_vocab_multiple``); else None (the tensor starts fresh)."""
+    if source.shape == target.shape:
+        return source
+    if (source.dim() == 2 and source.shape[0] == vocab_size and source.shape[1] == target.shape[1]
+            and target.shape[0] > vocab_size):
+        return torch.cat([source, source.new_zeros(target.shape[0] - source.shape[0], *source.shape[1:])])
+    return None
 
 
 class _StopRequest:
@@ -410,6 +423,17 @@ class Trainer:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _loss_fn(self, model: nn.Module):
+        """x, y -> training loss; with train.compile, forward + loss compiled as one graph (compiling the loss
+        call rather than the model keeps the task's fused paths, e.g. the chunked LM cross-entropy)."""
+        if getattr(self, "_compiled", (None,))[0] is not model:
+            def step(x, y):
+                return self.task.loss(model, x, y)[0]
+
+            mode = self.cfg.train.compile
+            self._compiled = (model, torch.compile(step, mode=mode) if mode else step)
+        return self._compiled[1]
+
     def _train_step(self, model: nn.Module, stream) -> tuple[torch.Tensor, int, bool]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, items, epoch_ended)."""
         tc = self.cfg.train
@@ -427,7 +451,7 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             sync = self.ddp is not None and micro < tc.grad_accum - 1
             with self.ddp.no_sync() if sync else contextlib.nullcontext(), autocast(self.device, self.precision):
-                loss, _ = self.task.loss(model, x, y)
+                loss = self._loss_fn(model)(x, y)
                 self.scaler.scale(loss / tc.grad_accum).backward()
             loss_sum += loss.detach() / tc.grad_accum
             n_items += self.task.count(x, y)
