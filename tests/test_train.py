@@ -238,3 +238,20 @@ def test_progress_bar_shows_loss_throughput_and_eta_on_a_terminal(monkeypatch):
     text = term.getvalue()
     assert "50/100" in text and "loss 0.2500" in text and "1,234 samples/s" in text
     assert "<" in text  # tqdm's elapsed<remaining (the ETA)
+
+
+def test_init_into_a_padded_vocabulary_keeps_the_pretrained_rows(tmp_path):
+    # GPT-2 weights (V rows) into pad_vocab_multiple=64 (more rows): the real rows load, the extra rows are zero
+    from bigmodels.train.trainer import _load_pretrained
+
+    small = dict(vocab_size=100, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    source = bigmodels.create_model("gpt_mini", **small)
+    bigmodels.save(source, tmp_path / "src")
+    padded = bigmodels.create_model("gpt_mini", **small, pad_vocab_multiple=64)
+    _load_pretrained(padded, str(tmp_path / "src"))
+    wte = padded.wte.weight.detach()
+    assert wte.shape == (128, 16)
+    torch.testing.assert_close(wte[:100], source.wte.weight.detach())
+    assert not wte[100:].any()
+    ids = torch.randint(0, 100, (2, 8))
+    torch.testing.assert_close(padded(ids), source(ids))
