@@ -147,7 +147,7 @@ class TrainConfig:
 
     epochs: int | None = 1  # stop after this many epochs (None: use steps)
     steps: int | None = None  # stop after this many optimizer steps (wins over epochs when set)
-    max_time: float | None = None  # stop after this many seconds of training (a budget)
+    max_time: float | None = None  # stop after this many seconds of training in this invocation (a resume restarts it)
     grad_accum: int = 1  # micro-batches per optimizer step
     clip_grad_norm: float = 0.0  # 0 disables clipping
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a gradient scaler; CUDA only)
