@@ -69,6 +69,7 @@ def evaluate(checkpoint: str, *, data: str | None = None, data_path: str | None 
     trained on; stsb (Spearman of cosine similarities), sst2, conll2003 (entity F1), text/pydoc (perplexity),
     translation (sacreBLEU of beam-search translations, --beams 4 by default, plus teacher-forced loss)."""
     from .config import DataConfig, from_dict
+    from .data.bundle import PARALLEL_DATASETS
     from .io import load, resolve_checkpoint, saved_tokenizer
 
     directory = resolve_checkpoint(checkpoint)
@@ -77,12 +78,12 @@ def evaluate(checkpoint: str, *, data: str | None = None, data_path: str | None 
     base = _plain(trained) if trained is not None and data in (None, trained.name) else {}
     data_cfg = from_dict(DataConfig, {**base, **({"name": data} if data else {}),
                                       **({"path": data_path} if data_path else {})})
-    if data_cfg.name not in ("translation", "numbers") and beams is not None:
+    if data_cfg.name not in PARALLEL_DATASETS and beams is not None:
         raise ConfigError(f"--beams sets the beam search of translation, not of data {data_cfg.name!r}; drop it")
     if data_cfg.name == "stsb":
         metrics = _evaluate_sts(model, directory, data_cfg.path, split or "test", batch_size)
         split = split or "test"
-    elif data_cfg.name in ("translation", "numbers"):
+    elif data_cfg.name in PARALLEL_DATASETS:
         split = split or "test"
         metrics = _evaluate_translation(model, directory, data_cfg, split, batch_size=batch_size,
                                         max_length=max_length, beams=4 if beams is None else beams,

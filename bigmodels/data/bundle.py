@@ -358,7 +358,8 @@ _TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {"pydoc": _pydoc, "text":
 _PRETRAINED_TEXT_BUILDERS: dict[str, Callable[..., DataBundle]] = {
     "sst2": _sst2, "conll2003": _conll2003, "mlm": _mlm,
 }
-DATASETS = (*_IMAGE_BUILDERS, *_TEXT_BUILDERS, *_PRETRAINED_TEXT_BUILDERS, "translation", "numbers")
+PARALLEL_DATASETS = ("translation", "numbers")  # sentence pairs for encoder-decoders (scored with BLEU/chrF)
+DATASETS = (*_IMAGE_BUILDERS, *_TEXT_BUILDERS, *_PRETRAINED_TEXT_BUILDERS, *PARALLEL_DATASETS)
 
 
 def build_data(
@@ -410,7 +411,7 @@ def build_data(
     if name != "translation" and (src_lang is not None or tgt_lang is not None):
         raise ConfigError(f"data.src_lang / data.tgt_lang name the language pair of translation data, not of "
                           f"{name!r}; drop them")
-    if name in ("translation", "numbers"):
+    if name in PARALLEL_DATASETS:
         if augment:
             raise ConfigError("img_size/crop_padding/hflip/random_resized_crop apply to image data, not to "
                               f"{name}; drop them")

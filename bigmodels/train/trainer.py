@@ -206,6 +206,7 @@ class Trainer:
         # hard labels, so val metrics stay comparable across settings) are one object when they agree
         self.task: Task = get_task(self.data.task, self.data.meta, label_smoothing=tc.label_smoothing)
         self.eval_task: Task = get_task(self.data.task, self.data.meta) if tc.label_smoothing else self.task
+        self._compiled: tuple[nn.Module | None, Callable | None] = (None, None)  # (model, its loss step)
         self.mixing = _build_mixing(cfg, self.data)
         self.model = model if model is not None else build_model_for_data(
             cfg.model, cfg.model_args, self.data, cfg.init
@@ -426,7 +427,7 @@ class Trainer:
     def _loss_fn(self, model: nn.Module):
         """x, y -> training loss; with train.compile, forward + loss compiled as one graph (compiling the loss
         call rather than the model keeps the task's fused paths, e.g. the chunked LM cross-entropy)."""
-        if getattr(self, "_compiled", (None,))[0] is not model:
+        if self._compiled[0] is not model:
             def step(x, y):
                 return self.task.loss(model, x, y)[0]
 
