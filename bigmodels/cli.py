@@ -220,8 +220,8 @@ def predict(checkpoint: str, *inputs: str, top_k: int = 5, max_new_tokens: int =
             seed: int = 0, model: str | None = None) -> int:
     """Classify image files (top-k classes) or continue a text prompt, with a saved model (or, with --model,
     a torchvision state dict such as resnet50-11ad3fa6.pth)."""
+    from .infer.predict import classify_images, continue_text
     from .io import load, resolve_checkpoint
-    from .predict import classify_images, continue_text
 
     if not inputs:
         raise ConfigError("give at least one input: image file paths, or a text prompt for a language model")
@@ -265,12 +265,12 @@ def generate(checkpoint: str, *prompts: str, max_new_tokens: int = 100, temperat
         encoded = tokenizer.encode(prompt, unknown="error")
         ids = list(getattr(encoded, "ids", encoded))
         if not hasattr(model, "new_cache"):  # recurrent models decode with their own state
-            from .predict import continue_text
+            from .infer.predict import continue_text
 
             print(continue_text(model, directory, prompt, max_new_tokens=max_new_tokens,
                                 temperature=temperature, top_k=top_k, seed=seed))
             continue
-        from .generate import stream
+        from .infer.generate import stream
 
         steps = stream(model, [ids], max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                        top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
@@ -292,7 +292,7 @@ def embed(checkpoint: str, *texts: str, file: str | None = None, out: str | None
           max_length: int = 256) -> int:
     """Sentence embeddings: texts (or a file, one text a line) -> vectors, as JSON lines or a .npy file."""
     from .data.tokenizers import load_tokenizer
-    from .embed import embed_texts
+    from .infer.embed import embed_texts
     from .io import load, resolve_checkpoint
 
     directory = resolve_checkpoint(checkpoint)
@@ -336,7 +336,7 @@ def convert(source: str, target: str, *, format: str = "hf", model: str | None =
 def compare(*, quick: bool = False, out: str = "reports/compare", budget: float | None = None,
             models: str | None = None, data: str | None = None) -> int:
     """Train every registered family that fits the data and write a comparison report (Markdown + HTML)."""
-    from .compare import run_compare
+    from .bench.compare import run_compare
 
     paths = run_compare(out_dir=Path(out), quick=quick, budget=budget,
                         models=models.split(",") if models else None, datasets=data.split(",") if data else None)

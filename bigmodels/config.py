@@ -172,7 +172,7 @@ class TrainConfig:
     mix_switch_prob: float = 0.5  # with both on: the chance a mixed batch uses CutMix rather than mixup (timm's)
     channels_last: bool = False  # image models: NHWC weights and 4-D inputs (faster convolutions on GPUs)
     # torch.compile the training step's forward + loss: default | reduce-overhead | max-autotune |
-    # max-autotune-no-cudagraphs (see bigmodels.speed.COMPILE_MODES); None: eager
+    # max-autotune-no-cudagraphs (see bigmodels.compress.fuse.COMPILE_MODES); None: eager
     compile: str | None = None
 
     def __post_init__(self) -> None:

@@ -157,4 +157,6 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     model.model_name = name  # type: ignore[attr-defined]
     if not hasattr(type(model), "task"):  # a family whose head decides its task defines `task` itself
         model.task = spec.task  # type: ignore[attr-defined]
-    return model
+    from .models._contract import ModelInfo, set_model_info
+
+    return set_model_info(model, ModelInfo(name=name, family=spec.family, task=spec.task))

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .evaluate.metrics import bits_per_token, perplexity, topk_correct
-from .evaluate.text_metrics import get_entities
+from .metrics.classification import bits_per_token, perplexity, topk_correct
+from .metrics.text import get_entities
 from .nn.losses import chunked_cross_entropy
 
 IGNORE_INDEX = -100  # targets that take no part in a loss (padding, sub-tokens, unmasked tokens)

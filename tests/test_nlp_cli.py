@@ -35,7 +35,7 @@ def test_generate_streams_a_continuation_that_starts_with_the_prompt(tiny_gpt, r
     greedy = run_cli(["generate", str(tiny_gpt), "The ", "--max-new-tokens", "12", "--temperature", "0"])[1]
     model = bigmodels.load(tiny_gpt)
     from bigmodels.data.tokenizers import load_tokenizer
-    from bigmodels.generate import generate
+    from bigmodels.infer.generate import generate
 
     tok = load_tokenizer(bigmodels.io.resolve_checkpoint(tiny_gpt))
     ids = generate(model, [tok.encode("The ")], max_new_tokens=12, temperature=0)

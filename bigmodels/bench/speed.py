@@ -4,7 +4,7 @@ For each workload (:mod:`bigmodels.bench.workloads`) both sides are built with o
 to compute the same function (the max difference of their outputs goes in the results), then each side in
 turn runs its warm-up steps (``torch.compile`` compiles there; timed apart) and its timed steps, alone on
 the device. The result per side: throughput, median step latency, peak memory and MFU (model FLOP/s over
-the device's peak from :func:`bigmodels.speed.peak_flops`); per row, the ratio ours / peer and the issue's
+the device's peak from :func:`bigmodels.bench.flops.peak_flops`); per row, the ratio ours / peer and the issue's
 target. ``run_speed`` writes everything, with the environment and the command, to ``speed.json`` and a
 Markdown table to ``speed.md``::
 
@@ -118,8 +118,8 @@ def flops_per_unit(w: Workload, model: nn.Module) -> float | None:
 
 
 def _mfu(flops_per_second: float | None, device: torch.device, dtype: torch.dtype) -> tuple[float | None, float | None]:
-    """(MFU, the device's peak FLOP/s) from :mod:`bigmodels.speed`; ``None`` where the peak is not known."""
-    from ..speed import mfu, peak_flops
+    """(MFU, the device's peak FLOP/s) from :mod:`bigmodels.compress.fuse`; ``None`` where the peak is not known."""
+    from .flops import mfu, peak_flops
 
     peak = peak_flops(device, dtype)
     if flops_per_second is None:
@@ -215,11 +215,12 @@ def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
 
 def _inference_model(side: str, harness: Harness, model: nn.Module, device: torch.device, dtype: torch.dtype,
                      compile: bool) -> tuple[nn.Module, dict]:
-    """Our model through :func:`bigmodels.speed.optimize_for_inference`; the peer cast, channels_last, compiled."""
+    """Our model through :func:`bigmodels.compress.fuse.optimize_for_inference`; the peer cast, channels_last,
+    compiled."""
     channels_last = harness.image and device.type == "cuda"
     model = model.to(device).eval()
     if side == "ours":
-        from ..speed import optimize_for_inference
+        from ..compress.fuse import optimize_for_inference
 
         cast = None if dtype == torch.float32 else dtype
         mode = "default" if compile else None  # its compile is torch.compile's mode, None = not compiled
@@ -284,7 +285,7 @@ def _decode_side(side: str, harness: Harness, w: Workload, model: nn.Module, ids
     """(timing, settings) of a decode side: the first of its decoders that runs is timed."""
     model = model.to(device).eval()
     if side == "ours":
-        from ..speed import optimize_for_inference
+        from ..compress.fuse import optimize_for_inference
 
         # not compiled here: generate(compile=...) compiles its decode step
         model = optimize_for_inference(model, fold_bn=False, dtype=None if dtype == torch.float32 else dtype)
@@ -447,7 +448,7 @@ def _run_model(w: Workload, dev: torch.device, dtype: torch.dtype, steps: int, w
 def _run_embed(w: Workload, dev: torch.device, steps: int, warmup: int, peer: bool,
                data: str | Path | None) -> dict[str, Any]:
     """Our embed_texts against sentence-transformers' encode, alternating repetitions over the same texts."""
-    from ..embed import embed_texts
+    from ..infer.embed import embed_texts
 
     texts, source = stsb_sentences(data, limit=w.texts)
     model, tokenizer, path = load_minilm()
@@ -489,7 +490,7 @@ def _run_embed(w: Workload, dev: torch.device, steps: int, warmup: int, peer: bo
                   "first_step_s": first[side] if warmup else None, "peak_memory_bytes": mem[side][0],
                   "memory_kind": mem[side][1]}
         name = "bigmodels" if side == "ours" else _peer_name(w)
-        settings = {"call": "bigmodels.embed.embed_texts" if side == "ours" else "SentenceTransformer.encode",
+        settings = {"call": "bigmodels.infer.embed.embed_texts" if side == "ours" else "SentenceTransformer.encode",
                     "batch_size": w.batch}
         result = _side_result(name, timing, w, steps, warmup, None, dev, torch.float32, settings)
         # per repetition, every text: the throughput of the median repetition, as the issue asks

@@ -286,10 +286,10 @@ class _GPT2(Harness):
     def decoders(self, side, model, w, compile):
         n = w.new_tokens
         if side == "ours":
-            from ..generate import generate
+            from ..infer.generate import generate
 
             options: dict[str, Any] = {"cache": "static", "compile": compile}
-            settings = {"call": "bigmodels.generate.generate", "temperature": 0, **options}
+            settings = {"call": "bigmodels.infer.generate.generate", "temperature": 0, **options}
             return [(settings, lambda ids: generate(model, ids, max_new_tokens=n, temperature=0, **options))]
 
         def hf(cache: str) -> Decoder:

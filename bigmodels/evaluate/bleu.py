@@ -1,12 +1,10 @@
-"""Translation quality: corpus BLEU by sacreBLEU, and the evaluator that translates a test set and scores it.
+"""Translation quality: the evaluator that translates a test set and scores it.
 
-`corpus_bleu` is sacreBLEU's default BLEU (13a tokenization, mixed case, exponential smoothing) on detokenized
-text, the figure translation papers report since Post 2018; its signature string says exactly how it was
-computed. `translate_texts` turns sentences into translations with `bigmodels.seq2seq_decode.translate`,
-encoding the source exactly as the training data did (`bigmodels.data.parallel.encode_sources`).
-
->>> round(corpus_bleu(["the cat sat on the mat"], ["the cat sat on the mat"])["bleu"], 2)
-100.0
+`corpus_bleu` (in :mod:`bigmodels.metrics.text`) is sacreBLEU's default BLEU (13a tokenization, mixed case,
+exponential smoothing) on detokenized text, the figure translation papers report since Post 2018; its signature
+string says exactly how it was computed. `translate_texts` turns sentences into translations with
+`bigmodels.infer.seq2seq.translate`, encoding the source exactly as the training data did
+(`bigmodels.data.parallel.encode_sources`).
 """
 
 from __future__ import annotations
@@ -18,25 +16,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from ..metrics.text import corpus_bleu, corpus_chrf
 
 __all__ = ["corpus_bleu", "evaluate_translation", "translate_texts"]
-
-
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
-    """sacreBLEU corpus BLEU of ``hypotheses`` against one reference each: {"bleu" (0-100), "signature",
-    "precisions" (1- to 4-gram, %), "brevity_penalty", "sys_len", "ref_len"}."""
-    from sacrebleu.metrics import BLEU
-
-    if isinstance(hypotheses, str) or isinstance(references, str):
-        raise DataError("corpus_bleu takes lists of sentences, not one string; wrap a single sentence in a list")
-    if len(hypotheses) != len(references) or not len(hypotheses):
-        raise DataError(f"got {len(hypotheses)} hypotheses and {len(references)} references; pass one reference "
-                        "per hypothesis (and at least one)")
-    metric = BLEU()
-    score = metric.corpus_score(list(hypotheses), [list(references)])
-    return {"bleu": float(score.score), "signature": str(metric.get_signature()),
-            "precisions": [float(p) for p in score.precisions], "brevity_penalty": float(score.bp),
-            "sys_len": int(score.sys_len), "ref_len": int(score.ref_len)}
 
 
 def _one_line(text: str) -> str:
@@ -58,7 +40,7 @@ def translate_texts(
     ['Ein Hund rennt.', '']
     """
     from ..data.parallel import encode_sources, seq2seq_token_ids, source_batch
-    from ..seq2seq_decode import translate
+    from ..infer.seq2seq import translate
 
     if num_beams < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ConfigError(f"num_beams={num_beams}, batch_size={batch_size} and max_new_tokens={max_new_tokens} "
@@ -107,11 +89,3 @@ def evaluate_translation(
     exact = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references, strict=True)) / max(1, len(sources))
     return {**corpus_bleu(hypotheses, references), "chrf": corpus_chrf(hypotheses, references), "exact_match": exact,
             "num_beams": num_beams, "sentences": len(sources), "hypotheses": hypotheses}
-
-
-def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """sacreBLEU's chrF (Popovic 2015, character 6-grams, beta 2): fairer than BLEU on one-word compounds
-    (German number words), where BLEU's word 2- to 4-grams do not exist."""
-    from sacrebleu.metrics import CHRF
-
-    return float(CHRF().corpus_score(list(hypotheses), [list(references)]).score)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .text_metrics import pearson, spearman
+from ..metrics.text import pearson, spearman
 
 __all__ = ["evaluate_sts"]
 
@@ -25,7 +25,7 @@ def evaluate_sts(
     >>> evaluate_sts(model, tokenizer, read_stsb("../shared/data/stsb", "test"))["spearman"]  # doctest: +SKIP
     0.8203...
     """
-    from ..embed import embed_texts
+    from ..infer.embed import embed_texts
 
     first = embed_texts(model, tokenizer, [p[0] for p in pairs], batch_size=batch_size, max_length=max_length)
     second = embed_texts(model, tokenizer, [p[1] for p in pairs], batch_size=batch_size, max_length=max_length)

@@ -5,7 +5,7 @@ Pre-LN blocks (x + attn(ln_1(x)), then x + mlp(ln_2(x))), learned positions, the
 nanoGPT (``wte``, ``wpe``, ``blocks[i].attn``, ``ln_f``, ``lm_head``); ``interop/hf_gpt2.py`` maps them to
 Hugging Face's ``transformer.h.{i}...`` so real GPT-2 checkpoints load with ``bigmodels.load``.
 
-Decoding (:mod:`bigmodels.generate`) runs the prompt once and then one token per step through a
+Decoding (:mod:`bigmodels.infer.generate`) runs the prompt once and then one token per step through a
 :class:`~bigmodels.nn.KVCache`; left-padded batches pass an ``attention_mask``::
 
     >>> import bigmodels, torch
@@ -319,8 +319,8 @@ class GPT(nn.Module):
     def generate(
         self, ids: torch.Tensor, max_new_tokens: int = 32, *, generator: torch.Generator | None = None, **kwargs
     ) -> torch.Tensor:
-        """Continue ``ids`` (B, T): the decoders' ``generate``; options as :func:`bigmodels.generate.generate`."""
-        from ..generate import generate  # decoding lives above the models; imported on use, not at import
+        """Continue ``ids`` (B, T): the decoders' ``generate``; options as :func:`bigmodels.infer.generate.generate`."""
+        from ..infer.generate import generate  # decoding lives above the models; imported on use, not at import
 
         if generator is not None:
             kwargs["seed"] = generator

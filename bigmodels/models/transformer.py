@@ -12,7 +12,7 @@ trains deep stacks without a long warmup).
 Module names follow Hugging Face's Marian (``MarianMTModel`` without its ``model.`` prefix:
 ``encoder.layers.{i}.self_attn.q_proj``, ``decoder.layers.{i}.encoder_attn``, ``final_layer_norm``, ...), so
 ``interop/hf_marian.py`` maps OPUS-MT checkpoints almost name for name. Decoding lives in
-:mod:`bigmodels.seq2seq_decode`: the source is encoded once, then the decoder runs one token a step
+:mod:`bigmodels.infer.seq2seq`: the source is encoded once, then the decoder runs one token a step
 through a cache (self-attention keys/values grow; the memory's cross-attention keys/values are made once)::
 
     >>> import bigmodels, torch
@@ -341,7 +341,7 @@ class Transformer(nn.Module):
         if decoder_input_ids is None:
             raise DataError("the Transformer needs decoder_input_ids (B, T): the target shifted right, starting with "
                             f"decoder_start_token_id={self.config.decoder_start_token_id} (see shift_right); to "
-                            "translate, use bigmodels.seq2seq_decode.translate")
+                            "translate, use bigmodels.infer.seq2seq.translate")
         memory = self.encode(input_ids, attention_mask)
         return self.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask=decoder_attention_mask)
 

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, DataError
-from .nn.sampling import sample_next_token
+from ..errors import ConfigError, DataError
+from ..nn.sampling import sample_next_token
 
 __all__ = ["generate", "stream", "pad_prompts", "apply_repetition_penalty", "CACHES"]
 

@@ -20,8 +20,8 @@ transformers.logging.set_verbosity_error()
 
 import bigmodels  # noqa: E402
 from bigmodels.data.tokenizers import load_tokenizer  # noqa: E402
-from bigmodels.embed import embed_texts  # noqa: E402
 from bigmodels.errors import CheckpointError, ConfigError, DataError  # noqa: E402
+from bigmodels.infer.embed import embed_texts  # noqa: E402
 from bigmodels.interop.hf_bert import save_sentence_transformers  # noqa: E402
 from bigmodels.models.bert import HEADS, Bert, BertConfig  # noqa: E402
 from bigmodels.registry import model_from_config  # noqa: E402
@@ -29,7 +29,7 @@ from bigmodels.registry import model_from_config  # noqa: E402
 TINY_HF = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                max_position_embeddings=64)
 TINY = dict(TINY_HF)  # create_model overrides: the same Hugging Face field names
-STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
+STSB = Path(__file__).resolve().parents[3] / "shared" / "data" / "stsb"
 ATOL = 1e-5
 
 

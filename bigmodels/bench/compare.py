@@ -4,7 +4,7 @@ Each model is trained and measured in a fresh process (so peak memory and speed 
 data, recipe and time budget, then the report compares parameters, FLOPs, training throughput, inference
 latency, peak memory and accuracy, with the hardware and versions::
 
-    >>> from bigmodels.compare import run_compare
+    >>> from bigmodels.bench.compare import run_compare
     >>> paths = run_compare(out_dir=Path("reports/compare"), quick=True)   # doctest: +SKIP
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["run_compare", "PLANS"]
 
-log = logging.getLogger("bigmodels.compare")
+log = logging.getLogger("bigmodels.bench.compare")
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,11 @@ def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None,
     """Train and measure one model (runs in a child process); failures come back as an ``error`` row."""
     import torch
 
-    from .bench import count_flops, count_params, measure_latency, peak_memory
-    from .config import resolve_run_config
-    from .data.batching import fetch_batch
-    from .registry import get_spec
-    from .train import Trainer
+    from ..config import resolve_run_config
+    from ..data.batching import fetch_batch
+    from ..registry import get_spec
+    from ..train import Trainer
+    from . import count_flops, count_params, measure_latency, peak_memory
 
     spec = get_spec(model_name)
     row: dict[str, Any] = {"model": model_name, "family": spec.family, "task": spec.task, "error": None}
@@ -141,7 +141,7 @@ class _NamedInputs(torch.nn.Module):
 
 
 def _models_for(plan: Plan, models: list[str] | None) -> list[str]:
-    from .registry import get_spec, list_models
+    from ..registry import get_spec, list_models
 
     if models:
         return [m for m in models if get_spec(m).task == plan.task]
@@ -157,14 +157,14 @@ def run_compare(
     datasets: list[str] | None = None,
 ) -> dict[str, Path]:
     """Train, measure and report; returns the paths of ``report.md`` (``md``) and ``report.html`` (``html``)."""
-    from .bench import environment_info, write_report
+    from . import environment_info, write_report
 
     datasets = datasets or list(PLANS)
     unknown = [d for d in datasets if d not in PLANS]
     if unknown:
         raise ConfigError(f"compare runs on the embedded data sets {', '.join(PLANS)}; not {', '.join(unknown)}")
     if models:
-        from .registry import get_spec
+        from ..registry import get_spec
 
         for m in models:
             get_spec(m)  # unknown names fail now, not in a child

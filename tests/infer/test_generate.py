@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import bigmodels
-from bigmodels import generate as decoding
 from bigmodels.errors import ConfigError, DataError
-from bigmodels.generate import generate, pad_prompts, stream
+from bigmodels.infer import generate as decoding
+from bigmodels.infer.generate import generate, pad_prompts, stream
 
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
@@ -111,7 +111,7 @@ def test_compile_without_compile_options_for_the_device_decodes_uncompiled_with_
     ours, _ = models
     monkeypatch.setattr(decoding, "_COMPILED", {})
     expected = generate(ours, PROMPTS, temperature=0, max_new_tokens=8, pad_token_id=PAD_ID)
-    with caplog.at_level("WARNING", logger="bigmodels.generate"):
+    with caplog.at_level("WARNING", logger="bigmodels.infer.generate"):
         out = generate(ours, PROMPTS, temperature=0, max_new_tokens=8, pad_token_id=PAD_ID, cache="static",
                        compile=True)
     assert torch.equal(out, expected)

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 import bigmodels
 from bigmodels.errors import ConfigError, DataError
+from bigmodels.infer.seq2seq import beam_search, greedy_decode, translate
 from bigmodels.models.transformer import Transformer, TransformerConfig, shift_right
 from bigmodels.registry import model_from_config
-from bigmodels.seq2seq_decode import beam_search, greedy_decode, translate
 
 transformers = pytest.importorskip("transformers")
 

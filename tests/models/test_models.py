@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fnmatch
 
 import pytest
 import torch
@@ -14,56 +13,20 @@ import bigmodels
 from bigmodels import create_model, list_models
 from bigmodels.config import to_dict
 from bigmodels.errors import CheckpointError, ConfigError, DataError, ModelNotFoundError
+from bigmodels.models._contract import call, example_inputs
 from bigmodels.registry import TASKS
-from bigmodels.tasks import call
+from bigmodels.testing import tiny_model
 
-# Families that later hold big presets (resnet50, gpt2, bert-base, ...) shrink here for the smoke test:
-# name-glob -> config overrides, applied in order with fnmatch, e.g. {"resnet*": {"layers": (1, 1, 1, 1)}}.
-TINY: dict[str, dict] = {
-    "gpt2*": {"n_layer": 2, "n_head": 2, "n_embd": 32, "vocab_size": 96, "block_size": 64},
-    "bert*": {"num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 32, "intermediate_size": 64,
-              "vocab_size": 96, "max_position_embeddings": 64},
-    "minilm*": {"num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 32, "intermediate_size": 64,
-                "vocab_size": 96, "max_position_embeddings": 64},
-    "*resne*": {"layers": (1, 1, 1, 1)},  # resnet*, resnext*, wide_resnet*: one block per stage
-    "vit_[bls]_*": {"num_layers": 2, "num_heads": 2, "hidden_dim": 32, "mlp_dim": 64, "img_size": 32},
-    # the auxiliary heads only train through forward_aux (tests/test_inception.py), not through forward
-    "googlenet": {"aux_logits": False, "img_size": 64},
-    "inception_v3": {"aux_logits": False, "img_size": 75},
-    "transformer_*": {"d_model": 32, "num_heads": 2, "d_ff": 64, "num_encoder_layers": 1, "num_decoder_layers": 1,
-                      "src_vocab_size": 64, "tgt_vocab_size": 64},
-}
-
-B, T = 2, 16  # batch and sequence length of the smoke inputs
-
-
-def tiny_overrides(name: str) -> dict:
-    overrides: dict = {}
-    for pattern, values in TINY.items():
-        if fnmatch.fnmatch(name, pattern):
-            overrides.update(values)
-    return overrides
+B, T = 2, 16  # batch and sequence length of the smoke inputs (example_inputs' defaults)
 
 
 def build(name: str, **overrides) -> torch.nn.Module:
-    return create_model(name, **{**tiny_overrides(name), **overrides})
+    return tiny_model(name, **overrides)
 
 
-def make_input(model: torch.nn.Module, task: str, seed: int = 0) -> torch.Tensor:
-    """A batch the model accepts, from its config."""
-    g = torch.Generator().manual_seed(seed)
-    cfg = model.config
-    if task == "image_classification":
-        side = getattr(cfg, "img_size", None) or 32  # fully convolutional families take any size
-        return torch.randn(B, cfg.in_chans, side, side, generator=g)
-    if task in ("language_modeling", "sequence_classification", "token_classification", "question_answering",
-                "masked_language_modeling", "sentence_embedding"):  # token ids (B, T)
-        return torch.randint(0, cfg.vocab_size, (B, T), generator=g, dtype=torch.int64)
-    if task == "translation":  # source ids, their mask, and the shifted target ids (teacher forcing)
-        return {"input_ids": torch.randint(3, cfg.src_vocab_size, (B, T), generator=g),
-                "attention_mask": torch.ones(B, T, dtype=torch.int64),
-                "decoder_input_ids": torch.randint(3, cfg.tgt_vocab_size, (B, T), generator=g)}
-    raise AssertionError(f"no smoke input for task {task!r}: extend make_input")
+def make_input(model: torch.nn.Module, task: str, seed: int = 0):
+    """A batch the model accepts, from its config (the contract's example_inputs)."""
+    return example_inputs(model, B, seq_len=T, seed=seed)
 
 
 def expected_shape(model: torch.nn.Module, task: str) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""Tests for bigmodels.evaluate.text_metrics: correlations against scipy, entity F1 on conlleval's cases."""
+"""Tests for bigmodels.metrics.text: correlations against scipy, entity F1 on conlleval's cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bigmodels.errors import DataError
-from bigmodels.evaluate.text_metrics import entity_f1, get_entities, pearson, rank, spearman
+from bigmodels.metrics.text import entity_f1, get_entities, pearson, rank, spearman
 
 stats = pytest.importorskip("scipy.stats")
 

@@ -15,8 +15,8 @@ from torchvision_fixtures import load_fixture, synthetic_state_dict
 
 import bigmodels
 from bigmodels.errors import CheckpointError
+from bigmodels.infer.predict import _resize_center_crop, classify_images
 from bigmodels.interop.torchvision import WEIGHTS, load_torchvision, read_state_dict
-from bigmodels.predict import _resize_center_crop, classify_images
 
 
 def _saved(tmp_path, name="cnn_small", **overrides):

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 __all__ = ["translate", "greedy_decode", "beam_search"]
 

@@ -118,8 +118,8 @@ def test_unknown_workload_and_bad_steps():
 
 def test_compile_flag_compiles_both_sides(monkeypatch):
     """With compile on (the CUDA default) both sides compile their training forward + loss, and our inference goes
-    through bigmodels.speed.optimize_for_inference -> compile_model; an identity stands in for torch.compile."""
-    import bigmodels.speed
+    through bigmodels.compress.fuse.optimize_for_inference -> compile_model; an identity stands in for torch.compile."""
+    import bigmodels.compress.fuse
 
     calls = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(getattr(fn, "__qualname__", "")) or fn)
@@ -127,8 +127,9 @@ def test_compile_flag_compiles_both_sides(monkeypatch):
     assert r["ours"]["settings"]["compiled"] == r["peer"]["settings"]["compiled"] == "forward + loss (torch.compile)"
     assert len(calls) == 2 and all("loss_fn" in c for c in calls)
     calls.clear()
-    real = bigmodels.speed.compile_model
-    monkeypatch.setattr(bigmodels.speed, "compile_model", lambda m, *a, **kw: calls.append("ours") or real(m, *a, **kw))
+    real = bigmodels.compress.fuse.compile_model
+    monkeypatch.setattr(bigmodels.compress.fuse, "compile_model",
+                        lambda m, *a, **kw: calls.append("ours") or real(m, *a, **kw))
     r = run_workload(WORKLOADS["bert-infer"].tiny_variant(), device="cpu", steps=1, warmup=0, compile=True)
     assert r["ours"]["settings"]["optimize_for_inference"]["compile"] == "default"
     assert r["peer"]["settings"]["compiled"] is True and calls[0] == "ours" and len(calls) == 3

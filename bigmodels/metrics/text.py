@@ -1,4 +1,5 @@
-"""Text-task metrics: Pearson and Spearman correlation (STS-B) and entity-level F1 (CoNLL NER).
+"""Text-task metrics: Pearson and Spearman correlation (STS-B), entity-level F1 (CoNLL NER), and sacreBLEU's
+corpus BLEU and chrF (translation).
 
 Plain math, no model or data knowledge. `entity_f1` chunks tags exactly as conlleval and seqeval's default
 mode do, so its numbers compare with published CoNLL-2003 results.
@@ -7,6 +8,8 @@ mode do, so its numbers compare with published CoNLL-2003 results.
 0.8
 >>> entity_f1([["B-PER", "I-PER", "O"]], [["B-PER", "I-PER", "O"]])["f1"]
 1.0
+>>> round(corpus_bleu(["the cat sat on the mat"], ["the cat sat on the mat"])["bleu"], 2)
+100.0
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 
 from bigmodels.errors import DataError
 
-__all__ = ["entity_f1", "get_entities", "pearson", "rank", "spearman"]
+__all__ = ["corpus_bleu", "corpus_chrf", "entity_f1", "get_entities", "pearson", "rank", "spearman"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,3 +153,28 @@ def entity_f1(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[s
         p = {e for e in pred_set if e[0] == type_}
         result["per_type"][type_] = _prf(len(g & p), len(p), len(g)) | {"support": len(g)}
     return result
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """sacreBLEU corpus BLEU of ``hypotheses`` against one reference each: {"bleu" (0-100), "signature",
+    "precisions" (1- to 4-gram, %), "brevity_penalty", "sys_len", "ref_len"}."""
+    from sacrebleu.metrics import BLEU
+
+    if isinstance(hypotheses, str) or isinstance(references, str):
+        raise DataError("corpus_bleu takes lists of sentences, not one string; wrap a single sentence in a list")
+    if len(hypotheses) != len(references) or not len(hypotheses):
+        raise DataError(f"got {len(hypotheses)} hypotheses and {len(references)} references; pass one reference "
+                        "per hypothesis (and at least one)")
+    metric = BLEU()
+    score = metric.corpus_score(list(hypotheses), [list(references)])
+    return {"bleu": float(score.score), "signature": str(metric.get_signature()),
+            "precisions": [float(p) for p in score.precisions], "brevity_penalty": float(score.bp),
+            "sys_len": int(score.sys_len), "ref_len": int(score.ref_len)}
+
+
+def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """sacreBLEU's chrF (Popovic 2015, character 6-grams, beta 2): fairer than BLEU on one-word compounds
+    (German number words), where BLEU's word 2- to 4-grams do not exist."""
+    from sacrebleu.metrics import CHRF
+
+    return float(CHRF().corpus_score(list(hypotheses), [list(references)]).score)

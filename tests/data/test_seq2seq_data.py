@@ -5,7 +5,7 @@ commands, and the real Multi30k splits.
 The model side is a stand-in (`CopyModel`) that follows the translation-model interface: ``model(input_ids,
 attention_mask, decoder_input_ids) -> (B, T, V)`` logits. It "translates" by copying its source, so on a corpus
 whose targets equal their sources every metric has an exact expected value. Decoding goes through a small
-greedy stand-in for `bigmodels.seq2seq_decode.translate` with the same signature; the tests at the end use the
+greedy stand-in for `bigmodels.infer.seq2seq.translate` with the same signature; the tests at the end use the
 real `transformer_mini` and decoder, and skip until they are registered.
 """
 
@@ -40,7 +40,7 @@ from bigmodels.train.optim import lr_lambda
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+MULTI30K = Path(__file__).resolve().parents[3] / "shared" / "data" / "multi30k"
 EN_DE = {"a": "ein", "small": "kleiner", "big": "großer", "dog": "Hund", "cat": "Kater", "runs": "rennt",
          "sleeps": "schläft", "red": "roter", "ball": "Ball", "man": "Mann", "sees": "sieht", "the": "der"}
 MODEL_ARGS = {"src_vocab_size", "tgt_vocab_size", "pad_token_id", "bos_token_id", "eos_token_id",
@@ -126,7 +126,7 @@ class CopyModel(nn.Module):
 
 def greedy_translate(model, input_ids, attention_mask=None, *, num_beams=1, max_new_tokens=128, length_penalty=1.0,
                      early_stopping=True) -> list[list[int]]:
-    """The `bigmodels.seq2seq_decode.translate` signature, greedily (beams ignored)."""
+    """The `bigmodels.infer.seq2seq.translate` signature, greedily (beams ignored)."""
     cfg = model.config
     decoder = torch.full((input_ids.shape[0], 1), cfg.decoder_start_token_id, dtype=torch.long)
     out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
@@ -145,16 +145,16 @@ def greedy_translate(model, input_ids, attention_mask=None, *, num_beams=1, max_
 
 @pytest.fixture
 def stand_in_decoding(monkeypatch):
-    """Route `bigmodels.seq2seq_decode.translate` to the greedy stand-in; records each call's batch."""
+    """Route `bigmodels.infer.seq2seq.translate` to the greedy stand-in; records each call's batch."""
     calls: list[dict] = []
 
     def translate(model, input_ids, attention_mask=None, **kw):
         calls.append({"input_ids": input_ids, "attention_mask": attention_mask, **kw})
         return greedy_translate(model, input_ids, attention_mask, **kw)
 
-    module = types.ModuleType("bigmodels.seq2seq_decode")
+    module = types.ModuleType("bigmodels.infer.seq2seq")
     module.translate = translate
-    monkeypatch.setitem(sys.modules, "bigmodels.seq2seq_decode", module)
+    monkeypatch.setitem(sys.modules, "bigmodels.infer.seq2seq", module)
     return calls
 
 
@@ -546,7 +546,7 @@ def test_multi30k_bundle_counts():
 def _real_transformer():
     if "transformer_mini" not in bigmodels.list_models():
         pytest.skip("transformer_mini is not registered yet (bigmodels/models/transformer.py)")
-    return pytest.importorskip("bigmodels.seq2seq_decode")
+    return pytest.importorskip("bigmodels.infer.seq2seq")
 
 
 def test_transformer_mini_trains_and_translates(corpus_dir, tmp_path, run_cli):

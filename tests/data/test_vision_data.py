@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import RESUME, make_cfg, weights  # the engine's own resume set-up
+from train.test_train import RESUME, make_cfg, weights  # the engine's own resume set-up
 
 from bigmodels.config import resolve_run_config
 from bigmodels.data import RandomResizedCrop, build_data, image_transforms, load_cifar10, load_cifar100

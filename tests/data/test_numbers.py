@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bigmodels.compare import PLANS
+from bigmodels.bench.compare import PLANS
 from bigmodels.data import build_data
 from bigmodels.data.numbers import MAX_NUMBER, SPLITS, english, german, number_pairs
 from bigmodels.errors import ConfigError

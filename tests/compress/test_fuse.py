@@ -1,4 +1,4 @@
-"""bigmodels.speed: batch-norm folding (exactness, which pairs fold and which stay), optimize_for_inference,
+"""bigmodels.compress.fuse: batch-norm folding (exactness, which pairs fold and which stay), optimize_for_inference,
 compile_model, and the peak-FLOPs / MFU lookups."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 import bigmodels
-from bigmodels import speed
+from bigmodels.bench.flops import PEAK_FLOPS, mfu, peak_flops
+from bigmodels.compress import fuse
+from bigmodels.compress.fuse import compile_model, fold_batchnorm, optimize_for_inference
 from bigmodels.errors import ConfigError
-from bigmodels.speed import PEAK_FLOPS, compile_model, fold_batchnorm, mfu, optimize_for_inference, peak_flops
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -196,7 +197,7 @@ def test_fold_leaves_reused_and_custom_layers(caplog):
     torch.manual_seed(0)
     model = randomise_norms(_Shared()).double().eval()
     reference = copy.deepcopy(model)
-    with caplog.at_level(logging.INFO, logger="bigmodels.speed"):
+    with caplog.at_level(logging.INFO, logger="bigmodels.compress.fuse"):
         fold_batchnorm(model)
     assert norms(model) == ["bn", "bn2"]
     assert "called more than once" in caplog.text and "bn2 after std left as is" in caplog.text
@@ -225,7 +226,7 @@ def test_fold_traces_children_where_the_forward_does_not_trace(caplog):
     torch.manual_seed(0)
     model = randomise_norms(_Untraceable()).double().eval()
     reference = copy.deepcopy(model)
-    with caplog.at_level(logging.WARNING, logger="bigmodels.speed"):
+    with caplog.at_level(logging.WARNING, logger="bigmodels.compress.fuse"):
         fold_batchnorm(model)
     assert norms(model) == ["bn"] and isinstance(model.block[1], nn.Identity)
     assert "bn left as is" in caplog.text and "could not be traced" in caplog.text
@@ -310,7 +311,7 @@ def test_compile_model_rejects_an_unknown_mode_listing_the_valid_ones():
     with pytest.raises(ConfigError) as err:
         compile_model(nn.Linear(2, 2), "turbo")
     assert "'turbo'" in str(err.value)
-    assert all(mode in str(err.value) for mode in speed.COMPILE_MODES)
+    assert all(mode in str(err.value) for mode in fuse.COMPILE_MODES)
 
 
 def test_compile_model_passes_its_arguments_to_torch_compile(monkeypatch):
@@ -421,5 +422,7 @@ def test_mfu_divides_by_the_peak(gpu_named):
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(speed, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 8 and result.failed == 0
+    from bigmodels.bench import flops
+
+    results = [doctest.testmod(module, optionflags=doctest.ELLIPSIS) for module in (fuse, flops)]
+    assert sum(r.attempted for r in results) >= 8 and sum(r.failed for r in results) == 0

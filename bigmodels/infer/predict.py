@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.folder import read_image
-from .data.tokenizers import load_tokenizer
-from .data.transforms import image_transforms
-from .errors import CheckpointError, DataError
+from ..data.folder import read_image
+from ..data.tokenizers import load_tokenizer
+from ..data.transforms import image_transforms
+from ..errors import CheckpointError, DataError
 
 __all__ = ["classify_images", "continue_text"]
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data.tokenizers import Tokenizer, load_tokenizer
-from .errors import ConfigError, DataError
+from ..data.tokenizers import Tokenizer, load_tokenizer
+from ..errors import ConfigError, DataError
 
 __all__ = ["embed_texts"]
 

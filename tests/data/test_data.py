@@ -30,7 +30,7 @@ from bigmodels.data import (
 from bigmodels.data.transforms import Normalize, RandomCrop, RandomHorizontalFlip, Resize, ToFloat
 from bigmodels.errors import ConfigError, DataError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repo
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside the repo
 
 
 # ---------------------------------------------------------------------------------------------- idx / MNIST
