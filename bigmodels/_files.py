@@ -9,7 +9,21 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_dir"]
+__all__ = ["atomic_write", "atomic_dir", "current_umask"]
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where it is shown, since os.umask can only read it by setting it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -18,6 +32,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        # mkstemp creates 0600 whatever the umask; a saved model must be as readable as any file the user writes
+        os.chmod(tmp, 0o666 & ~current_umask())
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -33,6 +49,7 @@ def atomic_dir(path: str | Path):
     path = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; respect the umask as mkdir does
         yield tmp
         os.replace(tmp, path)
     except BaseException:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,6 +52,8 @@ def check_choice(owner: str, key: str, value: Any, choices: tuple) -> None:
 def check_positive(owner: str, key: str, value: float | None, *, allow_zero: bool = False) -> None:
     if value is None:
         return
+    if not math.isfinite(value):
+        raise ConfigError(f"{owner}.{key}={value!r} must be a finite number")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{owner}.{key}={value!r} must be {bound}")
@@ -88,7 +92,8 @@ class DataConfig:
         check_positive("data", "crop_padding", self.crop_padding, allow_zero=True)
         check_positive("data", "num_workers", self.num_workers, allow_zero=True)
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction={self.val_fraction!r} must be in [0, 1)")
+            raise ConfigError(f"data.val_fraction={self.val_fraction!r} must be in [0, 1), e.g. 0.1 "
+                              "(0: no validation split, where the data has none of its own)")
         low, high = self.rrc_scale
         if not 0.0 < low <= high <= 1.0:
             raise ConfigError(
@@ -119,6 +124,11 @@ class OptimConfig:
         check_choice("optim", "name", self.name, ("sgd", "adam", "adamw"))
         check_positive("optim", "lr", self.lr)
         check_positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("optim", "eps", self.eps)
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)!r} must be two decay rates in [0, 1), e.g. [0.9, 0.999]")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"optim.momentum={self.momentum!r} must be in [0, 1), e.g. 0.9")
         if self.nesterov and (self.name != "sgd" or self.momentum <= 0):
             raise ConfigError("optim.nesterov=true needs optim.name=sgd and optim.momentum > 0")
 
@@ -274,6 +284,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}={value!r} must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}={value!r} must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -286,6 +298,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+# Config keys that are dropout probabilities, in every family's naming (dropout, attention_dropout, drop_rate,
+# hidden_dropout_prob, classifier_dropout, ...): one rule where the value enters, so no family can forget it.
+_PROBABILITY_KEY = re.compile(r"(^|_)(dropout|drop_rate)(_prob)?$")
+
+
+def _check_probabilities(values: dict[str, Any], owner: str) -> None:
+    for key, value in values.items():
+        if _PROBABILITY_KEY.search(key) and isinstance(value, float | int) and not 0.0 <= value < 1.0:
+            where = f"{owner}.{key}" if owner else key
+            raise ConfigError(f"{where}={value!r} is a dropout probability and must be in [0, 1), e.g. 0.1")
+
+
 def from_dict(cls: type, data: dict[str, Any], owner: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
     types_ = _field_types(cls)
@@ -293,6 +317,7 @@ def from_dict(cls: type, data: dict[str, Any], owner: str = "") -> Any:
         if key not in types_:
             raise _unknown_key(owner, key, list(types_))
     kwargs = {k: _coerce(v, types_[k], f"{owner}.{k}" if owner else k) for k, v in data.items()}
+    _check_probabilities(kwargs, owner)
     return cls(**kwargs)
 
 
@@ -317,6 +342,7 @@ def replace_strict(cfg: Any, overrides: dict[str, Any], owner: str = "") -> Any:
         if key not in types_:
             raise _unknown_key(owner, key, list(types_))
         merged[key] = _coerce(value, types_[key], f"{owner}.{key}" if owner else key)
+    _check_probabilities({k: merged[k] for k in overrides}, owner)
     return type(cfg)(**merged)
 
 
@@ -404,9 +430,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"recipe {str(p)!r} does not exist; pass the path to a YAML file (see recipes/)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        with p.open(encoding="utf-8") as f:  # a stream, so YAML's messages name the file, not "<unicode string>"
+            data = yaml.safe_load(f) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"recipe {str(p)!r} is not valid YAML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"recipe {str(p)!r} cannot be read ({e.strerror}); check its permissions") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {str(p)!r} must be a mapping of sections (model, data, optim, ...)")
     return data
