@@ -449,10 +449,12 @@ def _run_embed(w: Workload, dev: torch.device, steps: int, warmup: int, peer: bo
                data: str | Path | None) -> dict[str, Any]:
     """Our embed_texts against sentence-transformers' encode, alternating repetitions over the same texts."""
     from ..infer.embed import embed_texts
+    from ..nn.attention import pack_qkv_
 
     texts, source = stsb_sentences(data, limit=w.texts)
     model, tokenizer, path = load_minilm()
     model.to(dev)
+    pack_qkv_(model)  # one q/k/v matrix product per layer: the inference transform our side applies on purpose
     fns: dict[str, Callable[[], torch.Tensor]] = {
         "ours": lambda: embed_texts(model, tokenizer, texts, batch_size=w.batch)}
     out: dict[str, Any] = {"texts": len(texts), "text_source": source, "checkpoint": str(path), "flops_per_unit": None,

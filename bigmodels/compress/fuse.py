@@ -5,6 +5,8 @@ Models stay pure (DESIGN.md, rule 7): nothing here is imported by a model and no
 - :func:`fold_batchnorm`: fold each eval-mode batch norm into the convolution (or linear layer) feeding it.
 - :func:`optimize_for_inference`: eval mode, BN folding, channels-last, a dtype and ``torch.compile`` in one call.
 - :func:`compile_model`: ``torch.compile`` with the mode checked up front (see :data:`COMPILE_MODES`).
+- :func:`pack_qkv_` / :func:`unpack_qkv_`: one (C -> 3C) q/k/v projection per self-attention module instead of
+  three, and back (they live in ``nn/attention.py``, next to the block they restructure, so ``infer`` may use them).
 
 >>> import bigmodels
 >>> model = optimize_for_inference(bigmodels.create_model("resnet_mini"))
@@ -25,12 +27,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
+from ..nn.attention import pack_qkv_, unpack_qkv_
 
 __all__ = [
     "COMPILE_MODES",
     "compile_model",
     "fold_batchnorm",
     "optimize_for_inference",
+    "pack_qkv_",
+    "unpack_qkv_",
 ]
 
 logger = logging.getLogger(__name__)

