@@ -1,12 +1,13 @@
 """Saving and loading models: a directory with ``config.json`` + ``model.safetensors``.
 
-``config.json`` holds the registry name, family, task and the full model config, plus free-form ``meta``
-(class names, normalisation, ...) that `predict` needs; ``tokenizer.json`` is written beside it for text
-models. Only safe formats are read: safetensors, JSON, and ``torch.load(weights_only=True)``.
+``config.json`` holds the model's :class:`~bigmodels.models._contract.ModelInfo` (registry name, family,
+task and free-form ``meta``: class names, normalisation, ... that `predict` needs) and its full config;
+``tokenizer.json`` is written beside it for text models. Only safe formats are read: safetensors, JSON, and
+``torch.load(weights_only=True)``.
 
     >>> import bigmodels, tempfile
     >>> d = tempfile.mkdtemp()
-    >>> bigmodels.save(bigmodels.create_model("mlp_small"), d)
+    >>> _ = bigmodels.save(bigmodels.create_model("mlp_small"), d)
     >>> type(bigmodels.load(d)).__name__
     'MLPClassifier'
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -30,31 +33,54 @@ from .errors import CheckpointError, ConfigError
 from .registry import get_family, model_from_config
 
 __all__ = [
-    "save", "load", "saved_tokenizer", "read_config", "resolve_checkpoint", "atomic_write", "atomic_dir",
-    "FORMAT_VERSION",
+    "save", "load", "load_matching", "load_tokenizer", "saved_tokenizer", "read_config", "resolve_checkpoint",
+    "atomic_write", "atomic_dir", "FORMAT_VERSION",
 ]
+
+log = logging.getLogger("bigmodels.io")
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+def _json_meta(meta: dict[str, Any], *, strict: bool) -> dict[str, Any]:
+    """The entries of ``meta`` that JSON can hold; with ``strict`` (the caller's ``meta=``), any other is an error."""
+    kept = {}
+    for key, value in meta.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            if strict:
+                raise ConfigError(f"save(meta={{{key!r}: {type(value).__name__}}}): meta is written as JSON; pass "
+                                  "strings, numbers, lists and dicts only") from None
+            log.debug("meta[%r] (a %s) is not JSON and is not saved", key, type(value).__name__)
+            continue
+        kept[str(key)] = value
+    return kept
+
+
 def _config_record(model: nn.Module, meta: dict[str, Any] | None) -> dict[str, Any]:
-    family = getattr(model, "family", None)
+    from .models._contract import model_info  # the models package registers every family: imported on use
+
     config = getattr(model, "config", None)
-    if family is None or config is None:
+    try:
+        info = model_info(model)
+    except ConfigError:
+        info = None
+    if info is None or config is None:
         raise ConfigError(
             f"cannot save a {type(model).__name__}: bigmodels.save needs a model built by bigmodels.create_model "
-            "(it carries .family and .config)"
+            "or read by bigmodels.load (it carries .info and .config)"
         )
     return {
         "format": "bigmodels",
         "format_version": FORMAT_VERSION,
-        "model": getattr(model, "model_name", None),
-        "family": family,
-        "task": getattr(model, "task", None),
+        "model": info.name,
+        "family": info.family,
+        "task": info.task,
         "config": to_dict(config),
-        "meta": meta or {},
+        "meta": {**_json_meta(info.meta, strict=False), **_json_meta(meta or {}, strict=True)},
     }
 
 
@@ -69,25 +95,29 @@ def save(
     """Write ``model`` (weights + config) to ``directory``; each file is replaced atomically.
 
     ``format="hf"`` writes a Hugging Face directory (config.json + model.safetensors) for the families
-    that have one (GPT-2, BERT, ViT, MarianMT), which ``transformers`` loads with ``from_pretrained``.
+    that have one (GPT-2, BERT, ViT, MarianMT), which ``transformers`` loads with ``from_pretrained`` (and
+    sentence-transformers, for an embedding model; a vision model's preprocessing goes to preprocessor_config.json).
+    ``tokenizer``: written beside the weights; by default the tokenizer saved beside the model's source directory
+    (``model.info.path``), so that a loaded model keeps its tokenizer.
     """
     if format not in ("bigmodels", "hf"):
         raise ConfigError(f"save format {format!r} is not valid; use 'bigmodels' or 'hf'")
-    if format == "hf":
-        from .interop import save_hf
+    from .interop import save_hf, source_tokenizer, write_tokenizer
 
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    tokenizer = tokenizer if tokenizer is not None else source_tokenizer(model)
+    if format == "hf":
         path = save_hf(model, directory)
         if tokenizer is not None:
-            atomic_write(Path(directory) / "tokenizer.json", lambda p: tokenizer.save(p))
+            write_tokenizer(tokenizer, path)
         return path
+    record = _config_record(model, meta)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    record = _config_record(model, meta)
-    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     # save_model de-duplicates tied weights, which plain save_file refuses
     atomic_write(directory / WEIGHTS_FILE, lambda p: save_model(model, str(p), metadata={"format": "pt"}))
     if tokenizer is not None:
-        atomic_write(directory / "tokenizer.json", lambda p: tokenizer.save(p))
+        write_tokenizer(tokenizer, directory)
     atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
     return directory
 
@@ -98,27 +128,62 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _from_hub(name: str) -> Path:
-    """A Hugging Face hub name -> a local directory: an installed offline copy, else the hub's download."""
+    """A Hugging Face hub name that is no local path -> a local directory: an installed offline copy, the hub's
+    cache, else the hub's download. Every error says first that no such local path exists."""
     if name in _OFFLINE_COPIES:
         module, function = _OFFLINE_COPIES[name]
         try:
             return Path(getattr(importlib.import_module(module), function)())
         except ImportError:
             pass
+    missing = f"{name!r} is no local path (no such file or directory)"
     try:
-        from huggingface_hub import snapshot_download
+        import huggingface_hub
     except ImportError:
-        raise CheckpointError(
-            f"{name!r} is not a local directory and huggingface_hub is not installed to fetch it from the hub; "
-            "pip install huggingface_hub, or download the model and pass its directory"
-        ) from None
+        raise CheckpointError(f"{missing}, and huggingface_hub is not installed to read it as a Hugging Face hub "
+                              "name; check the path, or pip install huggingface_hub") from None
+    patterns = ["*.json", "*.safetensors", "*.txt", "1_Pooling/*"]
     try:
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "1_Pooling/*"]))
+        return Path(huggingface_hub.snapshot_download(name, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # noqa: BLE001 (not in the cache, in any of the ways the hub library says so)
+        pass
+    if _hub_offline():
+        raise CheckpointError(f"{missing}, and as a Hugging Face hub name it is not in the Hugging Face cache "
+                              "(HF_HUB_OFFLINE is set, so nothing is downloaded); check the path, or download "
+                              "the model where there is a network and pass its directory")
+    try:
+        return Path(huggingface_hub.snapshot_download(name, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repository, ...
         raise CheckpointError(
-            f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}: {e}); download it where "
-            "there is a network and pass its directory"
+            f"{missing}, and as a Hugging Face hub name it is not cached and could not be fetched "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the path, or download the "
+            "model where there is a network and pass its directory"
         ) from None
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as the hub library reads it (set now, or when the library was imported)."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _missing(path: str) -> CheckpointError:
+    """The error for a checkpoint path that does not exist (and is no hub name to fetch)."""
+    from .registry import list_models
+
+    if path in list_models():
+        return CheckpointError(
+            f"{path!r} is a registered model name, not a checkpoint: bigmodels.create_model({path!r}) builds it "
+            "with random weights; for pretrained weights pass a Hugging Face hub name (owner/name) or a directory "
+            "that holds a saved model"
+        )
+    parent = Path(path).parent
+    if str(parent) not in ("", ".") and parent.is_dir():
+        entries = sorted(p.name for p in parent.iterdir())
+        shown = ", ".join(entries[:10]) + (f", ... ({len(entries)} in all)" if len(entries) > 10 else "")
+        return CheckpointError(f"{path!r} does not exist; {parent} holds: {shown or 'nothing'}")
+    return CheckpointError(f"checkpoint {path!r} does not exist; pass a model directory or a training run")
 
 
 def _is_plain_state_dict(path: Path) -> bool:
@@ -136,11 +201,14 @@ def _needs_architecture(path: str | Path) -> CheckpointError:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A model directory, a training run / its ``checkpoints`` folder (-> the best, else latest, checkpoint),
     or a Hugging Face hub name such as ``sentence-transformers/all-MiniLM-L6-v2``."""
-    if not Path(path).exists() and _HUB_NAME.match(str(path)):
-        path = _from_hub(str(path))
+    text = str(path)
+    if not Path(path).exists():
+        # owner/name is a hub name only when "owner" is no local folder: runs/x under an existing runs/ is a path
+        if _HUB_NAME.match(text) and not Path(text.split("/")[0]).exists():
+            path = _from_hub(text)
+        else:
+            raise _missing(text)
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass a model directory or a training run")
     if path.is_file():
         if path.name in (CONFIG_FILE, WEIGHTS_FILE):
             return path.parent
@@ -162,6 +230,30 @@ def resolve_checkpoint(path: str | Path) -> Path:
         f"no model found in {str(path)!r}: expected {CONFIG_FILE} + {WEIGHTS_FILE} (a saved model) or a "
         "training run with checkpoints/best or checkpoints/latest"
     )
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of whatever `load` reads: a model directory, a training run (its best, else latest,
+    checkpoint), a hub name, or a tokenizer file / directory itself. (`bigmodels.data.load_tokenizer` reads
+    tokenizer paths only: the data layer knows no checkpoints.)
+
+    >>> tok = bigmodels.load_tokenizer("runs/gpt")  # doctest: +SKIP
+    >>> tok.decode(tok.encode("To be"))  # doctest: +SKIP
+    'To be'
+    """
+    from .data.tokenizers import load_tokenizer as read_tokenizer
+    from .errors import DataError
+
+    local = Path(path)
+    if (local.is_file() and local.name not in (CONFIG_FILE, WEIGHTS_FILE)) or (
+            local.is_dir() and ((local / "tokenizer.json").is_file() or (local / "vocab.txt").is_file())):
+        return read_tokenizer(local)
+    directory = resolve_checkpoint(path)
+    if not ((directory / "tokenizer.json").is_file() or (directory / "vocab.txt").is_file()):
+        where = f"{directory} (the checkpoint {str(path)!r} resolves to)" if directory != local else str(directory)
+        raise DataError(f"{where} holds no tokenizer (tokenizer.json or vocab.txt): the model was saved without "
+                        "one; pass the tokenizer's own file or directory")
+    return read_tokenizer(directory)
 
 
 def saved_tokenizer(path: str | Path):
@@ -218,13 +310,11 @@ def load(
     record = read_config(directory)
     try:
         get_family(record["family"])
-        model = model_from_config(record["family"], record["config"])
+        model = model_from_config(record["family"], record["config"], name=record.get("model"),
+                                  task=record.get("task"), source="bigmodels", path=str(directory),
+                                  meta=record.get("meta") or {})
     except ConfigError as e:
         raise CheckpointError(f"{directory / CONFIG_FILE}: the model config does not build: {e}") from None
-    model.model_name = record.get("model")
-    if not hasattr(type(model), "task"):
-        model.task = record.get("task")
-    model.meta = record.get("meta", {})
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing; the checkpoint is incomplete, re-save or pick another")
@@ -232,9 +322,10 @@ def load(
         missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights} is unreadable or truncated ({e}); re-save the model") from None
-    except RuntimeError as e:  # size mismatch between the config and the stored tensors
+    except RuntimeError:  # size mismatch between the config and the stored tensors
         raise CheckpointError(
-            f"{weights} does not match its config ({str(e).splitlines()[0]}); the weights belong to another model"
+            f"{weights} does not match the {record['family']} model in {CONFIG_FILE}: "
+            f"{_reshaped(model, weights)}; the weights belong to another model (or the config was edited)"
         ) from None
     if strict and (missing or unexpected):
         raise CheckpointError(
@@ -242,3 +333,55 @@ def load(
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     return model.eval()  # as loaded models are used: inference first (training calls .train())
+
+
+def _reshaped(model: nn.Module, weights: Path) -> str:
+    """The tensors of ``weights`` whose shapes differ from ``model``'s, named with both shapes."""
+    from safetensors import safe_open
+
+    own = model.state_dict()
+    with safe_open(str(weights), framework="pt") as f:
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    shapes = [f"{k} {stored[k]} in the file, {tuple(own[k].shape)} in the model" for k in sorted(stored)
+              if k in own and stored[k] != tuple(own[k].shape)]
+    shown = "; ".join(shapes[:5]) + (f"; ... ({len(shapes)} in all)" if len(shapes) > 5 else "")
+    return f"other shapes: {shown}" if shapes else "tensors of other shapes"
+
+
+def load_matching(model: nn.Module, path: str | Path) -> list[str]:
+    """Copy the weights of the saved model at ``path`` (a directory, training run or hub name of the same family)
+    into ``model`` wherever names and shapes match; returns the names that keep ``model``'s own initialisation
+    (a new head, say). A vocabulary table of ``config.vocab_size`` rows also fits a model whose tables are padded
+    to more rows (a vocabulary padded to a multiple): it fills the first rows, the padding rows are zero.
+
+    >>> import bigmodels, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> _ = bigmodels.save(bigmodels.create_model("mlp_small"), d)
+    >>> load_matching(bigmodels.create_model("mlp_small", num_classes=3), d)
+    ['mlp.fc.bias', 'mlp.fc.weight']
+    """
+    from .models._contract import model_info
+
+    source, info = load(path), model_info(model)
+    if model_info(source).family != info.family:
+        raise CheckpointError(f"{path} holds a {model_info(source).family} model but the model to initialise is a "
+                              f"{info.family} model; start from a checkpoint of the same family")
+    mine = model.state_dict()
+    vocab = getattr(model.config, "vocab_size", None)
+    matched = {k: _fit_rows(v, mine[k], vocab) for k, v in source.state_dict().items() if k in mine}
+    matched = {k: v for k, v in matched.items() if v is not None}
+    if not matched:
+        raise CheckpointError(f"no weight of {path} fits {info.name}; check the model settings")
+    model.load_state_dict(matched, strict=False)
+    return sorted(set(mine) - set(matched))
+
+
+def _fit_rows(source: torch.Tensor, target: torch.Tensor, vocab_size: int | None) -> torch.Tensor | None:
+    """``source`` if it fits ``target``; a (vocab_size, C) table padded with zero rows when the target's vocabulary
+    rows are padded to a multiple; else None (the tensor starts fresh)."""
+    if source.shape == target.shape:
+        return source
+    if (source.dim() == 2 and source.shape[0] == vocab_size and source.shape[1] == target.shape[1]
+            and target.shape[0] > vocab_size):
+        return torch.cat([source, source.new_zeros(target.shape[0] - source.shape[0], *source.shape[1:])])
+    return None

@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 
 from .config import replace_strict
-from .errors import ModelNotFoundError
+from .errors import ConfigError, ModelNotFoundError
 
 __all__ = [
     "ModelSpec",
@@ -37,19 +37,19 @@ __all__ = [
     "get_spec",
     "get_family",
     "model_from_config",
-    "TASKS",
+    "check_registered",
+    "TASKS",  # noqa: F822 (the contract's, given by the module __getattr__ below)
 ]
 
-TASKS = (
-    "image_classification",
-    "sequence_classification",  # a label per text (or text pair)
-    "token_classification",  # a label per token (NER)
-    "question_answering",  # extractive: start/end of the answer span
-    "language_modeling",  # next token (causal)
-    "masked_language_modeling",  # BERT pretraining: masked tokens (+ next-sentence prediction)
-    "sentence_embedding",  # a vector per text
-    "translation",  # sequence to sequence (source ids -> target ids)
-)
+
+def __getattr__(name: str) -> Any:
+    # TASKS is the model contract's (models/_contract.py), re-exported here; read on first use, because importing
+    # the contract imports the models package, whose families import this module to register themselves
+    if name == "TASKS":
+        from .models._contract import TASKS
+
+        return TASKS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,8 @@ def register_model(
     name: str, *, family: str, task: str, config: Any, description: str = "", compare: bool = True
 ) -> None:
     """Register preset ``name`` of ``family`` (which must be registered first)."""
+    from .models._contract import TASKS
+
     if family not in _FAMILIES:
         raise ValueError(f"register family {family!r} before its preset {name!r}")
     if task not in TASKS:
@@ -132,31 +134,101 @@ def list_models(pattern: str | None = None, *, task: str | None = None) -> list[
     return names
 
 
-def model_from_config(family: str, config: Any) -> nn.Module:
-    """Build a model of ``family`` from a config instance (or a dict of its fields)."""
+def model_from_config(
+    family: str,
+    config: Any,
+    *,
+    name: str | None = None,
+    task: str | None = None,
+    source: str = "registry",
+    path: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Build a model of ``family`` from a config instance (or a dict of its fields), with its ``model.info``.
+
+    ``name`` defaults to the family's name and ``task`` to the task of its head (a family whose model class
+    decides it, such as BERT) or of its presets; ``source``, ``path`` and ``meta`` say where it came from
+    (see :class:`~bigmodels.models._contract.ModelInfo`).
+
+    >>> from bigmodels.models.mlp import MLPConfig
+    >>> model_from_config("mlp", MLPConfig(hidden=(16,))).info.task
+    'image_classification'
+    """
+    from .models._contract import ModelInfo, set_model_info
+
     fam = get_family(family)
     if isinstance(config, dict):
         from .config import from_dict
 
         config = from_dict(fam.config_cls, config, family)
     model = fam.builder(config)
-    model.family = family  # type: ignore[attr-defined]
-    return model
+    task = task or _family_task(family, model)
+    return set_model_info(model, ModelInfo(name or family, family, task, source, path, dict(meta or {})))
+
+
+def _family_task(family: str, model: nn.Module) -> str:
+    """The task of a model built without one: what its class decides, else the one task of its family's presets."""
+    from .models._contract import TASKS
+
+    decided = getattr(type(model), "task", None)
+    if isinstance(decided, property):
+        return model.task
+    if isinstance(decided, str):
+        return decided
+    tasks = sorted({spec.task for spec in _MODELS.values() if spec.family == family})
+    if len(tasks) != 1:
+        raise ConfigError(
+            f"the {family} family solves {', '.join(tasks) if tasks else 'no registered task'}: say which with "
+            f"model_from_config({family!r}, config, task=...) (one of {', '.join(tasks or TASKS)})"
+        )
+    return tasks[0]
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build registered model ``name``; ``overrides`` replace fields of its config (checked)::
+    """Build registered model ``name``; ``overrides`` replace fields of its config (checked). ``model.info``
+    (a :class:`~bigmodels.models._contract.ModelInfo`) names the preset, its family and task::
 
     >>> m = create_model("mlp_small", hidden=(32,), num_classes=3)
-    >>> m.config.hidden
-    (32,)
+    >>> m.config.hidden, m.info.name
+    ((32,), 'mlp_small')
     """
     spec = get_spec(name)
     config = replace_strict(spec.config, overrides, owner=f"model ({name})") if overrides else spec.config
-    model = model_from_config(spec.family, dataclasses.replace(config))
-    model.model_name = name  # type: ignore[attr-defined]
-    if not hasattr(type(model), "task"):  # a family whose head decides its task defines `task` itself
-        model.task = spec.task  # type: ignore[attr-defined]
-    from .models._contract import ModelInfo, set_model_info
+    return model_from_config(spec.family, dataclasses.replace(config), name=name, task=spec.task)
 
-    return set_model_info(model, ModelInfo(name=name, family=spec.family, task=spec.task))
+
+def check_registered(model: nn.Module) -> list[str]:
+    """Where ``model``'s :class:`~bigmodels.models._contract.ModelInfo` disagrees with the registry: an unknown
+    family, a config of another class than the family's, a preset of another family or task, a name that is
+    neither a preset nor the family. Empty when it agrees (``check_contract`` checks the rest of the contract).
+
+    >>> check_registered(create_model("mlp_small"))
+    []
+    """
+    from .models._contract import _class_task, _unwrap, model_info
+
+    model = _unwrap(model)
+    try:
+        info = model_info(model)
+    except ConfigError as e:
+        return [str(e)]
+    try:
+        family = get_family(info.family)
+    except ModelNotFoundError as e:
+        return [f"ModelInfo.family: {e}"]
+    problems = []
+    config = getattr(model, "config", None)
+    if config is not None and not isinstance(config, family.config_cls):
+        problems.append(f"the {info.family} family's config is a {family.config_cls.__name__}, but the model "
+                        f"carries a {type(config).__name__}")
+    if info.name in _MODELS:
+        spec = _MODELS[info.name]
+        if spec.family != info.family:
+            problems.append(f"ModelInfo says preset {info.name!r} is a {info.family} model; the registry says "
+                            f"{spec.family}")
+        if spec.task != info.task and _class_task(model) is None:
+            problems.append(f"ModelInfo.task is {info.task!r} but preset {info.name!r} solves {spec.task!r}")
+    elif info.name != info.family:
+        problems.append(f"ModelInfo.name {info.name!r} is neither a registered preset nor the family "
+                        f"{info.family!r}")
+    return problems

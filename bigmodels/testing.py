@@ -1,8 +1,10 @@
-"""What tests (ours and users') share: tiny versions of every registered preset and inputs they accept.
+"""What tests (ours and users') share: tiny versions of every registered preset, inputs they accept, and a
+check that a model honours the contract (``models/_contract.py``).
 
 >>> model = tiny_model("gpt2")          # GPT-2's structure at 2 layers, width 32
 >>> call(model, example_inputs(model)).shape
 torch.Size([2, 16, 96])
+>>> assert_conforms(model)
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from typing import Any
 
 from torch import nn
 
-from .models._contract import call, example_inputs
-from .registry import create_model
+from .models._contract import call, check_contract, example_inputs
+from .registry import check_registered, create_model
 
-__all__ = ["TINY", "tiny_overrides", "tiny_model", "example_inputs", "call"]
+__all__ = ["TINY", "tiny_overrides", "tiny_model", "example_inputs", "call", "assert_conforms"]
 
 # Families whose presets are big (resnet50, gpt2, bert-base, ...) shrink here: name-glob -> config overrides,
 # applied in order with fnmatch, e.g. {"resnet*": {"layers": (1, 1, 1, 1)}}.
@@ -47,3 +49,15 @@ def tiny_overrides(name: str) -> dict[str, Any]:
 def tiny_model(name: str, **overrides: Any) -> nn.Module:
     """Registered model ``name`` at a tiny size (its structure kept), with further ``overrides``."""
     return create_model(name, **{**tiny_overrides(name), **overrides})
+
+
+def assert_conforms(model: nn.Module) -> None:
+    """Raise AssertionError listing every way ``model`` breaks the model contract (see ``check_contract``) or
+    disagrees with the registry (see ``bigmodels.registry.check_registered``).
+
+    >>> assert_conforms(tiny_model("resnet18"))
+    """
+    problems = check_contract(model)
+    problems += [p for p in check_registered(model) if p not in problems]  # no ModelInfo: said once
+    if problems:
+        raise AssertionError(f"{type(model).__name__} breaks the model contract:\n- " + "\n- ".join(problems))

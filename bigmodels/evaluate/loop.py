@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -11,9 +10,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.batching import iterate_batches, to_device
-
-if TYPE_CHECKING:  # tasks imports this package's metrics: a runtime import here would be circular
-    from ..tasks import Task
+from ..errors import ConfigError
+from ..tasks import Task
 
 __all__ = ["evaluate_model", "autocast"]
 
@@ -43,6 +41,10 @@ def evaluate_model(
 
     Under ``torch.distributed`` each process evaluates a contiguous shard and the sums are all-reduced.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} must be a whole number >= 1")
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit={limit!r} must be >= 0 (or None for the whole dataset)")
     device = torch.device(device)
     was_training = model.training
     model.eval()

@@ -3,8 +3,10 @@
 ``bigmodels.load(dir)`` reads a ``transformers`` BERT directory (BertModel, BertForPreTraining,
 BertForMaskedLM, BertFor{Sequence,Token}Classification, BertForQuestionAnswering) or a sentence-transformers
 one (``modules.json``: Transformer -> Pooling (mean | cls) -> optional Normalize), and
-``bigmodels.save(model, dir, format="hf")`` writes one ``transformers`` loads. For a sentence-transformers
-directory, :func:`save_sentence_transformers` adds ``modules.json`` and the pooling config.
+``bigmodels.save(model, dir, format="hf")`` writes one ``transformers`` loads; for an embedding model (head
+``embedding``) it is a sentence-transformers directory too (``modules.json``, the pooling config, Normalize and the
+tokenizer), which ``SentenceTransformer(dir)`` loads to the same vectors. :func:`save_sentence_transformers`
+does the same with a chosen ``max_seq_length``.
 
 Names (Hugging Face, with ``bert.`` before the backbone in every class but BertModel -> ours)::
 
@@ -34,9 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._files import atomic_write
 from ..config import from_dict
 from ..errors import CheckpointError, ConfigError
-from . import HFAdapter, hf_num_labels, preset_name, register_hf_adapter
+from ..models.bert import BertConfig
+from . import HFAdapter, hf_num_labels, preset_name, save_hf, source_tokenizer, write_tokenizer
 
 __all__ = ["ARCHITECTURES", "config_from_hf", "config_to_hf", "state_from_hf", "state_to_hf",
            "save_sentence_transformers", "sentence_transformers_files"]
@@ -124,8 +128,6 @@ def _sentence_transformers_pooling(directory: Path) -> dict[str, Any] | None:
 
 def config_from_hf(hf: dict[str, Any], directory: Path) -> tuple[str, str, Any]:
     """A Hugging Face BERT config.json (+ sentence-transformers files) -> (name, task, BertConfig)."""
-    from ..models.bert import BertConfig
-
     archs = hf.get("architectures") or ["BertModel"]
     arch = archs[0]
     if arch not in ARCHITECTURES:
@@ -231,14 +233,20 @@ def state_to_hf(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torc
     return out
 
 
-register_hf_adapter(HFAdapter("bert", "bert", config_from_hf, config_to_hf, state_from_hf, state_to_hf))
+def extra_files(model: nn.Module) -> dict[str, str]:
+    """An embedding model's sentence-transformers files, so that its pooling and normalisation travel with it."""
+    return sentence_transformers_files(model) if model.config.head == "embedding" else {}
+
+
+ADAPTER = HFAdapter("bert", "bert", config_from_hf, config_to_hf, state_from_hf, state_to_hf, extra_files)
 
 
 # ---------------------------------------------------------------------------------------------- sentence-transformers
 
 
 def sentence_transformers_files(model: nn.Module, *, max_seq_length: int = 256) -> dict[str, str]:
-    """The files (relative path -> JSON text) that make a saved embedding model a sentence-transformers one."""
+    """The files (relative path -> JSON text; a path ending in "/" is an empty folder) that make a saved embedding
+    model a sentence-transformers one; ``save(model, dir, format="hf")`` writes them for every embedding model."""
     c = model.config
     if c.head != "embedding":
         raise ConfigError(f"a sentence-transformers directory needs head='embedding', this model has {c.head!r}")
@@ -253,26 +261,27 @@ def sentence_transformers_files(model: nn.Module, *, max_seq_length: int = 256) 
                "pooling_mode_mean_sqrt_len_tokens": False}
     st_config = {"max_seq_length": min(max_seq_length, c.max_position_embeddings), "do_lower_case": False}
     dump = lambda obj: json.dumps(obj, indent=2) + "\n"  # noqa: E731
-    return {"modules.json": dump(modules), "1_Pooling/config.json": dump(pooling),
-            "sentence_bert_config.json": dump(st_config)}
+    files = {"modules.json": dump(modules), "1_Pooling/config.json": dump(pooling),
+             "sentence_bert_config.json": dump(st_config)}
+    if c.normalize:
+        files["2_Normalize/"] = ""  # a module without parameters: an empty folder, as sentence-transformers saves it
+    return files
 
 
 def save_sentence_transformers(model: nn.Module, directory: str | Path, *, tokenizer=None,
                                max_seq_length: int = 256) -> Path:
     """Save an embedding model as a sentence-transformers directory (HF weights + modules.json + pooling).
 
-    ``tokenizer``: a ``tokenizers.Tokenizer`` written as tokenizer.json (sentence-transformers needs one).
+    ``tokenizer``: the tokenizer to write (sentence-transformers needs one); by default the one saved beside the
+    model's source directory. ``max_seq_length``: the longest input sentence-transformers feeds the model.
 
     >>> save_sentence_transformers(bigmodels.load(minilm_dir), "out", tokenizer=tok)  # doctest: +SKIP
     """
-    from ..io import atomic_write, save
-
-    files = sentence_transformers_files(model, max_seq_length=max_seq_length)
-    directory = Path(save(model, directory, format="hf"))
-    if tokenizer is not None:  # tokenizers.Tokenizer.save takes a str, not a Path
-        atomic_write(directory / "tokenizer.json", lambda p: tokenizer.save(str(p)))
-    for rel, text in files.items():
-        path = directory / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda p, text=text: p.write_text(text, encoding="utf-8"))
+    files = sentence_transformers_files(model, max_seq_length=max_seq_length)  # first: refuses other heads
+    tokenizer = tokenizer if tokenizer is not None else source_tokenizer(model)
+    directory = save_hf(model, directory)  # with modules.json, the pooling config and Normalize
+    if tokenizer is not None:
+        write_tokenizer(tokenizer, directory)
+    atomic_write(directory / "sentence_bert_config.json",
+                 lambda p: p.write_text(files["sentence_bert_config.json"], encoding="utf-8"))
     return directory

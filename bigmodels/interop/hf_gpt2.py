@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from . import HFAdapter, register_hf_adapter
+from ..models.gpt import GPTConfig
+from ..registry import get_spec, list_models
+from . import HFAdapter
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +71,6 @@ def _key_map(n_layer: int) -> list[tuple[str, str, bool]]:
 
 
 def config_from_hf(hf: dict[str, Any], directory: Path) -> tuple[str, str, Any]:
-    from ..models.gpt import GPTConfig
-    from ..registry import get_spec, list_models
-
     for option, ours in _FIXED_OPTIONS.items():
         if hf.get(option, ours) != ours:
             raise CheckpointError(
@@ -182,4 +181,4 @@ def state_to_hf(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, t
     return out
 
 
-register_hf_adapter(HFAdapter("gpt2", "gpt", config_from_hf, config_to_hf, state_from_hf, state_to_hf))
+ADAPTER = HFAdapter("gpt2", "gpt", config_from_hf, config_to_hf, state_from_hf, state_to_hf)

@@ -30,7 +30,8 @@ from torch import nn
 
 from ..config import from_dict
 from ..errors import CheckpointError, ConfigError
-from . import HFAdapter, preset_name, register_hf_adapter
+from ..models.transformer import TransformerConfig
+from . import HFAdapter, preset_name
 
 __all__ = ["config_from_hf", "config_to_hf", "state_from_hf", "state_to_hf"]
 
@@ -57,8 +58,6 @@ def _one_id(hf: dict[str, Any], key: str, directory: Path, default: int | None) 
 
 def config_from_hf(hf: dict[str, Any], directory: Path) -> tuple[str, str, Any]:
     """A Marian config.json -> (name, "translation", TransformerConfig)."""
-    from ..models.transformer import TransformerConfig
-
     arch = (hf.get("architectures") or ["MarianMTModel"])[0]
     if arch not in _ARCHITECTURES:
         raise CheckpointError(f"{directory}: architecture {arch!r} is not supported; bigmodels reads "
@@ -210,4 +209,4 @@ def state_to_hf(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torc
     return out
 
 
-register_hf_adapter(HFAdapter("marian", "transformer", config_from_hf, config_to_hf, state_from_hf, state_to_hf))
+ADAPTER = HFAdapter("marian", "transformer", config_from_hf, config_to_hf, state_from_hf, state_to_hf)

@@ -42,7 +42,8 @@ from torch import nn
 
 from ..config import from_dict
 from ..errors import CheckpointError, ConfigError
-from . import HFAdapter, hf_num_labels, preset_name, read_hf_state_dict, register_hf_adapter
+from ..models.vit import ViTConfig
+from . import HFAdapter, hf_num_labels, preset_name, read_hf_state_dict
 
 __all__ = ["ARCHITECTURES", "config_from_hf", "config_to_hf", "state_from_hf", "state_to_hf"]
 
@@ -110,8 +111,6 @@ def _checkpoint_keys(directory: Path) -> set[str]:
 
 def config_from_hf(hf: dict[str, Any], directory: Path) -> tuple[str, str, Any]:
     """A transformers ViT config.json -> (name, task, ViTConfig)."""
-    from ..models.vit import ViTConfig
-
     arch = (hf.get("architectures") or ["ViTModel"])[0]
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{directory}: architecture {arch!r} is not supported; bigmodels reads "
@@ -165,7 +164,7 @@ def config_to_hf(model: nn.Module) -> dict[str, Any]:
         "pooler_output_size": c.representation_size or c.hidden_dim, "pooler_act": "tanh",
     }
     if c.num_classes:
-        names = (getattr(model, "meta", None) or {}).get("class_names")
+        names = (getattr(getattr(model, "info", None), "meta", None) or {}).get("class_names")  # ModelInfo.meta
         if not (isinstance(names, list) and len(names) == c.num_classes):
             names = [f"LABEL_{i}" for i in range(c.num_classes)]
         hf["id2label"] = {str(i): str(n) for i, n in enumerate(names)}
@@ -233,4 +232,4 @@ def state_to_hf(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torc
     return out
 
 
-register_hf_adapter(HFAdapter("vit", "vit", config_from_hf, config_to_hf, state_from_hf, state_to_hf))
+ADAPTER = HFAdapter("vit", "vit", config_from_hf, config_to_hf, state_from_hf, state_to_hf)

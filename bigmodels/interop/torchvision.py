@@ -5,7 +5,7 @@ torchvision state dict loads strictly with no key map. What a state dict does no
 architecture, so the registry name comes with it::
 
     >>> model = bigmodels.load("resnet50-0676ba61.pth", model="resnet50")          # doctest: +SKIP
-    >>> model = load_torchvision("resnet50", "DEFAULT")   # torchvision's ImageNet weights, downloaded once
+    >>> model = load_torchvision("resnet50", "DEFAULT")   # ImageNet weights, downloaded once  # doctest: +SKIP
 
 ``WEIGHTS`` lists torchvision's published ImageNet-1k weights (file URL and the evaluation preprocessing
 that goes with them), so that ``predict`` resizes, crops and normalises images as the weights expect.
@@ -15,6 +15,7 @@ Files load with ``torch.load(weights_only=True)`` (or safetensors): nothing is e
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import BigModelsError, CheckpointError
+from . import refused_pickle
 
 __all__ = ["WEIGHTS", "TorchvisionWeights", "IMAGENET_MEAN", "IMAGENET_STD", "load_torchvision",
            "read_state_dict", "STATE_DICT_SUFFIXES"]
@@ -87,6 +89,8 @@ def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(text, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{text} does not exist; pass the path of a torchvision state dict") from None
+    except pickle.UnpicklingError as e:
+        raise refused_pickle(text, e) from None
     except Exception as e:  # truncated, foreign, unsafe (weights_only refuses arbitrary objects), offline
         raise CheckpointError(
             f"{text} could not be read as a state dict ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
@@ -119,8 +123,10 @@ def load_torchvision(name: str, source: str | Path = "DEFAULT", **overrides: Any
 
     ``source``: a file path (``.pth``/``.pt`` read with ``weights_only=True``, or ``.safetensors``), a URL,
     or ``"DEFAULT"`` for torchvision's published ImageNet weights (downloaded into torch's hub cache).
-    The class count and auxiliary heads follow the file; ``overrides`` set other config fields.
+    The class count and auxiliary heads follow the file; ``overrides`` set other config fields. ``model.info``
+    records the source (``"torchvision"``, the file or URL) and, for published weights, their preprocessing.
     """
+    from ..models._contract import model_info
     from ..registry import create_model
 
     weights = WEIGHTS.get(name)
@@ -145,10 +151,10 @@ def load_torchvision(name: str, source: str | Path = "DEFAULT", **overrides: Any
             f"check that the file is a {name} state dict"
         )
     model.load_state_dict(state, strict=True)
-    model.model_name = name
-    model.meta = {"source": "torchvision", "path": str(source)}
+    info = model_info(model)
+    info.source, info.path = "torchvision", str(source)
     if weights is not None:  # ImageNet weights: evaluate as they were evaluated
-        model.meta.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), img_size=weights.crop_size,
-                          resize_size=weights.resize_size)
+        info.meta.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), img_size=weights.crop_size,
+                         resize_size=weights.resize_size)
     log.info("loaded %s from %s (%d tensors)", name, source, len(state))
     return model.eval()

@@ -7,7 +7,7 @@
 ==========================  ==============================================================  ========================
 head                        forward(...) returns                                            task
 ==========================  ==============================================================  ========================
-encoder                     hidden states (B, T, H)  (``encode`` adds the pooled CLS)       sentence_embedding
+encoder                     hidden states (B, T, H)  (``encode_ids`` adds the pooled CLS)   sentence_embedding
 embedding                   a sentence vector (B, H): mean over real tokens or CLS,         sentence_embedding
                             L2-normalised when ``normalize`` (Sentence-BERT, Reimers &
                             Gurevych 2019)
@@ -261,6 +261,10 @@ class Bert(nn.Module):
         """Last hidden states (B, T, H). With ``unpad`` (heads that read real tokens only), the position-wise
         layers skip padding (see :class:`~bigmodels.nn.padding.Unpadded`) and padding positions come back 0."""
         c = self.config
+        if not isinstance(input_ids, torch.Tensor):  # texts where token ids belong (sentence-transformers' habit)
+            raise DataError(f"BERT takes token ids (a (batch, time) tensor), got a {type(input_ids).__name__}; "
+                            "tokenize the text first, or for sentence vectors of texts use "
+                            "bigmodels.infer.embed.embed_texts(model, tokenizer, texts)")
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise DataError(f"expected token ids of shape (batch, time), got {tuple(input_ids.shape)} "
                             f"{input_ids.dtype}; tokenize the text first")
@@ -288,14 +292,18 @@ class Bert(nn.Module):
             x = layer(x, mask, u)
         return x if u is None else u.pad(x)  # (B, T, H)
 
-    def encode(
+    def encode_ids(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(last hidden states (B, T, H), pooled CLS (B, H) or None when the model has no pooler), any head."""
+        """(last hidden states (B, T, H), pooled CLS (B, H) or None when the model has no pooler), any head.
+
+        Token ids in, not texts: named so that it is not taken for sentence-transformers' ``encode(texts)``
+        (sentence vectors of texts: ``bigmodels.infer.embed.embed_texts(model, tokenizer, texts)``).
+        """
         hidden = self._hidden(input_ids, attention_mask, token_type_ids, positions)
         return hidden, self.pooler(hidden) if self.pooler is not None else None
 
@@ -392,5 +400,3 @@ register_model(
                       intermediate_size=512, max_position_embeddings=128, head="pretraining"),
     description="a small BERT for CPU experiments: 4 layers, 128 wide; masked LM + next sentence",
 )
-
-from ..interop import hf_bert  # noqa: E402, F401  (registers the Hugging Face adapter)

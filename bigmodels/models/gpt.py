@@ -316,16 +316,6 @@ class GPT(nn.Module):
             x = block(x, key_padding=key_padding, mask=mask, cache=cache, layer=i, positions=positions)
         return self.ln_f(x)  # (B, T, C)
 
-    def generate(
-        self, ids: torch.Tensor, max_new_tokens: int = 32, *, generator: torch.Generator | None = None, **kwargs
-    ) -> torch.Tensor:
-        """Continue ``ids`` (B, T): the decoders' ``generate``; options as :func:`bigmodels.infer.generate.generate`."""
-        from ..infer.generate import generate  # decoding lives above the models; imported on use, not at import
-
-        if generator is not None:
-            kwargs["seed"] = generator
-        return generate(self, ids, max_new_tokens=max_new_tokens, **kwargs)
-
 
 register_family("gpt", GPTConfig, GPT)
 
@@ -352,5 +342,3 @@ register_model(
     config=GPTConfig(vocab_size=128, block_size=128, n_layer=4, n_head=4, n_embd=128),
     description="a small GPT for CPU runs: 4 layers, width 128, context 128",
 )
-
-from ..interop import hf_gpt2  # noqa: E402, F401  (registers the Hugging Face GPT-2 adapter)

@@ -52,6 +52,17 @@ class MLPClassifier(nn.Module):
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         return self.mlp.fc(feats)
 
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activations after each hidden layer, [(B, hidden_i), ...] (the flattened image when there is none);
+        the last is :meth:`forward_features`."""
+        check_image_input(x, self.config.in_chans, self.config.img_size)
+        x, layers, maps = x.flatten(1), list(self.mlp.layers), []
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            if i + 1 == len(layers) or isinstance(layers[i + 1], nn.Linear):  # a hidden layer ends here
+                maps.append(x)
+        return maps or [x]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 

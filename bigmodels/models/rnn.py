@@ -17,7 +17,6 @@ from torch import nn
 
 from ..config import check_choice, check_positive
 from ..errors import ConfigError, DataError
-from ..nn import sample_next_token
 from ..registry import register_family, register_model
 
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -71,6 +70,19 @@ def _drop_hidden_bias(rnn: nn.LSTM) -> None:
     rnn._init_flat_weights()
 
 
+@dataclass
+class RecurrentCache:
+    """A recurrent model's decoding state (what :meth:`RNNModel.new_cache` gives): the hidden state (and an LSTM's
+    cell state) after the ``length`` tokens seen so far; ``model(ids, cache=c)`` starts there and leaves the new one.
+    """
+
+    state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
+    length: int = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+
 class RNNModel(nn.Module):
     """Embedding or feature input -> stacked RNN/LSTM/GRU -> classifier or next-token head.
 
@@ -116,48 +128,56 @@ class RNNModel(nn.Module):
         """Run the recurrence; returns (outputs (B, T, H*dirs), final state)."""
         return self.rnn(self._inputs(x), state)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, state = self.forward_with_state(x)
+    def _recur(self, x: torch.Tensor, cache: RecurrentCache | None):
+        """forward_with_state from ``cache``'s state (when given), which then holds the state after ``x``."""
+        out, state = self.forward_with_state(x, None if cache is None else cache.state)
+        if cache is not None:
+            cache.state, cache.length = state, cache.length + out.shape[1]
+        return out, state
+
+    def _pool(self, out: torch.Tensor, state) -> torch.Tensor:
+        """(B, T, H*dirs) outputs and the final state -> the features (B, H*dirs) a classifier reads."""
+        if self.config.pooling == "mean":
+            return out.mean(1)
+        # final hidden state of the top layer; both directions when bidirectional
+        h = state[0] if isinstance(state, tuple) else state  # (layers*dirs, B, H)
+        dirs = 2 if self.config.bidirectional else 1
+        return h[-dirs:].transpose(0, 1).flatten(1)  # (B, H*dirs)
+
+    def forward(self, x: torch.Tensor, *, cache: RecurrentCache | None = None) -> torch.Tensor:
+        """Next-token logits (B, T, V) (head=lm) or class logits (B, num_classes); with a ``cache`` (from
+        :meth:`new_cache`) the recurrence continues from the tokens before ``x``."""
+        out, state = self._recur(x, cache)
         if self.config.head == "lm":
             return self.fc(self.drop(out))  # (B, T, V)
-        if self.config.pooling == "mean":
-            feats = out.mean(1)
-        else:  # final hidden state of the top layer; both directions when bidirectional
-            h = state[0] if isinstance(state, tuple) else state  # (layers*dirs, B, H)
-            dirs = 2 if self.config.bidirectional else 1
-            feats = h[-dirs:].transpose(0, 1).flatten(1)  # (B, H*dirs)
-        return self.fc(self.drop(feats))  # (B, num_classes)
+        return self.forward_head(self._pool(out, state))  # (B, num_classes)
+
+    # the contract's vision methods (images read row by row) and decoder methods (token ids)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features (B, H*dirs) the classifier reads."""
+        return self._pool(*self.forward_with_state(x))
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(feats))
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One stage: the top layer's outputs at every step, [(B, T, H*dirs)]."""
+        return [self.forward_with_state(x)[0]]
+
+    def forward_hidden(self, x: torch.Tensor, *, cache: RecurrentCache | None = None) -> torch.Tensor:
+        """The top layer's outputs (B, T, H*dirs), what the output layer reads; ``cache`` as in :meth:`forward`."""
+        return self._recur(x, cache)[0]
+
+    def new_cache(self) -> RecurrentCache:
+        """An empty decoding state: ``model(ids[:, :k], cache=c)`` then ``model(ids[:, k:], cache=c)`` gives the
+        logits of ``model(ids)``."""
+        return RecurrentCache()
 
     def reset_classifier(self, num_classes: int) -> None:
         if self.config.head != "classify":
             raise ConfigError("reset_classifier applies to classifiers; this is a language model")
         self.config.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    @torch.no_grad()
-    def generate(
-        self,
-        ids: torch.Tensor,
-        max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Continue ``ids`` (B, T) by ``max_new_tokens`` sampled tokens; temperature 0 is greedy."""
-        if self.config.head != "lm":
-            raise ConfigError("generate needs a language model (head=lm)")
-        if ids.numel() == 0:
-            raise DataError("the prompt is empty; give at least one token to start from")
-        out, state = self.forward_with_state(ids)
-        tokens = [ids]
-        for _ in range(max_new_tokens):
-            logits = self.fc(out[:, -1])  # (B, V)
-            nxt = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-            tokens.append(nxt)
-            out, state = self.forward_with_state(nxt, state)
-        return torch.cat(tokens, dim=1)
 
 
 register_family("rnn", RNNConfig, RNNModel)

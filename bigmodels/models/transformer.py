@@ -147,16 +147,16 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.norm_first = c.norm_first
 
-        def attention() -> MultiHeadAttention:
+        def attention(cross: bool = False) -> MultiHeadAttention:
             return MultiHeadAttention(c.d_model, c.num_heads, dropout=c.attention_dropout, fused_qkv=False,
-                                      impl=c.attn_impl)
+                                      impl=c.attn_impl, cross_attention=cross)
 
         def norm() -> nn.LayerNorm:
             return nn.LayerNorm(c.d_model, eps=c.layer_norm_eps)
 
         self.self_attn, self.self_attn_layer_norm = attention(), norm()
         if cross_attention:
-            self.encoder_attn, self.encoder_attn_layer_norm = attention(), norm()
+            self.encoder_attn, self.encoder_attn_layer_norm = attention(cross=True), norm()
         else:
             self.encoder_attn = None
         self.fc1 = nn.Linear(c.d_model, c.d_ff)  # position-wise feed-forward, eq. 2
@@ -367,5 +367,3 @@ register_model(
                              num_decoder_layers=2, num_heads=2, d_ff=128, max_position_embeddings=128),
     description="a tiny Transformer: 2+2 layers, 64 wide; compare trains it on the embedded numbers corpus",
 )
-
-from ..interop import hf_marian  # noqa: E402, F401  (registers the Hugging Face Marian adapter)

@@ -31,7 +31,7 @@ def test_a_pth_state_dict_loads_strictly_and_gives_the_same_outputs(tmp_path):
     model, path = _saved(tmp_path)
     x = torch.randn(2, 1, 8, 8)
     loaded = bigmodels.load(path, model="cnn_small")
-    assert not loaded.training and loaded.meta["source"] == "torchvision"
+    assert not loaded.training and loaded.info.source == "torchvision"
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     # the same weights as safetensors, wrapped in a training checkpoint, and saved from DDP ("module.")

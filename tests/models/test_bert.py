@@ -73,7 +73,7 @@ def hf_outputs(hf_model, arch: str, x: dict) -> list[torch.Tensor]:
 def our_outputs(model: Bert, x: dict) -> list[torch.Tensor]:
     with torch.no_grad():
         if model.config.head == "encoder":
-            return list(model.encode(**x))
+            return list(model.encode_ids(**x))
         out = model(**x)
     return list(out) if isinstance(out, tuple) else [out]
 
@@ -208,11 +208,11 @@ def test_minilm_loads_as_a_normalised_mean_pooled_embedding_model(minilm):
     model, _ = minilm
     c = model.config
     assert (c.head, c.pooling, c.normalize) == ("embedding", "mean", True)
-    assert model.model_name == "minilm-l6-h384" and model.task == "sentence_embedding"
+    assert model.info.name == "minilm-l6-h384" and model.info.task == "sentence_embedding"
     preset = bigmodels.get_spec("minilm-l6-h384").config
     assert all(getattr(c, f) == getattr(preset, f) for f in ("num_hidden_layers", "hidden_size", "intermediate_size",
                                                                "num_attention_heads", "vocab_size"))
-    hf = transformers.BertModel(transformers.BertConfig.from_pretrained(model.meta["path"]))
+    hf = transformers.BertModel(transformers.BertConfig.from_pretrained(model.info.path))
     assert n_params(model) == n_params(hf)  # the checkpoint's pooler is kept (unused) for an exact round trip
 
 
@@ -224,10 +224,10 @@ def test_minilm_matches_sentence_transformers(minilm, st_minilm):
     assert cosines(ours, theirs).min() >= 0.99999
     assert torch.allclose(ours.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
     # and transformers' own BertModel with mean pooling + L2 normalisation (the model card's recipe)
-    hf = transformers.AutoModel.from_pretrained(model.meta["path"]).eval()
+    hf = transformers.AutoModel.from_pretrained(model.info.path).eval()
     import tokenizers  # the reference side tokenizes with the reference library itself
 
-    padded = tokenizers.Tokenizer.from_file(str(Path(model.meta["path"]) / "tokenizer.json"))
+    padded = tokenizers.Tokenizer.from_file(str(Path(model.info.path) / "tokenizer.json"))
     padded.enable_truncation(256)
     padded.enable_padding(pad_id=0)  # to the longest text
     enc = padded.encode_batch(TEXTS)
@@ -262,6 +262,29 @@ def test_minilm_saves_as_a_sentence_transformers_directory(minilm, st_minilm, tm
     assert cosines(ours, st_minilm.encode(TEXTS, convert_to_tensor=True).cpu()).min() >= 0.99999
     again = bigmodels.load(tmp_path / "st")
     assert again.config == model.config
+
+
+def test_minilm_saved_in_hugging_face_format_stays_a_sentence_transformers_model(minilm_path, st_minilm, tmp_path):
+    """save(format="hf") and `bigmodels convert` keep the pooling, the normalisation and the tokenizer."""
+    st = pytest.importorskip("sentence_transformers")
+    from bigmodels.convert import convert
+
+    theirs = st_minilm.encode(TEXTS, convert_to_tensor=True).cpu()
+    bigmodels.save(bigmodels.load(minilm_path), tmp_path / "saved", format="hf")  # no tokenizer= given
+    assert convert(str(minilm_path), str(tmp_path / "converted"), format="hf") == 0
+    for directory in (tmp_path / "saved", tmp_path / "converted"):
+        assert (directory / "2_Normalize").is_dir() and (directory / "tokenizer_config.json").is_file()
+        modules = json.loads((directory / "modules.json").read_text())
+        assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling", "Normalize"]
+        assert json.loads((directory / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"]
+        reloaded = st.SentenceTransformer(str(directory), device="cpu")
+        ours = reloaded.encode(TEXTS, convert_to_tensor=True).cpu()
+        assert cosines(ours, theirs).min() >= 0.9999
+        assert torch.allclose(ours.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
+        ids = reloaded.tokenizer("Hello world")["input_ids"]
+        assert reloaded.tokenizer.unk_token_id not in ids and len(ids) == 4  # [CLS] hello world [SEP]
+        again = bigmodels.load(directory)  # and bigmodels reads it back as the same embedding model
+        assert (again.config.head, again.config.pooling, again.config.normalize) == ("embedding", "mean", True)
 
 
 @pytest.mark.slow
@@ -308,7 +331,7 @@ def test_every_head_shapes_and_task(head):
     B, T, H, V = 3, 12, 32, TINY["vocab_size"]
     with torch.no_grad():
         out = model(**x)
-        hidden, pooled = model.encode(**x)
+        hidden, pooled = model.encode_ids(**x)
     expected = {"encoder": (B, T, H), "embedding": (B, H), "mlm": (B, T, V), "sequence_classification": (B, 2),
                 "token_classification": (B, T, 2), "question_answering": (B, T, 2)}
     if head == "pretraining":
@@ -331,7 +354,7 @@ def test_embedding_head_pools_real_tokens_only():
                       token_type_ids=x["token_type_ids"][2:, :3])[0]
         cls = bigmodels.create_model("minilm-l6-h384", **TINY, pooling="cls", normalize=False).eval()
         cls.load_state_dict(model.state_dict())
-        assert torch.allclose(cls(**x), cls.encode(**x)[0][:, 0])
+        assert torch.allclose(cls(**x), cls.encode_ids(**x)[0][:, 0])
     assert torch.allclose(padded, alone, atol=1e-6)
     assert torch.allclose(padded.norm(), torch.tensor(1.0))
 
@@ -344,7 +367,7 @@ def test_mean_pooled_classifier_reads_real_tokens_and_has_no_pooler(tmp_path):
     x = batch()
     with torch.no_grad():
         logits = model(**x)
-        hidden = model.encode(**x)[0]
+        hidden = model.encode_ids(**x)[0]
         m = x["attention_mask"].unsqueeze(-1).float()
         expected = model.classifier((hidden * m).sum(1) / m.sum(1))
         alone = model(x["input_ids"][2:, :3], attention_mask=x["attention_mask"][2:, :3],
@@ -383,6 +406,22 @@ def test_reset_classifier_puts_a_fresh_classifier_on_the_encoder(tmp_path):
     assert embedder.pooler is not None and embedder(**x).shape == (3, 2)
     with pytest.raises(ConfigError, match="number of labels"):
         embedder.reset_classifier(0)
+
+
+def test_the_token_id_encoder_cannot_be_taken_for_a_text_encoder():
+    """sentence-transformers' model.encode(texts) has no look-alike that takes token ids: encode_ids says what it
+    takes, and texts where ids belong get the way to sentence vectors."""
+    model = bigmodels.create_model("minilm-l6-h384", **TINY).eval()
+    assert not hasattr(model, "encode")
+    x = batch()
+    with torch.no_grad():
+        hidden, pooled = model.encode_ids(**x)
+    assert hidden.shape == (3, 12, TINY["hidden_size"]) and pooled is None  # the embedding head has no pooler
+    for texts in (["a sentence", "another"], "a sentence"):
+        with pytest.raises(DataError, match=r"token ids.*got a (list|str).*embed_texts"):
+            model.encode_ids(texts)
+        with pytest.raises(DataError, match="embed_texts"):
+            model(texts)
 
 
 def test_too_long_input_is_a_data_error():
@@ -440,7 +479,7 @@ def test_unsupported_checkpoints_are_checkpoint_errors(hf_dirs, tmp_path):
                                           ("sequence_classification", "mean")])
 def test_sentence_heads_skip_padding_with_the_padded_results(head, pooling):
     # sentence-level heads run the position-wise layers on real tokens only (Unpadded); the result and the
-    # gradients must be those of the padded computation (encode() keeps every position)
+    # gradients must be those of the padded computation (encode_ids() keeps every position)
     torch.manual_seed(0)
     extra = {"classifier_pooling": pooling, "num_labels": 3} if head != "embedding" else {}
     model = bigmodels.create_model("bert-base", **TINY, head=head, hidden_dropout_prob=0.0,
@@ -448,7 +487,7 @@ def test_sentence_heads_skip_padding_with_the_padded_results(head, pooling):
     x = batch()
     assert (x["attention_mask"] == 0).any(), "the batch must hold padding for this test to mean anything"
     out = model(**x)
-    hidden, pooled = model.encode(**x)
+    hidden, pooled = model.encode_ids(**x)
     if head == "embedding":
         expected = Bert._pool(hidden, x["attention_mask"], model.config.pooling)
         expected = torch.nn.functional.normalize(expected, dim=-1) if model.config.normalize else expected

@@ -14,6 +14,7 @@ import bigmodels
 from bigmodels import create_model
 from bigmodels.config import resolve_run_config
 from bigmodels.errors import CheckpointError, ConfigError, DataError
+from bigmodels.infer.generate import generate
 from bigmodels.registry import model_from_config
 
 transformers = pytest.importorskip("transformers")
@@ -58,7 +59,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_loading_a_hf_checkpoint_gives_the_same_logits(hf_dir, ids, impl):
     path, hf = hf_dir
     model = bigmodels.load(path)
-    assert type(model).__name__ == "GPT" and model.family == "gpt" and model.task == "language_modeling"
+    assert type(model).__name__ == "GPT" and model.info.family == "gpt" and model.info.task == "language_modeling"
     assert model.lm_head.weight is model.wte.weight
     if impl != model.config.attn_impl:
         state = model.state_dict()
@@ -238,8 +239,8 @@ def test_a_padded_vocabulary_gives_the_unpadded_models_logits_and_never_a_padded
         assert max_diff(padded(ids, attention_mask=PAD), plain(ids, attention_mask=PAD)) <= 1e-6
         assert max_diff(padded.lm_head(padded.forward_hidden(ids))[..., :100], plain(ids)) <= 1e-6
     for cache in ("dynamic", "static"):
-        out = padded.generate(ids, 8, temperature=0, cache=cache)
-        assert out.max() < 100 and torch.equal(out, plain.generate(ids, 8, temperature=0))
+        out = generate(padded, ids, max_new_tokens=8, temperature=0, cache=cache)
+        assert out.max() < 100 and torch.equal(out, generate(plain, ids, max_new_tokens=8, temperature=0))
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])

@@ -15,7 +15,7 @@ from bigmodels.config import to_dict
 from bigmodels.errors import CheckpointError, ConfigError, DataError, ModelNotFoundError
 from bigmodels.models._contract import call, example_inputs
 from bigmodels.registry import TASKS
-from bigmodels.testing import tiny_model
+from bigmodels.testing import assert_conforms, tiny_model
 
 B, T = 2, 16  # batch and sequence length of the smoke inputs (example_inputs' defaults)
 
@@ -84,7 +84,9 @@ def test_smoke_every_model(name, tmp_path):
     torch.manual_seed(0)
     spec = bigmodels.get_spec(name)
     model = build(name)
-    assert model.model_name == name and model.task == spec.task and model.family == spec.family
+    assert (model.info.name, model.info.family, model.info.task) == (name, spec.family, spec.task)
+    assert model.info.source == "registry" and model.info.path is None
+    assert_conforms(model)  # the written contract (tests/models/test_contract.py checks it in detail)
     x = make_input(model, spec.task)
 
     # forward + backward in training mode
@@ -112,7 +114,8 @@ def test_smoke_every_model(name, tmp_path):
     assert type(loaded) is type(model)
     assert type(loaded.config) is type(model.config)
     assert to_dict(loaded.config) == to_dict(model.config)
-    assert loaded.model_name == name and loaded.task == spec.task
+    assert (loaded.info.name, loaded.info.family, loaded.info.task) == (name, spec.family, spec.task)
+    assert loaded.info.source == "bigmodels" and loaded.info.path == str(tmp_path / name)
     loaded.eval()
     with torch.no_grad():
         after = call(loaded, x)
@@ -130,7 +133,7 @@ def test_create_model_does_not_share_config_with_the_preset(name):
     assert model.config is not bigmodels.get_spec(name).config
     first = dataclasses.fields(model.config)[0].name
     setattr(model.config, first, "changed")  # mutating a model's config must not reach the registry
-    if hasattr(model, "reset_classifier") and model.task != "language_modeling":
+    if hasattr(model, "reset_classifier") and model.info.task != "language_modeling":
         model.reset_classifier(3)
     assert bigmodels.get_spec(name).config == preset
 
@@ -347,48 +350,10 @@ def tiny_lm(cell: str = "gru", **kw) -> torch.nn.Module:
     return create_model(f"char_{cell}", **args).eval()
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_greedy_generation_is_deterministic_and_matches_argmax(cell):
-    model = tiny_lm(cell)
-    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
-    out = model.generate(ids, 6, temperature=0)
-    assert out.shape == (2, 10)
-    assert torch.equal(out[:, :4], ids)
-    assert torch.equal(model.generate(ids, 6, temperature=0), out)
-    with torch.no_grad():
-        first = model(ids)[:, -1].argmax(-1)
-    assert torch.equal(out[:, 4], first)
-    # the recurrent state carried through generate equals re-running the whole sequence each step
-    seq = ids
-    with torch.no_grad():
-        for _ in range(6):
-            seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(seq, out)
-
-
-def test_seeded_sampling_is_reproducible():
+def test_language_models_decode_elsewhere_and_classifiers_have_no_lm_head():
+    """Decoding (greedy, sampling, stops) is tested in tests/infer/test_generate.py; the cache in the contract test."""
     model = tiny_lm()
-    ids = torch.tensor([[1, 2, 3]])
-
-    def sample(seed, **kw):
-        return model.generate(ids, 20, temperature=1.0, generator=torch.Generator().manual_seed(seed), **kw)
-
-    a = sample(123)
-    assert torch.equal(a, sample(123))
-    assert not torch.equal(a, sample(321))
-    assert a.min() >= 0 and a.max() < 20
-    # top_k=1 and a tiny nucleus leave only the argmax
-    greedy = model.generate(ids, 20, temperature=0)
-    assert torch.equal(sample(5, top_k=1), greedy)
-    assert torch.equal(sample(6, top_p=1e-6), greedy)
-
-
-def test_generate_errors():
-    model = tiny_lm()
-    with pytest.raises(DataError, match="empty"):
-        model.generate(torch.empty(1, 0, dtype=torch.long), 5)
-    with pytest.raises(ConfigError, match="language model"):
-        create_model("lstm_classifier").generate(torch.zeros(1, 3, dtype=torch.long), 2)
+    assert not hasattr(model, "generate")  # decoding lives in bigmodels.infer, not in the model
     with pytest.raises(ConfigError, match="language model"):
         model.reset_classifier(3)
 

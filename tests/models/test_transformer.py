@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import bigmodels
 from bigmodels.errors import ConfigError, DataError
-from bigmodels.infer.seq2seq import beam_search, greedy_decode, translate
+from bigmodels.infer.seq2seq import Seq2SeqGenerationConfig, beam_search, greedy_decode, translate
 from bigmodels.models.transformer import Transformer, TransformerConfig, shift_right
 from bigmodels.registry import model_from_config
 
@@ -113,7 +113,7 @@ def test_marian_checkpoint_loads_with_the_same_logits(variant, tmp_path):
         hf.final_logits_bias.normal_(std=0.1)
     hf.save_pretrained(tmp_path)
     model = bigmodels.load(tmp_path)
-    assert isinstance(model, Transformer) and model.task == "translation" and not model.training
+    assert isinstance(model, Transformer) and model.info.task == "translation" and not model.training
     assert model.config.share_embeddings == variant.get("share_encoder_decoder_embeddings", True)
     pad = hf.config.pad_token_id
     src, mask = padded_sources(pad)
@@ -186,7 +186,7 @@ def test_export_refuses_what_marian_cannot_express_and_writes_nothing(change, tm
 def test_greedy_translate_is_token_identical_to_transformers_generate(pair):
     hf, model, pad, eos = pair
     src, mask = padded_sources(pad)
-    ours = translate(model, src, mask, max_new_tokens=MAX_NEW)
+    ours = translate(model, src, attention_mask=mask, max_new_tokens=MAX_NEW)
     ref = hf.generate(input_ids=src, attention_mask=mask, num_beams=1, do_sample=False, max_new_tokens=MAX_NEW)
     assert ours == hf_outputs(ref, eos)
     assert all(len(h) <= MAX_NEW and eos not in h for h in ours)
@@ -196,8 +196,8 @@ def test_the_trained_fixture_stops_rows_at_different_steps(trained):
     """Guards the parity tests: their batch must mix finished rows of several lengths (and greedy != beam)."""
     _, model, pad, _ = trained
     src, mask = padded_sources(pad)
-    greedy = translate(model, src, mask, max_new_tokens=MAX_NEW)
-    beam = translate(model, src, mask, num_beams=4, max_new_tokens=MAX_NEW)
+    greedy = translate(model, src, attention_mask=mask, max_new_tokens=MAX_NEW)
+    beam = translate(model, src, attention_mask=mask, num_beams=4, max_new_tokens=MAX_NEW)
     assert len({len(h) for h in greedy}) >= 3 and min(len(h) for h in greedy) < MAX_NEW
     assert greedy != beam
 
@@ -207,8 +207,9 @@ def test_the_trained_fixture_stops_rows_at_different_steps(trained):
 def test_beam_search_is_identical_to_transformers_generate(pair, length_penalty, early_stopping):
     hf, model, pad, eos = pair
     src, mask = padded_sources(pad)
-    ours, scores = translate(model, src, mask, num_beams=4, max_new_tokens=MAX_NEW, length_penalty=length_penalty,
-                             early_stopping=early_stopping, return_scores=True)
+    config = Seq2SeqGenerationConfig(num_beams=4, max_new_tokens=MAX_NEW, length_penalty=length_penalty,
+                                     early_stopping=early_stopping)
+    ours, scores = translate(model, src, config, attention_mask=mask, return_scores=True)
     ref = hf.generate(input_ids=src, attention_mask=mask, num_beams=4, do_sample=False, max_new_tokens=MAX_NEW,
                       length_penalty=length_penalty, early_stopping=early_stopping, output_scores=True,
                       return_dict_in_generate=True)
@@ -220,7 +221,7 @@ def test_beam_search_is_identical_to_transformers_generate(pair, length_penalty,
 def test_min_length_is_transformers_min_new_tokens(trained, num_beams):
     hf, model, pad, eos = trained
     src, mask = padded_sources(pad)
-    ours = translate(model, src, mask, num_beams=num_beams, max_new_tokens=MAX_NEW, min_length=7)
+    ours = translate(model, src, attention_mask=mask, num_beams=num_beams, max_new_tokens=MAX_NEW, min_length=7)
     ref = hf.generate(input_ids=src, attention_mask=mask, num_beams=num_beams, do_sample=False,
                       max_new_tokens=MAX_NEW, min_new_tokens=7, early_stopping=True)
     assert ours == hf_outputs(ref, eos)
@@ -231,11 +232,37 @@ def test_translate_with_one_beam_is_greedy_decode_and_takes_lists(trained):
     _, model, pad, _ = trained
     src, mask = padded_sources(pad)
     options = dict(max_new_tokens=MAX_NEW, return_scores=True)
-    assert translate(model, src, mask, **options) == greedy_decode(model, src, mask, **options)
+    assert translate(model, src, attention_mask=mask, **options) == greedy_decode(model, src, attention_mask=mask,
+                                                                                  **options)
     rows = [r[m.bool()].tolist() for r, m in zip(src, mask, strict=True)]
-    assert translate(model, rows, num_beams=2, **options) == beam_search(model, src, mask, num_beams=2, **options)
+    assert translate(model, rows, num_beams=2, **options) == beam_search(model, src, attention_mask=mask, num_beams=2,
+                                                                         **options)
     # the mask is inferred from the pad id when left out
-    assert translate(model, src, max_new_tokens=MAX_NEW) == translate(model, src, mask, max_new_tokens=MAX_NEW)
+    assert translate(model, src, max_new_tokens=MAX_NEW) == translate(model, src, attention_mask=mask,
+                                                                      max_new_tokens=MAX_NEW)
+    # a config and keyword overrides are the same request; keywords replace the config's fields
+    config = Seq2SeqGenerationConfig(num_beams=3, max_new_tokens=MAX_NEW)
+    assert translate(model, rows, config, num_beams=2, return_scores=True) == translate(model, rows, num_beams=2,
+                                                                                        **options)
+    assert beam_search(model, rows, max_new_tokens=MAX_NEW) == translate(model, rows, num_beams=4,
+                                                                         max_new_tokens=MAX_NEW)  # 4 by default
+
+
+def test_seq2seq_options_are_checked_with_the_fix(trained):
+    _, model, _, _ = trained
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) beams\. Valid options: max_new_tokens, min_length, "
+                                          r"num_beams, length_penalty, early_stopping, attention_mask, return_scores"):
+        translate(model, [[5, 6]], beams=2)
+    with pytest.raises(ConfigError, match="config must be a Seq2SeqGenerationConfig, got Tensor"):
+        translate(model, torch.tensor([[5, 6]]), torch.ones(1, 2))  # the mask goes by keyword
+    with pytest.raises(ConfigError, match="num_beams=0 must be a whole number >= 1"):
+        beam_search(model, [[5, 6]], num_beams=0)
+    with pytest.raises(ConfigError, match="greedy_decode follows one beam, but num_beams=2; use beam_search"):
+        greedy_decode(model, [[5, 6]], num_beams=2)
+    with pytest.raises(ConfigError, match="early_stopping='sometimes'"):
+        Seq2SeqGenerationConfig(early_stopping="sometimes")
+    with pytest.raises(ConfigError, match="min_length=-1"):
+        translate(model, [[5, 6]], min_length=-1)
 
 
 def _teacher_forced_score(model, src, mask, hyps, length_penalty):
@@ -258,8 +285,8 @@ def test_beam_search_scores_at_least_greedy_under_the_models_own_normalised_log_
     num_beams hypotheses are finished (on other batches of this model, 2 or 4 beams lose a row to greedy)."""
     _, model, pad, _ = trained
     src, mask = padded_sources(pad, lengths=(9, 7, 5, 9, 3, 8, 6, 4))
-    greedy, greedy_scores = greedy_decode(model, src, mask, max_new_tokens=MAX_NEW, return_scores=True)
-    beam, beam_scores = beam_search(model, src, mask, num_beams=num_beams, max_new_tokens=MAX_NEW,
+    greedy, greedy_scores = greedy_decode(model, src, attention_mask=mask, max_new_tokens=MAX_NEW, return_scores=True)
+    beam, beam_scores = beam_search(model, src, attention_mask=mask, num_beams=num_beams, max_new_tokens=MAX_NEW,
                                     return_scores=True)
     assert torch.allclose(torch.tensor(greedy_scores), _teacher_forced_score(model, src, mask, greedy, 1.0), atol=1e-4)
     assert torch.allclose(torch.tensor(beam_scores), _teacher_forced_score(model, src, mask, beam, 1.0), atol=1e-4)
@@ -374,13 +401,13 @@ def test_presets_the_trainer_call_and_a_bigmodels_round_trip(tmp_path):
     small = bigmodels.get_spec("transformer_small").config
     assert (small.d_model, small.num_encoder_layers, small.num_heads, small.d_ff) == (256, 3, 4, 1024)
     model = bigmodels.create_model("transformer_mini", src_vocab_size=96, tgt_vocab_size=96)
-    assert model.task == "translation" and model.lm_head.weight is model.shared.weight  # one table, tied
+    assert model.info.task == "translation" and model.lm_head.weight is model.shared.weight  # one table, tied
     src, mask = padded_sources(0, high=96)
     x = {"input_ids": src, "attention_mask": mask, "decoder_input_ids": shift_right(src, 1, 0)}
     assert model(**x).shape == (src.size(0), src.size(1), 96)
     bigmodels.save(model, tmp_path)
     loaded = bigmodels.load(tmp_path)
-    assert loaded.config == model.config and loaded.model_name == "transformer_mini"
+    assert loaded.config == model.config and loaded.info.name == "transformer_mini"
     with torch.no_grad():
         assert torch.equal(loaded(**x), model.eval()(**x))
 

@@ -314,7 +314,7 @@ def hf_dirs(transformers, tmp_path_factory):
 def test_transformers_classifier_loads_and_matches(transformers, hf_dirs, name, eps, impl):
     hf_model = transformers.ViTForImageClassification.from_pretrained(hf_dirs[name]).eval()
     model = bigmodels.load(hf_dirs[name])
-    assert isinstance(model, VisionTransformer) and not model.training and model.task == "image_classification"
+    assert isinstance(model, VisionTransformer) and not model.training and model.info.task == "image_classification"
     assert model.config.num_classes == 5 and model.config.layer_norm_eps == eps
     assert model.encoder.layers.encoder_layer_1.ln_2.eps == eps and model.encoder.ln.eps == eps
     assert n_params(model) == n_params(hf_model)
