@@ -286,11 +286,14 @@ class _GPT2(Harness):
     def decoders(self, side, model, w, compile):
         n = w.new_tokens
         if side == "ours":
+            from ..infer.generate import Decoder as Steps
             from ..infer.generate import generate
 
             options: dict[str, Any] = {"cache": "static", "compile": compile}
             settings = {"call": "bigmodels.infer.generate.generate", "temperature": 0, **options}
-            return [(settings, lambda ids: generate(model, ids, max_new_tokens=n, temperature=0, **options))]
+            decoder = Steps(model)  # the compiled step and its static caches, kept from call to call
+            return [(settings, lambda ids: generate(model, ids, max_new_tokens=n, temperature=0, decoder=decoder,
+                                                    **options))]
 
         def hf(cache: str) -> Decoder:
             extra = {"cache_implementation": cache} if cache == "static" else {}

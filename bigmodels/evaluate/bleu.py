@@ -45,7 +45,6 @@ def translate_texts(
     if num_beams < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ConfigError(f"num_beams={num_beams}, batch_size={batch_size} and max_new_tokens={max_new_tokens} "
                           "must all be >= 1")
-    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a CharTokenizer's full Tokenizer
     pad_id = seq2seq_token_ids(tokenizer)["pad_token_id"]
     if max_length is None:
         max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -61,8 +60,9 @@ def translate_texts(
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             batch = source_batch([ids[i] for i in chunk], pad_id)
-            generated = translate(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                  num_beams=num_beams, max_new_tokens=max_new_tokens, length_penalty=length_penalty)
+            generated = translate(model, batch["input_ids"].to(device),
+                                  attention_mask=batch["attention_mask"].to(device), num_beams=num_beams,
+                                  max_new_tokens=max_new_tokens, length_penalty=length_penalty)
             for i, row in zip(chunk, generated, strict=True):
                 out[i] = _one_line(tokenizer.decode(list(row), skip_special_tokens=True))
     finally:
@@ -78,8 +78,8 @@ def evaluate_translation(
     {"bleu", "signature", "chrf", "exact_match", "num_beams", "sentences", "precisions", "brevity_penalty",
     "sys_len", "ref_len", "hypotheses"}.
 
-    >>> data = build_data("translation", "../shared/data/multi30k", tokenizer=tok,  # doctest: +SKIP
-    ...                   src_lang="en", tgt_lang="de")
+    >>> data = build_data(DataConfig(name="translation", path="../shared/data/multi30k",  # doctest: +SKIP
+    ...                              src_lang="en", tgt_lang="de"), tokenizer=tok)
     >>> evaluate_translation(model, tok, data.test.sources, data.test.targets)["bleu"]  # doctest: +SKIP
     """
     if len(sources) != len(references):

@@ -1,11 +1,15 @@
-"""Decoding for any decoder-only model: greedy, temperature, top-k, top-p, repetition penalty, stop conditions.
+"""Decoding for any decoder-only language model: greedy, temperature, top-k, top-p, repetition penalty, stops.
 
-A model qualifies by the decoder contract: ``model(ids, attention_mask=..., positions=..., cache=...)``
-returns logits (B, T, V), and ``model.new_cache()`` gives an empty :class:`~bigmodels.nn.KVCache`. The prompt
-runs through the model once; then each step feeds only the newest token and reuses the cached keys/values.
+Decoding is a function that takes a model. The model honours the decoder contract
+(:class:`bigmodels.models._contract.Decoder`): ``model(ids, cache=c)`` returns logits (B, T, V) and
+``model.new_cache()`` gives an empty decoding state (a :class:`~bigmodels.nn.KVCache` for GPT, the recurrent
+state for the RNN/LSTM/GRU language models). The prompt runs through the model once; then each step feeds only
+the newest token, and the cache carries everything before it.
 
 Prompts of different lengths are left-padded (so every row's next token sits in the last column) and carry
-an attention mask; positions count real tokens only, as Hugging Face does, so results match theirs::
+an attention mask; positions count real tokens only, as Hugging Face does, so results match theirs. A model
+whose forward takes no ``attention_mask`` (a recurrent one, which would read the padding as tokens) decodes
+such a batch row by row, each row with a cache of its own::
 
     >>> import bigmodels
     >>> model = bigmodels.create_model("gpt_mini").eval()
@@ -13,41 +17,147 @@ an attention mask; positions count real tokens only, as Hugging Face does, so re
     >>> out.shape
     torch.Size([2, 7])
 
-Speed: ``cache="static"`` decodes with a preallocated :class:`~bigmodels.nn.StaticKVCache` (the model's
-``new_cache(batch_size=..., max_length=..., static=True)``), so every step has the same shapes, and
-``compile=True`` compiles that one-token step once with ``torch.compile(mode="reduce-overhead")``: on CUDA the
-whole step replays as one CUDA graph. Outputs are the dynamic cache's, token for token. Decoding reads the
-device only where a stop rule needs it (:func:`generate` checks every few steps and trims).
+The options are a :class:`GenerationConfig`; keywords build or override one (``generate(model, ids, config,
+temperature=0)``). Speed: ``cache="static"`` decodes with a preallocated :class:`~bigmodels.nn.StaticKVCache`
+(the model's ``new_cache(batch_size=..., max_length=..., static=True)``), so every step has the same shapes, and
+``compile=True`` compiles that one-token step with ``torch.compile(mode="reduce-overhead")``: on CUDA the whole
+step replays as one CUDA graph. What compiling builds (the compiled step, static caches whose addresses the
+graph keeps) lives in a :class:`Decoder` that its caller owns and passes back in, never in module state, so
+concurrent callers share nothing by accident. Outputs are the dynamic cache's, token for token.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ..nn.sampling import sample_next_token
+from .sampling import apply_repetition_penalty, sample_next_token
 
-__all__ = ["generate", "stream", "pad_prompts", "apply_repetition_penalty", "CACHES"]
+__all__ = ["GenerationConfig", "Decoder", "generate", "stream", "pad_prompts", "apply_repetition_penalty", "CACHES"]
 
 log = logging.getLogger(__name__)
 
 Prompt = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
 CACHES = ("dynamic", "static")
-# torch.compile options for the one-token step, by device type. CUDA graphs ("reduce-overhead") replay a step
-# with one launch; where a device has no options (CPU: no graphs, and compiling costs more than it saves on a
-# small step) the static step runs uncompiled, with a logged note.
-_COMPILE_OPTIONS: dict[str, dict[str, Any]] = {"cuda": {"mode": "reduce-overhead", "fullgraph": True}}
-_COMPILED: dict[str, Callable | None] = {}  # device type -> the compiled step (None: none, noted once)
+# torch.compile options for the one-token step, by device type (read-only; a Decoder may be given its own).
+# CUDA graphs ("reduce-overhead") replay a step with one launch; where a device has no options (CPU: no graphs,
+# and compiling costs more than it saves on a small step) the static step runs uncompiled, with a logged note.
+_COMPILE_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {"cuda": MappingProxyType({"mode": "reduce-overhead", "fullgraph": True})})
 _STATIC_ROUND = 256  # compiled static caches round their length up, so nearby request lengths share one graph
 _STOP_CHECK_EVERY = 8  # generate() reads "has every row stopped?" from the device this often (stream: every step)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How :func:`generate` and :func:`stream` decode; checked when built.
+
+    ``temperature=0`` is greedy; ``top_k`` / ``top_p`` filter the sampled distribution; ``repetition_penalty``
+    is CTRL's (1.0 = none). A row ends at a token of ``stop_tokens`` or ``eos_token_id`` (kept), or once its new
+    text contains one of ``stop_strings``; later steps pad it with ``pad_token_id`` (default: the eos id).
+    ``seed`` (an int or a ``torch.Generator``) makes sampling reproducible. ``cache="static"`` preallocates the
+    key/value cache; ``compile=True`` (static cache only) compiles the one-token step.
+
+    >>> config = GenerationConfig(max_new_tokens=8, temperature=0, stop_tokens=[2])
+    >>> config.stop_tokens, dataclasses.replace(config, temperature=0.7).temperature
+    ((2,), 0.7)
+    >>> GenerationConfig(top_p=1.5)
+    Traceback (most recent call last):
+    ...
+    bigmodels.errors.ConfigError: top_p=1.5 must be in (0, 1] (or None to keep every token)
+    """
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    stop_tokens: tuple[int, ...] = ()
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    stop_strings: tuple[str, ...] = ()
+    seed: int | torch.Generator | None = None
+    cache: str = "dynamic"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if not _whole(self.max_new_tokens) or self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens={self.max_new_tokens!r} must be a whole number >= 0")
+        if not _number(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"temperature={self.temperature!r} must be >= 0 (0 = greedy)")
+        if self.top_k is not None and (not _whole(self.top_k) or self.top_k < 1):
+            raise ConfigError(f"top_k={self.top_k!r} must be >= 1 (or None to keep every token)")
+        if self.top_p is not None and (not _number(self.top_p) or not 0.0 < self.top_p <= 1.0):
+            raise ConfigError(f"top_p={self.top_p!r} must be in (0, 1] (or None to keep every token)")
+        if not _number(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise ConfigError(f"repetition_penalty={self.repetition_penalty!r} must be > 0 (1.0 = none)")
+        object.__setattr__(self, "stop_tokens", _token_ids("stop_tokens", self.stop_tokens))
+        if self.eos_token_id is not None and not _whole(self.eos_token_id):
+            object.__setattr__(self, "eos_token_id", _token_ids("eos_token_id", self.eos_token_id))
+        if self.pad_token_id is not None and (not _whole(self.pad_token_id) or self.pad_token_id < 0):
+            raise ConfigError(f"pad_token_id={self.pad_token_id!r} must be a token id (a whole number >= 0) or None")
+        if isinstance(self.stop_strings, str) or not all(isinstance(s, str) and s for s in self.stop_strings):
+            raise ConfigError(f"stop_strings={self.stop_strings!r} must be a list of non-empty strings, e.g. "
+                              "stop_strings=['\\n\\n']")
+        object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
+        if not (self.seed is None or _whole(self.seed) or isinstance(self.seed, torch.Generator)):
+            raise ConfigError(f"seed={self.seed!r} must be a whole number, a torch.Generator or None")
+        if self.cache not in CACHES:
+            raise ConfigError(f"cache={self.cache!r} is not valid; choose one of {', '.join(CACHES)}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile={self.compile!r} must be True or False")
+        if self.compile and self.cache != "static":
+            raise ConfigError("compile=True compiles one decoding step for every step, which needs the same shapes "
+                              "each time: pass cache='static' too")
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        eos = self.eos_token_id
+        return () if eos is None else (eos,) if isinstance(eos, int) else eos
+
+
+def _token_ids(name: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, torch.Tensor)):
+        raise ConfigError(f"{name}={value!r} must be a list of token ids, e.g. {name}=[2]")
+    ids = tuple(int(v) if torch.is_tensor(v) else v for v in (value.tolist() if torch.is_tensor(value) else value))
+    if not all(_whole(i) and i >= 0 for i in ids):
+        raise ConfigError(f"{name}={value!r} must hold token ids (whole numbers >= 0)")
+    return ids
+
+
+def _configure(cls: type, config: Any, overrides: Mapping[str, Any], where: str, extra: Sequence[str] = ()) -> Any:
+    """``config`` (an instance of the dataclass ``cls``, or None for its defaults) with ``overrides`` applied
+    and checked; an unknown keyword fails with the list of valid ones."""
+    if config is None:
+        config = cls()
+    elif not isinstance(config, cls):
+        raise ConfigError(f"{where}: config must be a {cls.__name__}, got {type(config).__name__} {config!r}; pass "
+                          f"options by keyword (e.g. max_new_tokens=...) or as {cls.__name__}(...)")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        hint = "; seed= takes a torch.Generator" if "generator" in unknown and "seed" in fields else ""
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}{hint}. Valid options: "
+                          f"{', '.join([*fields, *extra])}")
+    return dataclasses.replace(config, **overrides) if overrides else config
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,58 +182,105 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
     return ids, mask
 
 
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's penalty (Keskar et al. 2019) as Hugging Face applies it: for tokens already in the sequence
-    (``seen`` (B, V) bool), divide positive logits by ``penalty`` and multiply negative ones."""
-    if penalty == 1.0:
-        return logits
-    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
-    return torch.where(seen, penalized, logits)  # (B, V)
+class Decoder:
+    """What compiled decoding keeps between calls, owned by whoever creates it: for one model, the compiled
+    one-token step (per device type) and a pool of static caches whose addresses that step was captured with.
+
+    Pass the same Decoder to the calls that should reuse them (a server's requests, a benchmark's repeats);
+    without one, each call builds its own and shares nothing. Its pool is locked, so threads may share one;
+    two threads that each own a Decoder share nothing at all. ``compile_options`` are ``torch.compile``'s
+    keyword arguments for every device (default: ``mode="reduce-overhead", fullgraph=True`` on CUDA, no
+    compiling elsewhere).
+
+    >>> import bigmodels
+    >>> model = bigmodels.create_model("gpt_mini")
+    >>> decoder = Decoder(model)
+    >>> generate(model, [1, 2, 3], max_new_tokens=4, cache="static", compile=True, decoder=decoder).shape
+    torch.Size([1, 7])
+    """
+
+    def __init__(self, model: nn.Module, *, compile_options: Mapping[str, Any] | None = None) -> None:
+        self.model = model
+        self.compile_options = None if compile_options is None else dict(compile_options)
+        self._compiled: dict[str, Callable | None] = {}  # device type -> compiled step (None: uncompiled)
+        self._free: dict[tuple, list] = {}  # (B, L, dtype, device) -> static caches not in use
+        self._lock = threading.Lock()
+
+    def compiled_step(self, device: torch.device) -> Callable | None:
+        """:func:`_decode_step` compiled for ``device``'s type, or None (noted once) where it has no options."""
+        with self._lock:
+            if device.type not in self._compiled:
+                options = self.compile_options if self.compile_options is not None else (
+                    _COMPILE_OPTIONS.get(device.type))
+                if options is None:
+                    log.warning("compile=True: no compiled decoding for %s (CUDA graphs need a CUDA device); "
+                                "decoding with the static cache, uncompiled", device.type)
+                self._compiled[device.type] = None if options is None else torch.compile(_decode_step, **options)
+            return self._compiled[device.type]
+
+    def take_cache(self, key: tuple):
+        """A free static cache of ``key`` = (batch, length, dtype, device), emptied; else a new one (and, for
+        its new addresses, one more compilation)."""
+        with self._lock:
+            free = self._free.get(key)
+            cache = free.pop() if free else None
+        if cache is not None:
+            cache.reset()
+            return cache
+        B, length, dtype, device = key
+        cache = self.model.new_cache(batch_size=B, max_length=length, static=True, dtype=dtype, device=device)
+        for t in cache.tensors():
+            torch._dynamo.mark_static_address(t)  # written in place: CUDA graphs keep the addresses, copy nothing
+        return cache
+
+    def give_back(self, key: tuple, cache) -> None:
+        with self._lock:
+            self._free.setdefault(key, []).append(cache)
 
 
 @dataclass
 class _Plan:
-    """A validated request: the padded prompt and the stopping rules."""
+    """A validated request: the padded prompt and the options."""
 
     ids: torch.Tensor  # (B, T)
     mask: torch.Tensor | None  # (B, T), None when nothing is padded
-    max_new_tokens: int
+    config: GenerationConfig
+    masks: bool  # whether the model's forward takes an attention_mask (else padded rows decode one by one)
     stop_ids: torch.Tensor  # (S,)
     pad_id: int | None
-    stop_strings: tuple[str, ...]
     decode: Callable[[list[int]], str] | None
     generator: torch.Generator | None
-    cache: str  # "dynamic" | "static"
-    compile: bool
 
 
-def _plan(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-          stop_tokens, eos_token_id, pad_token_id, stop_strings, decode, seed, cache, compile) -> _Plan:
-    if cache not in CACHES:
-        raise ConfigError(f"cache={cache!r} is not valid; choose one of {', '.join(CACHES)}")
-    if not isinstance(compile, bool):
-        raise ConfigError(f"compile={compile!r} must be True or False")
-    if compile and cache != "static":
-        raise ConfigError("compile=True compiles one decoding step for every step, which needs the same shapes "
-                          "each time: pass cache='static' too")
-    if cache == "static" and "static" not in inspect.signature(model.new_cache).parameters:
-        raise ConfigError(f"{type(model).__name__} has no static cache (its new_cache() takes no static=); "
-                          "use cache='dynamic'")
-    if max_new_tokens < 0:
-        raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    if temperature < 0:
-        raise ConfigError(f"temperature={temperature} must be >= 0 (0 = greedy)")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k={top_k} must be >= 1 (or None to keep every token)")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ConfigError(f"top_p={top_p} must be in (0, 1] (or None to keep every token)")
-    if repetition_penalty <= 0:
-        raise ConfigError(f"repetition_penalty={repetition_penalty} must be > 0 (1.0 = none)")
-    if stop_strings and decode is None:
+def _check_decoder(model: nn.Module) -> None:
+    """A clear error for a model that is not a decoder (see the module docstring)."""
+    name = type(model).__name__
+    if hasattr(model, "encode") and hasattr(model, "decode"):
+        raise ConfigError(f"{name} is an encoder-decoder: translate with bigmodels.infer.seq2seq.translate(model, "
+                          "source_ids)")
+    if not hasattr(model, "new_cache"):
+        raise ConfigError(f"{name} cannot be decoded: a decoder gives next-token logits from model(ids, cache=c) "
+                          "with c = model.new_cache() (GPT, the char_rnn / char_lstm / char_gru language models)")
+    task = getattr(getattr(model, "info", None), "task", None)
+    if task is not None and task != "language_modeling":
+        raise ConfigError(f"{name} is a {task} model; generate continues text with a language model "
+                          "(task language_modeling), e.g. gpt_mini or char_lstm")
+
+
+def _plan(model: nn.Module, input_ids: Prompt, attention_mask: torch.Tensor | None, c: GenerationConfig,
+          decode: Callable[[list[int]], str] | None, decoder: Decoder | None) -> _Plan:
+    _check_decoder(model)
+    if c.cache == "static":
+        if "static" not in inspect.signature(model.new_cache).parameters:
+            raise ConfigError(f"{type(model).__name__} has no static cache (its new_cache() takes no static=); "
+                              "use cache='dynamic'")
+    if decoder is not None and decoder.model is not model:
+        raise ConfigError(f"the decoder was made for another model ({type(decoder.model).__name__} at "
+                          f"{id(decoder.model):#x}); make one per model with Decoder(model)")
+    if c.stop_strings and decode is None:
         raise ConfigError("stop_strings need decode=<a function from token ids to text>, e.g. tokenizer.decode")
-    eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    stops = [*stop_tokens, *eos]
-    pad_id = pad_token_id if pad_token_id is not None else (eos[0] if eos else None)
+    stops = [*c.stop_tokens, *c.eos_ids]
+    pad_id = c.pad_token_id if c.pad_token_id is not None else (c.eos_ids[0] if c.eos_ids else None)
 
     device = next(model.parameters()).device
     if isinstance(input_ids, torch.Tensor):
@@ -145,28 +302,27 @@ def _plan(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, 
         if not mask.bool().any(-1).all():
             raise DataError("a prompt row is all padding (attention_mask 0); give every prompt at least one token")
         mask = None if mask.bool().all() else mask.to(device=device, dtype=torch.long)  # no padding: no mask
-    if ids.size(0) > 1 and stops + list(stop_strings) and pad_id is None:
+    if ids.size(0) > 1 and stops + list(c.stop_strings) and pad_id is None:
         raise ConfigError("rows of a batch stop at different steps; pass pad_token_id (or eos_token_id) to pad them")
 
     context = getattr(getattr(model, "config", None), "block_size", None)
-    T = ids.size(1)
-    if context is not None and T + max_new_tokens > context:
+    T, n = ids.size(1), c.max_new_tokens
+    if context is not None and T + n > context:
         if T >= context:
             fix = f"shorten the prompt to fewer than {context} tokens"
-        elif max_new_tokens >= context:
+        elif n >= context:
             fix = f"lower max_new_tokens to at most {context - T}"
         else:
-            fix = (f"shorten the prompt to at most {context - max_new_tokens} tokens or lower max_new_tokens to at "
-                   f"most {context - T}")
+            fix = f"shorten the prompt to at most {context - n} tokens or lower max_new_tokens to at most {context - T}"
         raise DataError(
-            f"the prompt ({T} tokens) + max_new_tokens={max_new_tokens} = {T + max_new_tokens} exceeds the model's "
+            f"the prompt ({T} tokens) + max_new_tokens={n} = {T + n} exceeds the model's "
             f"context of {context} tokens (block_size); {fix}, or use a model with a longer context"
         )
-    generator = seed if isinstance(seed, torch.Generator) or seed is None else (
-        torch.Generator(device=device).manual_seed(seed))
-    return _Plan(ids.to(device=device, dtype=torch.long), mask, max_new_tokens,
-                 torch.tensor(stops, dtype=torch.long, device=device), pad_id, tuple(stop_strings), decode, generator,
-                 cache, compile)
+    generator = c.seed if isinstance(c.seed, torch.Generator) or c.seed is None else (
+        torch.Generator(device=device).manual_seed(c.seed))
+    masks = "attention_mask" in inspect.signature(model.forward).parameters
+    return _Plan(ids.to(device=device, dtype=torch.long), mask, c, masks,
+                 torch.tensor(stops, dtype=torch.long, device=device), pad_id, decode, generator)
 
 
 def _decode_step(model: nn.Module, cache, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -174,73 +330,55 @@ def _decode_step(model: nn.Module, cache, ids: torch.Tensor, mask: torch.Tensor 
     return model(ids, attention_mask=mask, cache=cache)[:, -1].float()
 
 
-def _compiled_step(device: torch.device) -> Callable | None:
-    """:func:`_decode_step` compiled for ``device``'s type, or None (noted once) where it has no options."""
-    if device.type not in _COMPILED:
-        options = _COMPILE_OPTIONS.get(device.type)
-        if options is None:
-            log.warning("compile=True: no compiled decoding for %s (CUDA graphs need a CUDA device); decoding "
-                        "with the static cache, uncompiled", device.type)
-        _COMPILED[device.type] = None if options is None else torch.compile(_decode_step, **options)
-    return _COMPILED[device.type]
+# One decoding call's running state: prefill(prompt) -> logits (B, V), step(tokens (B,)) -> logits (B, V), close().
 
 
-# Static caches of compiled decoding, reused call after call: a compiled step (and its CUDA graph) is bound to
-# its cache's buffers, whose addresses torch.compile is told stay put. model -> {(B, L, dtype, device): [free]}
-_POOL: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list]] = weakref.WeakKeyDictionary()
-
-
-class _DynamicDecoder:
-    """A growing :class:`~bigmodels.nn.KVCache`; the running attention mask grows by one column per step."""
+class _DynamicRun:
+    """The model's growing cache (a :class:`~bigmodels.nn.KVCache`, a recurrent state); with left padding, the
+    running attention mask grows by one column per step."""
 
     def __init__(self, model: nn.Module, p: _Plan) -> None:
         self.model, self.mask, self.cache = model, p.mask, model.new_cache()
 
-    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.mask is None:  # nothing padded: the plain contract, which recurrent models take too
+            return self.model(ids, cache=self.cache)[:, -1].float()  # (B, V)
         return self.model(ids, attention_mask=self.mask, cache=self.cache)[:, -1].float()  # (B, V)
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._forward(ids)
 
     def step(self, nxt: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:
             self.mask = torch.cat([self.mask, self.mask.new_ones(nxt.size(0), 1)], dim=1)  # (B, T + step + 1)
-        return self.model(nxt[:, None], attention_mask=self.mask, cache=self.cache)[:, -1].float()  # (B, V)
+        return self._forward(nxt[:, None])
 
     def close(self) -> None:
         pass
 
 
-class _StaticDecoder:
+class _StaticRun:
     """A :class:`~bigmodels.nn.StaticKVCache` for prompt + new tokens: each step has the same shapes and inputs
-    (the new tokens and one fixed mask), so a compiled step is captured once and replayed."""
+    (the new tokens and one fixed mask), so a compiled step is captured once and replayed. Compiled, the step
+    and the cache come from (and the cache goes back to) the call's :class:`Decoder`."""
 
-    def __init__(self, model: nn.Module, p: _Plan) -> None:
+    def __init__(self, model: nn.Module, p: _Plan, decoder: Decoder) -> None:
         B, T = p.ids.shape
         device, dtype = p.ids.device, next(model.parameters()).dtype
-        self.model, self.pooled = model, None
-        self.step_fn = (_compiled_step(device) if p.compile else None) or _decode_step
-        length = T + p.max_new_tokens
+        self.model, self.decoder, self.pooled = model, decoder, None
+        self.step_fn = (decoder.compiled_step(device) if p.config.compile else None) or _decode_step
+        length = T + p.config.max_new_tokens
         if self.step_fn is _decode_step:
             self.cache = model.new_cache(batch_size=B, max_length=length, static=True, dtype=dtype, device=device)
         else:
             context = getattr(getattr(model, "config", None), "block_size", None) or length
             length = min(context, -(-length // _STATIC_ROUND) * _STATIC_ROUND)
             self.pooled = (B, length, dtype, device)
-            self.cache = self._take_cache()
+            self.cache = decoder.take_cache(self.pooled)
         # (B, L): the prompt's padding is 0, every later slot holds a real token once written (the cache itself
         # hides the slots not written yet), so one mask serves the prompt and every step
         self.mask = None if p.mask is None else torch.cat([p.mask, p.mask.new_ones(B, length - T)], dim=1)
         self.graphs = self.step_fn is not _decode_step and device.type == "cuda"
-
-    def _take_cache(self):
-        try:
-            cache = _POOL.setdefault(self.model, {}).setdefault(self.pooled, []).pop()
-            cache.reset()
-            return cache
-        except IndexError:  # none free: a new one (and, for its new addresses, one more compilation)
-            B, length, dtype, device = self.pooled
-        cache = self.model.new_cache(batch_size=B, max_length=length, static=True, dtype=dtype, device=device)
-        for t in cache.tensors():
-            torch._dynamo.mark_static_address(t)  # written in place: CUDA graphs keep the addresses, copy nothing
-        return cache
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(ids, attention_mask=self.mask, cache=self.cache)[:, -1].float()  # (B, V), uncompiled
@@ -253,76 +391,95 @@ class _StaticDecoder:
 
     def close(self) -> None:
         if self.pooled is not None:
-            _POOL.setdefault(self.model, {}).setdefault(self.pooled, []).append(self.cache)
+            self.decoder.give_back(self.pooled, self.cache)
             self.pooled = None
 
 
+class _RowwiseRun:
+    """Left-padded prompts for a model that takes no attention mask (a recurrent one would read the padding as
+    tokens): each row runs its own tokens through a cache of its own, one forward per row a step."""
+
+    def __init__(self, model: nn.Module, p: _Plan) -> None:
+        self.model, self.mask = model, p.mask
+        self.caches = [model.new_cache() for _ in range(p.ids.size(0))]
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = zip(ids, self.mask.bool(), self.caches, strict=True)
+        return torch.cat([self.model(row[keep][None], cache=c)[:, -1] for row, keep, c in rows]).float()  # (B, V)
+
+    def step(self, nxt: torch.Tensor) -> torch.Tensor:
+        rows = zip(nxt, self.caches, strict=True)
+        return torch.cat([self.model(token.view(1, 1), cache=c)[:, -1] for token, c in rows]).float()  # (B, V)
+
+    def close(self) -> None:
+        self.caches = []
+
+
 @torch.no_grad()
-def _steps(model: nn.Module, p: _Plan, temperature, top_k, top_p, repetition_penalty,
-           check_every: int = 1) -> Iterator[torch.Tensor]:
+def _steps(model: nn.Module, p: _Plan, decoder: Decoder | None, check_every: int = 1) -> Iterator[torch.Tensor]:
     """Yield each step's tokens (B,). Whether every row has stopped is read from the device every
     ``check_every`` steps (a sync), and only when there is a stop rule; rows that stopped yield padding."""
+    c = p.config
     B = p.ids.size(0)
-    stopping = p.stop_ids.numel() > 0 or bool(p.stop_strings)
+    stopping = p.stop_ids.numel() > 0 or bool(c.stop_strings)
     was_training = model.training
     model.eval()  # dropout off while decoding; restored when the generator finishes or is closed
-    decoder = None
+    run = None
     try:
-        decoder = (_StaticDecoder if p.cache == "static" else _DynamicDecoder)(model, p)
-        logits = decoder.prefill(p.ids)  # (B, V)
+        if p.mask is not None and not p.masks:
+            run = _RowwiseRun(model, p)
+        elif c.cache == "static":
+            run = _StaticRun(model, p, decoder if decoder is not None else Decoder(model))
+        else:
+            run = _DynamicRun(model, p)
+        logits = run.prefill(p.ids)  # (B, V)
         seen = None
-        if repetition_penalty != 1.0:  # tokens already in each row (padding excluded): (B, V)
+        if c.repetition_penalty != 1.0:  # tokens already in each row (padding excluded): (B, V)
             counts = torch.zeros_like(logits, dtype=torch.long)
             seen = counts.scatter_add_(1, p.ids, torch.ones_like(p.ids) if p.mask is None else p.mask) > 0
         done = torch.zeros(B, dtype=torch.bool, device=p.ids.device)
         new: list[list[int]] = [[] for _ in range(B)]
-        for step in range(p.max_new_tokens):
+        for step in range(c.max_new_tokens):
             if seen is not None:
-                logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-            nxt = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                logits = apply_repetition_penalty(logits, seen, c.repetition_penalty)
+            nxt = sample_next_token(logits, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
                                     generator=p.generator).squeeze(-1)  # (B,)
             if stopping and p.pad_id is not None:
                 nxt = nxt.masked_fill(done, p.pad_id)  # finished rows only pad
             yield nxt
             if stopping:
                 done |= torch.isin(nxt, p.stop_ids)
-                if p.stop_strings:
+                if c.stop_strings:
                     for row, token in enumerate(nxt.tolist()):
                         if not done[row]:
                             new[row].append(token)
-                            if any(s in p.decode(new[row]) for s in p.stop_strings):
+                            if any(s in p.decode(new[row]) for s in c.stop_strings):
                                 done[row] = True
                 if (step + 1) % check_every == 0 and bool(done.all()):
                     return
-            if step == p.max_new_tokens - 1:
+            if step == c.max_new_tokens - 1:
                 return
             if seen is not None:
                 seen.scatter_(1, nxt[:, None], True)
-            logits = decoder.step(nxt)
+            logits = run.step(nxt)
     finally:
-        if decoder is not None:
-            decoder.close()
+        if run is not None:
+            run.close()
         model.train(was_training)
+
+
+_CALL_OPTIONS = ("attention_mask", "decode", "decoder")
 
 
 def stream(
     model: nn.Module,
     input_ids: Prompt,
+    config: GenerationConfig | None = None,
     *,
     attention_mask: torch.Tensor | None = None,
-    max_new_tokens: int = 32,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    stop_tokens: Sequence[int] = (),
-    eos_token_id: int | Sequence[int] | None = None,
-    pad_token_id: int | None = None,
-    stop_strings: Sequence[str] = (),
     decode: Callable[[list[int]], str] | None = None,
-    seed: int | torch.Generator | None = None,
-    cache: str = "dynamic",
-    compile: bool = False,
+    decoder: Decoder | None = None,
+    **overrides: Any,
 ) -> Iterator[torch.Tensor]:
     """Like :func:`generate`, but yield each step's new tokens (B,) as soon as they are chosen.
 
@@ -331,54 +488,45 @@ def stream(
         for tokens in stream(model, [ids], temperature=0.8, seed=0):
             print(tokenizer.decode(tokens.tolist()), end="", flush=True)
     """
-    plan = _plan(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                 stop_tokens, eos_token_id, pad_token_id, stop_strings, decode, seed, cache, compile)
-    return _steps(model, plan, temperature, top_k, top_p, repetition_penalty)
+    config = _configure(GenerationConfig, config, overrides, "stream()", _CALL_OPTIONS)
+    plan = _plan(model, input_ids, attention_mask, config, decode, decoder)
+    return _steps(model, plan, decoder)
 
 
 def generate(
     model: nn.Module,
     input_ids: Prompt,
+    config: GenerationConfig | None = None,
     *,
     attention_mask: torch.Tensor | None = None,
-    max_new_tokens: int = 32,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    stop_tokens: Sequence[int] = (),
-    eos_token_id: int | Sequence[int] | None = None,
-    pad_token_id: int | None = None,
-    stop_strings: Sequence[str] = (),
     decode: Callable[[list[int]], str] | None = None,
-    seed: int | torch.Generator | None = None,
-    cache: str = "dynamic",
-    compile: bool = False,
+    decoder: Decoder | None = None,
+    **overrides: Any,
 ) -> torch.Tensor:
     """Continue prompts by up to ``max_new_tokens`` tokens -> LongTensor (B, T + new), prompts included.
 
     ``input_ids``: a (B, T) tensor (with ``attention_mask`` for left padding), one list of ids, or a list of
-    lists (left-padded here with :func:`pad_prompts`). ``temperature=0`` is greedy; ``top_k`` / ``top_p`` filter
-    the sampled distribution. A row ends at a token of ``stop_tokens`` or ``eos_token_id`` (kept), or once the
-    text it generated (``decode(new_ids)``) contains one of ``stop_strings``; later steps pad it with
-    ``pad_token_id`` (default: the eos id), and decoding stops when every row has ended. ``seed`` (an int or a
-    ``torch.Generator``) makes sampling reproducible.
-
-    ``cache="static"`` preallocates the key/value cache for prompt + ``max_new_tokens`` (same shapes every step);
-    ``compile=True`` (with the static cache) compiles the one-token step once, as CUDA graphs on CUDA; both give
-    the tokens of the default ``cache="dynamic"``.
+    lists (left-padded here with :func:`pad_prompts`). The options are ``config`` (a :class:`GenerationConfig`),
+    with any of its fields given as keywords overriding it. ``decode`` (token ids -> text, e.g.
+    ``tokenizer.decode``) is needed by ``stop_strings``. ``decoder``: a :class:`Decoder` kept by the caller, so
+    that compiled decoding reuses its compiled step and static caches from call to call (without one,
+    ``compile=True`` compiles for this call alone).
+    Decoding stops when every row has ended; the model's training mode is restored afterwards.
 
     >>> import bigmodels
     >>> model = bigmodels.create_model("gpt_mini")
     >>> generate(model, [1, 2, 3], max_new_tokens=5, seed=0).shape
     torch.Size([1, 8])
-    >>> generate(model, [1, 2, 3], max_new_tokens=5, seed=0, cache="static").shape
+    >>> greedy = GenerationConfig(max_new_tokens=5, temperature=0, cache="static")
+    >>> generate(model, [1, 2, 3], greedy).shape
     torch.Size([1, 8])
+    >>> generate(bigmodels.create_model("char_lstm"), [[1, 2, 3], [4]], greedy, cache="dynamic", pad_token_id=0).shape
+    torch.Size([2, 8])
     """
-    plan = _plan(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                 stop_tokens, eos_token_id, pad_token_id, stop_strings, decode, seed, cache, compile)
-    every = 1 if plan.stop_strings else _STOP_CHECK_EVERY
-    steps = list(_steps(model, plan, temperature, top_k, top_p, repetition_penalty, check_every=every))
+    config = _configure(GenerationConfig, config, overrides, "generate()", _CALL_OPTIONS)
+    plan = _plan(model, input_ids, attention_mask, config, decode, decoder)
+    every = 1 if config.stop_strings else _STOP_CHECK_EVERY
+    steps = list(_steps(model, plan, decoder, check_every=every))
     new = torch.stack(steps, dim=1) if steps else plan.ids[:, :0]  # (B, new)
     if every > 1 and plan.stop_ids.numel() and new.size(1):
         # stops were read every few steps: drop the steps after the one where every row had stopped

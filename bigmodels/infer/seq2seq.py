@@ -32,16 +32,56 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from .generate import _configure
 
-__all__ = ["translate", "greedy_decode", "beam_search"]
+__all__ = ["Seq2SeqGenerationConfig", "translate", "greedy_decode", "beam_search"]
 
 Sources = torch.Tensor | Sequence[Sequence[int]]
 Result = list[list[int]] | tuple[list[list[int]], list[float]]
+_CALL_OPTIONS = ("attention_mask", "return_scores")
+
+
+@dataclass(frozen=True)
+class Seq2SeqGenerationConfig:
+    """How :func:`translate`, :func:`greedy_decode` and :func:`beam_search` decode; checked when built.
+
+    ``max_new_tokens``: the most target tokens per source (the eos included); ``min_length``: eos is blocked
+    until that many are out (transformers' ``min_new_tokens``); ``num_beams``: 1 is greedy; ``length_penalty``
+    and ``early_stopping`` as in beam search (module docstring).
+
+    >>> Seq2SeqGenerationConfig(num_beams=4, max_new_tokens=64).num_beams
+    4
+    >>> Seq2SeqGenerationConfig(early_stopping="sometimes")
+    Traceback (most recent call last):
+    ...
+    bigmodels.errors.ConfigError: early_stopping='sometimes' must be true, false or 'never'
+    """
+
+    max_new_tokens: int = 128
+    min_length: int = 0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = True
+
+    def __post_init__(self) -> None:
+        n = self.max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"max_new_tokens={n!r} must be a whole number >= 1")
+        if isinstance(self.min_length, bool) or not isinstance(self.min_length, int) or self.min_length < 0:
+            raise ConfigError(f"min_length={self.min_length!r} must be a whole number >= 0")
+        if isinstance(self.num_beams, bool) or not isinstance(self.num_beams, int) or self.num_beams < 1:
+            raise ConfigError(f"num_beams={self.num_beams!r} must be a whole number >= 1")
+        if isinstance(self.length_penalty, bool) or not isinstance(self.length_penalty, (int, float)):
+            raise ConfigError(f"length_penalty={self.length_penalty!r} must be a number (1.0 = average log-prob)")
+        if self.early_stopping not in (True, False, "never"):
+            raise ConfigError(f"early_stopping={self.early_stopping!r} must be true, false or 'never'")
 
 
 @contextlib.contextmanager
@@ -56,17 +96,16 @@ def _decoding(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _prepare(model: nn.Module, input_ids: Sources, attention_mask: torch.Tensor | None, max_new_tokens: int,
-             min_length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+_BEAM_DEFAULTS = Seq2SeqGenerationConfig(num_beams=4)
+
+
+def _prepare(model: nn.Module, input_ids: Sources, attention_mask: torch.Tensor | None,
+             config: Seq2SeqGenerationConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Checked (ids (B, S), mask (B, S) or None when nothing is padded) on the model's device."""
-    c = model.config
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a whole number >= 1")
+    c, max_new_tokens = model.config, config.max_new_tokens
     if max_new_tokens > c.max_position_embeddings:
         raise ConfigError(f"max_new_tokens={max_new_tokens} exceeds the decoder's max_position_embeddings="
                           f"{c.max_position_embeddings}; lower max_new_tokens to at most {c.max_position_embeddings}")
-    if min_length < 0:
-        raise ConfigError(f"min_length={min_length} must be >= 0")
     device = next(model.parameters()).device
     if not isinstance(input_ids, torch.Tensor):  # lists of ids: right-padded here
         rows = [list(r) for r in input_ids]
@@ -95,21 +134,25 @@ def _prepare(model: nn.Module, input_ids: Sources, attention_mask: torch.Tensor 
 def greedy_decode(
     model: nn.Module,
     input_ids: Sources,
-    attention_mask: torch.Tensor | None = None,
+    config: Seq2SeqGenerationConfig | None = None,
     *,
-    max_new_tokens: int = 128,
-    min_length: int = 0,
-    length_penalty: float = 1.0,
+    attention_mask: torch.Tensor | None = None,
     return_scores: bool = False,
+    **overrides: Any,
 ) -> Result:
     """The most likely next token at every step (batched); a row stops at its eos.
 
     Returns the generated ids per source, without the start token and without the eos; with ``return_scores``
     also each one's sum of log-probabilities (eos included) / length ** ``length_penalty`` (length as in beam
-    search), the score :func:`beam_search` maximises.
+    search), the score :func:`beam_search` maximises. Options: ``config`` and keywords, as :func:`translate`.
     """
+    config = _configure(Seq2SeqGenerationConfig, config, overrides, "greedy_decode()", _CALL_OPTIONS)
+    if config.num_beams != 1:
+        raise ConfigError(f"greedy_decode follows one beam, but num_beams={config.num_beams}; use beam_search (or "
+                          "translate, which picks by num_beams)")
     c = model.config
-    ids, mask = _prepare(model, input_ids, attention_mask, max_new_tokens, min_length)
+    max_new_tokens, min_length, length_penalty = config.max_new_tokens, config.min_length, config.length_penalty
+    ids, mask = _prepare(model, input_ids, attention_mask, config)
     B = ids.size(0)
     with _decoding(model):
         memory = model.encode(ids, mask)  # (B, S, D): once per source batch
@@ -145,26 +188,23 @@ def greedy_decode(
 def beam_search(
     model: nn.Module,
     input_ids: Sources,
-    attention_mask: torch.Tensor | None = None,
+    config: Seq2SeqGenerationConfig | None = None,
     *,
-    num_beams: int = 4,
-    max_new_tokens: int = 128,
-    length_penalty: float = 1.0,
-    early_stopping: bool | str = True,
-    min_length: int = 0,
+    attention_mask: torch.Tensor | None = None,
     return_scores: bool = False,
+    **overrides: Any,
 ) -> Result:
     """Beam search with ``num_beams`` beams per source, all sources in one batch (see the module docstring).
 
     Returns the best finished hypothesis per source, without the start token and the eos; with
-    ``return_scores`` also its length-normalised score.
+    ``return_scores`` also its length-normalised score. Options: ``config`` (without one: 4 beams) and
+    keywords, as :func:`translate`.
     """
-    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
-        raise ConfigError(f"num_beams={num_beams!r} must be a whole number >= 1")
-    if early_stopping not in (True, False, "never"):
-        raise ConfigError(f"early_stopping={early_stopping!r} must be true, false or 'never'")
+    config = _configure(Seq2SeqGenerationConfig, config or _BEAM_DEFAULTS, overrides, "beam_search()", _CALL_OPTIONS)
+    num_beams, max_new_tokens, min_length = config.num_beams, config.max_new_tokens, config.min_length
+    length_penalty, early_stopping = config.length_penalty, config.early_stopping
     c = model.config
-    ids, mask = _prepare(model, input_ids, attention_mask, max_new_tokens, min_length)
+    ids, mask = _prepare(model, input_ids, attention_mask, config)
     B, K, L, dev = ids.size(0), num_beams, max_new_tokens, ids.device
     eos, neg = c.eos_token_id, -1.0e9  # neg: "not a candidate" (finite, as transformers, so sums stay ordered)
     rows = torch.arange(B, device=dev)[:, None]  # (B, 1)
@@ -222,29 +262,27 @@ def beam_search(
 def translate(
     model: nn.Module,
     input_ids: Sources,
-    attention_mask: torch.Tensor | None = None,
+    config: Seq2SeqGenerationConfig | None = None,
     *,
-    num_beams: int = 1,
-    max_new_tokens: int = 128,
-    length_penalty: float = 1.0,
-    early_stopping: bool | str = True,
-    min_length: int = 0,
+    attention_mask: torch.Tensor | None = None,
     return_scores: bool = False,
+    **overrides: Any,
 ) -> Result:
     """Target ids per source row, without the decoder start token and the trailing eos/padding.
 
     ``input_ids`` (B, S) with ``attention_mask`` (B, S) (1 = token; inferred from the pad id when left out),
-    or lists of ids. ``num_beams=1`` is greedy (:func:`greedy_decode`), more is :func:`beam_search`.
-    ``return_scores`` adds each output's sum of log-probabilities / length ** length_penalty.
+    or lists of ids. The options are ``config`` (a :class:`Seq2SeqGenerationConfig`), with any of its fields
+    given as keywords overriding it: ``num_beams=1`` is greedy (:func:`greedy_decode`), more is
+    :func:`beam_search`. ``return_scores`` adds each output's sum of log-probabilities / length ** length_penalty.
 
     >>> import bigmodels
     >>> model = bigmodels.create_model("transformer_mini")
     >>> len(translate(model, [[5, 6, 7], [8, 9]], max_new_tokens=4)[1]) <= 4
     True
+    >>> beams = Seq2SeqGenerationConfig(num_beams=2, max_new_tokens=4)
+    >>> len(translate(model, [[5, 6, 7]], beams, length_penalty=0.6))
+    1
     """
-    options = dict(max_new_tokens=max_new_tokens, min_length=min_length, length_penalty=length_penalty,
-                   return_scores=return_scores)
-    if num_beams == 1:
-        return greedy_decode(model, input_ids, attention_mask, **options)
-    return beam_search(model, input_ids, attention_mask, num_beams=num_beams, early_stopping=early_stopping,
-                       **options)
+    config = _configure(Seq2SeqGenerationConfig, config, overrides, "translate()", _CALL_OPTIONS)
+    decode = greedy_decode if config.num_beams == 1 else beam_search
+    return decode(model, input_ids, config, attention_mask=attention_mask, return_scores=return_scores)

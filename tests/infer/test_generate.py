@@ -1,6 +1,10 @@
-"""Decoding: token-identical to Hugging Face generate() for greedy search, plus sampling and stop rules."""
+"""Decoding: token-identical to Hugging Face generate() for greedy search, plus sampling and stop rules, the
+options (GenerationConfig), recurrent language models, and decoders that share nothing."""
 
 from __future__ import annotations
+
+import threading
+from types import MappingProxyType
 
 import pytest
 import torch
@@ -8,10 +12,8 @@ import torch
 import bigmodels
 from bigmodels.errors import ConfigError, DataError
 from bigmodels.infer import generate as decoding
-from bigmodels.infer.generate import generate, pad_prompts, stream
-
-transformers = pytest.importorskip("transformers")
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from bigmodels.infer import sampling, seq2seq
+from bigmodels.infer.generate import Decoder, GenerationConfig, generate, pad_prompts, stream
 
 PROMPT = [11, 42, 7, 93, 5]
 PROMPTS = [[11, 42, 7, 93, 5, 61, 2], [8, 70], [33, 12, 99, 4]]  # different lengths: left-padded
@@ -27,9 +29,11 @@ def models(tmp_path_factory):
 
     Untied, since a random tied model mostly repeats its input token, which would make weak tests.
     """
+    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=64, tie_word_embeddings=False)
-    hf = GPT2LMHeadModel(config).eval()
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=64,
+                                     tie_word_embeddings=False)
+    hf = transformers.GPT2LMHeadModel(config).eval()
     path = tmp_path_factory.mktemp("hf_gpt2")
     hf.save_pretrained(path)
     return bigmodels.load(path), hf
@@ -85,31 +89,29 @@ def test_compiled_static_decoding_is_one_graph_for_every_step_and_call(models, m
         return gm.forward
 
     torch._dynamo.reset()
-    monkeypatch.setitem(decoding._COMPILE_OPTIONS, "cpu", {"backend": backend, "fullgraph": True})
-    monkeypatch.setattr(decoding, "_COMPILED", {})
+    decoder = Decoder(ours, compile_options={"backend": backend, "fullgraph": True})
+    compiled = GenerationConfig(temperature=0, pad_token_id=PAD_ID, cache="static", compile=True)
     try:
         expected = generate(ours, PROMPTS, temperature=0, max_new_tokens=24, pad_token_id=PAD_ID)
         T = expected.size(1) - 24
-        for n in (24, 10):  # two calls of different lengths share the pooled cache (64 slots) and the graph
-            out = generate(ours, PROMPTS, temperature=0, max_new_tokens=n, pad_token_id=PAD_ID, cache="static",
-                           compile=True)
+        for n in (24, 10):  # two calls of different lengths share the decoder's pooled cache (64 slots) and graph
+            out = generate(ours, PROMPTS, compiled, max_new_tokens=n, decoder=decoder)
             assert torch.equal(out, expected[:, :T + n])
         assert len(graphs) == 1
         # two streams open at once each take a cache of their own, so they do not disturb each other
-        a = stream(ours, PROMPTS, temperature=0, max_new_tokens=24, pad_token_id=PAD_ID, cache="static", compile=True)
-        b = stream(ours, PROMPTS, temperature=0, max_new_tokens=24, pad_token_id=PAD_ID, cache="static", compile=True)
+        a = stream(ours, PROMPTS, compiled, max_new_tokens=24, decoder=decoder)
+        b = stream(ours, PROMPTS, compiled, max_new_tokens=24, decoder=decoder)
         pairs = list(zip(a, b, strict=True))
         assert torch.equal(torch.stack([x for x, _ in pairs], 1), expected[:, T:])
         assert torch.equal(torch.stack([y for _, y in pairs], 1), expected[:, T:])
-        assert len(decoding._POOL[ours][(3, 64, torch.float32, torch.device("cpu"))]) == 2  # both given back
+        assert len(decoder._free[(3, 64, torch.float32, torch.device("cpu"))]) == 2  # both given back
+        assert len(graphs) == 1
     finally:
-        decoding._POOL.pop(ours, None)
         torch._dynamo.reset()
 
 
-def test_compile_without_compile_options_for_the_device_decodes_uncompiled_with_a_note(models, caplog, monkeypatch):
+def test_compile_without_compile_options_for_the_device_decodes_uncompiled_with_a_note(models, caplog):
     ours, _ = models
-    monkeypatch.setattr(decoding, "_COMPILED", {})
     expected = generate(ours, PROMPTS, temperature=0, max_new_tokens=8, pad_token_id=PAD_ID)
     with caplog.at_level("WARNING", logger="bigmodels.infer.generate"):
         out = generate(ours, PROMPTS, temperature=0, max_new_tokens=8, pad_token_id=PAD_ID, cache="static",
@@ -205,10 +207,8 @@ def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(models):
     greedy = generate(ours, PROMPTS, max_new_tokens=20, temperature=0, pad_token_id=PAD_ID)
     assert torch.equal(sample(5, top_k=1), greedy)
     assert torch.equal(sample(6, top_p=1e-6), greedy)
-    # the model's own generate (the predict contract) is the same decoder
-    gen = torch.Generator().manual_seed(9)
-    assert torch.equal(ours.generate(torch.tensor([PROMPT]), 8, temperature=0.7, generator=gen),
-                       generate(ours, PROMPT, max_new_tokens=8, temperature=0.7, seed=9))
+    # decoding is a function of the model, not a method on it
+    assert not hasattr(ours, "generate")
 
 
 def test_generate_leaves_the_training_mode_as_it_was(models):
@@ -245,3 +245,205 @@ def test_empty_and_too_long_prompts_are_data_errors(models):
         generate(ours, PROMPTS, stop_tokens=(1,))
     with pytest.raises(ConfigError, match="top_p"):
         generate(ours, PROMPT, top_p=1.5)
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+def test_keywords_build_or_override_the_config(models):
+    ours, _ = models
+    greedy = GenerationConfig(max_new_tokens=6, temperature=0, pad_token_id=PAD_ID)
+    out = generate(ours, PROMPTS, greedy)
+    assert torch.equal(out, generate(ours, PROMPTS, max_new_tokens=6, temperature=0, pad_token_id=PAD_ID))
+    sampled = GenerationConfig(max_new_tokens=6, temperature=0.9, seed=1, pad_token_id=PAD_ID)
+    assert torch.equal(generate(ours, PROMPTS, sampled, temperature=0), out)  # the keyword replaces the field
+    assert sampled.temperature == 0.9  # and the caller's config is left as it was
+    assert torch.equal(torch.stack(list(stream(ours, PROMPTS, greedy)), 1), out[:, -6:])
+
+
+def test_unknown_options_and_bad_values_fail_with_the_fix(models):
+    ours, _ = models
+    with pytest.raises(ConfigError, match=r"generate\(\): unknown option\(s\) max_tokens\. Valid options: "
+                                          r"max_new_tokens, temperature, top_k, .*, compile, attention_mask, decode"):
+        generate(ours, PROMPT, max_tokens=5)
+    with pytest.raises(ConfigError, match=r"stream\(\): unknown option\(s\) generator; seed= takes a torch.Generator"):
+        stream(ours, PROMPT, generator=torch.Generator())
+    with pytest.raises(ConfigError, match="config must be a GenerationConfig, got int 8; pass options by keyword"):
+        generate(ours, PROMPT, 8)
+    for bad, message in [({"max_new_tokens": -1}, "max_new_tokens=-1 must be a whole number >= 0"),
+                         ({"max_new_tokens": 2.5}, "max_new_tokens=2.5"),
+                         ({"temperature": -0.1}, r"temperature=-0.1 must be >= 0 \(0 = greedy\)"),
+                         ({"top_k": 0}, "top_k=0 must be >= 1"),
+                         ({"repetition_penalty": 0}, "repetition_penalty=0 must be > 0"),
+                         ({"stop_strings": "\n"}, r"stop_strings='\\n' must be a list of non-empty strings"),
+                         ({"stop_tokens": 3}, r"stop_tokens=3 must be a list of token ids, e.g. stop_tokens=\[2\]"),
+                         ({"eos_token_id": [1, -2]}, "eos_token_id=.* must hold token ids"),
+                         ({"seed": "0"}, "seed='0' must be a whole number, a torch.Generator or None")]:
+        with pytest.raises(ConfigError, match=message):
+            GenerationConfig(**bad)
+    config = GenerationConfig(stop_tokens=[3, 4], eos_token_id=[2], stop_strings=["\n"])
+    assert (config.stop_tokens, config.eos_ids, config.stop_strings) == ((3, 4), (2,), ("\n",))
+    with pytest.raises(ConfigError, match="made for another model"):
+        generate(ours, PROMPT, decoder=Decoder(bigmodels.create_model("gpt_mini")))
+    with pytest.raises(ConfigError, match=r"encoder-decoder: translate with bigmodels.infer.seq2seq.translate"):
+        generate(bigmodels.create_model("transformer_mini"), PROMPT)
+
+
+def test_sampling_lives_in_infer_not_in_nn():
+    assert not hasattr(bigmodels.nn, "sample_next_token") and not hasattr(bigmodels.nn, "filter_logits")
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    assert torch.isinf(sampling.filter_logits(logits, top_p=0.6)).tolist() == [[False, True, True, True]]
+    assert torch.isinf(sampling.filter_logits(logits, top_k=3)).tolist() == [[False, False, False, True]]
+
+
+# ------------------------------------------------------------------------------------------ recurrent models
+
+
+def tiny_lm(cell: str = "gru", **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    args = {"vocab_size": 20, "embed_dim": 16, "hidden_size": 32, "num_layers": 2, **kw}
+    return bigmodels.create_model(f"char_{cell}", **args).eval()
+
+
+def reference_greedy(model, ids: torch.Tensor, n: int, penalty: float = 1.0) -> torch.Tensor:
+    """Re-run the whole sequence every step (no state carried), with the repetition penalty by hand."""
+    seq = ids
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(seq)[:, -1]
+            seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, seq, True)
+            logits = torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+            seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
+    return seq
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_recurrent_greedy_carries_the_state_of_rerunning_the_sequence(cell):
+    model = tiny_lm(cell)
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    out = generate(model, ids, max_new_tokens=6, temperature=0)
+    assert out.shape == (2, 10) and torch.equal(out[:, :4], ids)
+    assert torch.equal(out, reference_greedy(model, ids, 6))
+    assert torch.equal(generate(model, ids, max_new_tokens=6, temperature=0, repetition_penalty=1.8),
+                       reference_greedy(model, ids, 6, penalty=1.8))
+    assert not torch.equal(reference_greedy(model, ids, 6, penalty=1.8), out)  # the penalty changes the tokens
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_left_padded_prompts_decode_as_each_prompt_alone(cell):
+    model = tiny_lm(cell)
+    prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
+    out = generate(model, prompts, max_new_tokens=7, temperature=0, pad_token_id=0)
+    for row, prompt in enumerate(prompts):  # the padding never runs through the recurrence
+        assert torch.equal(out[row, -7:], generate(model, prompt, max_new_tokens=7, temperature=0)[0, -7:])
+    # rows of one batch stop on their own and are padded, as on the Transformer path
+    stop = out[1, -4].item()
+    stopped = generate(model, prompts, max_new_tokens=7, temperature=0, pad_token_id=0, stop_tokens=(stop,))
+    first = out[1, -7:].tolist().index(stop)
+    new = stopped[1, 5:].tolist()  # (decoding ends once every row has stopped)
+    assert len(new) > first and new == out[1, 5: 5 + first + 1].tolist() + [0] * (len(new) - first - 1)
+
+
+def test_recurrent_sampling_filters_and_stop_rules_match_the_transformer_path():
+    model = tiny_lm()
+    ids = torch.tensor([[1, 2, 3]])
+
+    def sample(seed, **kw):
+        return generate(model, ids, max_new_tokens=20, temperature=1.0, seed=seed, **kw)
+
+    a = sample(123)
+    assert torch.equal(a, sample(123)) and torch.equal(a, sample(torch.Generator().manual_seed(123)))
+    assert not torch.equal(a, sample(321))
+    assert a.min() >= 0 and a.max() < 20
+    greedy = generate(model, ids, max_new_tokens=20, temperature=0)
+    assert torch.equal(sample(5, top_k=1), greedy)
+    assert torch.equal(sample(6, top_p=1e-6), greedy)  # top_p is honoured: only the argmax is left
+    # a stop token ends the row there (kept), a stop string once the new text holds it
+    stop = a[0, 3 + 5].item()
+    first = a[0, 3:].tolist().index(stop)
+    assert torch.equal(sample(123, stop_tokens=(stop,)), a[:, : 3 + first + 1])
+
+    def decode(new: list[int]) -> str:
+        return "".join(chr(97 + i) for i in new)
+
+    target = decode(a[0, 3 + 6: 3 + 8].tolist())
+    out = sample(123, stop_strings=(target,), decode=decode)
+    assert decode(out[0, 3:].tolist()).endswith(target) and torch.equal(out, a[:, : out.size(1)])
+    assert torch.equal(torch.stack(list(stream(model, ids, max_new_tokens=20, seed=123)), 1), a[:, 3:])
+
+
+def test_recurrent_errors_name_the_fix():
+    model = tiny_lm()
+    with pytest.raises(DataError, match="empty"):
+        generate(model, torch.empty(1, 0, dtype=torch.long), max_new_tokens=5)
+    with pytest.raises(ConfigError, match="RNNModel is a image_classification model; .* a language model"):
+        generate(bigmodels.create_model("lstm_classifier"), [1, 2, 3], max_new_tokens=2)
+    with pytest.raises(ConfigError, match=r"RNNModel has no static cache .* use cache='dynamic'"):
+        generate(model, [1, 2, 3], cache="static")
+    with pytest.raises(ConfigError, match=r"Linear cannot be decoded: .* model\(ids, cache=c\)"):
+        generate(torch.nn.Linear(2, 2), [1, 2, 3])
+    model.train()
+    generate(model, [1, 2, 3], max_new_tokens=2)
+    assert model.training  # the mode is restored
+
+
+# ------------------------------------------------------------------------------------------ no shared state
+
+
+def test_decoders_in_two_threads_give_the_tokens_of_sequential_runs(models):
+    ours, _ = models
+    requests = [GenerationConfig(max_new_tokens=16, temperature=0, pad_token_id=PAD_ID, cache="static"),
+                GenerationConfig(max_new_tokens=16, temperature=0.9, top_p=0.9, seed=4, pad_token_id=PAD_ID),
+                GenerationConfig(max_new_tokens=12, temperature=0.8, top_k=10, seed=5, pad_token_id=PAD_ID,
+                                 cache="static", compile=True)]
+    def own_decoder() -> Decoder:  # compiled (eager backend) on CPU too, so each thread holds a compiled step
+        return Decoder(ours, compile_options={"backend": "eager", "fullgraph": True})
+
+    sequential = [[generate(ours, PROMPTS, c, decoder=own_decoder()) for c in requests] for _ in range(2)]
+    results: dict[int, list[torch.Tensor]] = {}
+    errors: list[BaseException] = []
+
+    def work(index: int, decoder: Decoder) -> None:
+        try:
+            results[index] = [generate(ours, PROMPTS, c, decoder=decoder) for c in requests * 3]
+        except BaseException as e:  # surfaced below: a thread's exception would otherwise be lost
+            errors.append(e)
+
+    decoders = [own_decoder() for _ in range(2)]
+    threads = [threading.Thread(target=work, args=(i, decoders[i])) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for index in range(2):
+        for got, expected in zip(results[index], sequential[index] * 3, strict=True):
+            assert torch.equal(got, expected)
+    assert decoders[0]._compiled["cpu"] is not decoders[1]._compiled["cpu"]  # each thread compiled its own
+    assert decoders[0]._free.keys() == decoders[1]._free.keys() and all(
+        not set(map(id, decoders[0]._free[key])) & set(map(id, decoders[1]._free[key])) for key in decoders[0]._free)
+
+
+def _module_state(*modules) -> dict[str, object]:
+    """Every global of ``modules``: its identity, and the contents of containers."""
+    state = {}
+    for module in modules:
+        for name, value in vars(module).items():
+            containers = (dict, list, set, MappingProxyType)
+            state[f"{module.__name__}.{name}"] = (id(value), repr(value) if isinstance(value, containers) else None)
+    return state
+
+
+def test_nothing_module_level_changes_when_decoding(models, caplog):
+    ours, _ = models
+    generate(ours, PROMPT, max_new_tokens=2)  # anything lazily imported on a first call is in place
+    before = _module_state(decoding, sampling, seq2seq)
+    decoder = Decoder(ours)
+    kw = {"max_new_tokens": 6, "temperature": 0, "pad_token_id": PAD_ID}
+    generate(ours, PROMPTS, cache="static", compile=True, decoder=decoder, **kw)
+    generate(ours, PROMPTS, cache="static", compile=True, **kw)
+    list(stream(ours, PROMPTS, repetition_penalty=1.2, **kw))
+    generate(tiny_lm(), [[1, 2], [3]], **kw)
+    seq2seq.translate(bigmodels.create_model("transformer_mini"), [[5, 6, 7]], num_beams=2, max_new_tokens=3)
+    assert _module_state(decoding, sampling, seq2seq) == before
+    assert decoder._compiled == {"cpu": None}  # what compiling kept lives in the caller's decoder
