@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .config import RunConfig, resolve_run_config
 from .errors import BigModelsError, CheckpointError, ConfigError, DataError, ModelNotFoundError, TrainingError
-from .io import load, save
+from .io import load, load_tokenizer, save
 from .registry import create_model, get_spec, list_models
 
 try:
@@ -37,11 +37,16 @@ def __getattr__(name: str):
         from .evaluate import evaluate_model
 
         return evaluate_model
+    if name == "pipeline":
+        from .infer.pipelines import pipeline
+
+        return pipeline
     raise AttributeError(f"module 'bigmodels' has no attribute {name!r}")
 
 
 __all__ = [
-    "create_model", "list_models", "get_spec", "load", "save", "Trainer", "RunConfig", "resolve_run_config",
+    "create_model", "list_models", "get_spec", "load", "load_tokenizer", "save", "Trainer", "RunConfig",
+    "resolve_run_config", "pipeline",
     "build_data", "evaluate_model", "load_torchvision", "BigModelsError", "ConfigError", "DataError", "CheckpointError",
     "ModelNotFoundError", "TrainingError", "__version__",
 ]
