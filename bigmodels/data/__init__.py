@@ -28,8 +28,8 @@ from bigmodels.data.nlp_datasets import (
 )
 from bigmodels.data.parallel import ParallelDataset, read_parallel, train_joint_bpe
 from bigmodels.data.sampler import ResumableSampler
-from bigmodels.data.text import CharTokenizer, TokenWindows, pydoc_corpus, read_text, split_text
-from bigmodels.data.tokenizers import Tokenizer, load_tokenizer
+from bigmodels.data.text import TokenWindows, pydoc_corpus, read_text, split_text
+from bigmodels.data.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
 from bigmodels.data.transforms import (
     BatchTransform,
     Compose,

@@ -1,4 +1,4 @@
-"""`build_data(name, path)`: one call from a data set name to train/val/test datasets plus what they imply."""
+"""`build_data(data_config)`: one call from a data config to train/val/test datasets plus what they imply."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bigmodels.config import DataConfig
 from bigmodels.data.cifar import load_cifar10, load_cifar100
 from bigmodels.data.images import ImageFolder, ImageTensorDataset, load_digits_data, load_mnist, split_dataset
-from bigmodels.data.text import CharTokenizer, TokenWindows, pydoc_corpus, read_text, split_text
-from bigmodels.data.tokenizers import Tokenizer
+from bigmodels.data.text import TokenWindows, pydoc_corpus, read_text, split_text
+from bigmodels.data.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
 from bigmodels.data.transforms import BatchTransform, dataset_mean_std, image_transforms
 from bigmodels.errors import ConfigError, DataError
 
@@ -37,8 +38,10 @@ _PATH_HINTS = {
     "cifar100": "the CIFAR-100 python-version directory (train, test, meta) or cifar-100-python.tar.gz",
     "imagefolder": "a folder of <class_name>/<image> sub-folders, or one with train/ and val/ inside",
     "text": "a UTF-8 .txt file, e.g. ../shared/data/tinyshakespeare/input.txt",
-    "sst2": "the GLUE SST-2 directory with train.tsv and dev.tsv, e.g. ../shared/data/sst2",
-    "conll2003": "the CoNLL-2003 directory with train.txt and valid.txt, e.g. ../shared/data/conll2003",
+    "sst2": "the GLUE SST-2 directory with train.tsv and dev.tsv (and test.tsv, scored when labelled), e.g. "
+            "../shared/data/sst2",
+    "conll2003": "the CoNLL-2003 directory with train.txt, valid.txt and optionally test.txt, e.g. "
+                 "../shared/data/conll2003",
     "mlm": "a UTF-8 .txt corpus, documents separated by blank lines (default: the embedded pydoc corpus)",
     "translation": "a directory of aligned files {split}.{lang}[.gz] (splits train, val and test), e.g. "
                    "../shared/data/multi30k",
@@ -192,9 +195,7 @@ def _text_bundle(text: str, source: str, *, val_fraction: float, block_size: int
         )
 
     def ids(part: str) -> list[int]:
-        if isinstance(tokenizer, CharTokenizer):
-            return tokenizer.encode(part)
-        return tokenizer.encode(part, add_special_tokens=False, truncation=False).ids
+        return tokenizer.encode(part, add_special_tokens=False, truncation=False)
 
     def windows(part: str) -> TokenWindows:
         return TokenWindows(torch.tensor(ids(part), dtype=torch.int64), block_size)
@@ -207,7 +208,7 @@ def _text_bundle(text: str, source: str, *, val_fraction: float, block_size: int
         model_args={"vocab_size": tokenizer.vocab_size},
         train_transform=None,
         eval_transform=None,
-        meta={},
+        meta={"block_size": block_size},  # what the windows need of the model's context (see the trainer's check)
         tokenizer=tokenizer,
     )
 
@@ -221,36 +222,50 @@ def _needs_tokenizer(name: str, tokenizer) -> None:
 
 
 def _sst2(path: str, *, tokenizer=None, max_length: int = 128, **_: Any) -> DataBundle:
-    """GLUE SST-2: train.tsv to train on; dev.tsv, the public evaluation split, is the validation set (the
-    labelled test split is not public)."""
-    from bigmodels.data.nlp import read_sst2
+    """GLUE SST-2: train.tsv to train on, dev.tsv (the public evaluation split) to validate, and test.tsv when it
+    is there with labels. GLUE's own test.tsv has none: the split is then left out and ``meta["unlabelled_splits"]``
+    says why, so that evaluating it fails with that reason instead of a made-up score."""
+    from bigmodels.data.nlp import read_sst2, split_files, sst2_unlabelled
     from bigmodels.data.nlp_datasets import TextClassificationDataset
 
     _needs_tokenizer("sst2", tokenizer)
-    splits = {s: read_sst2(path, s) for s in ("train", "dev")}
+    present = split_files(path, "sst2")
+    reason = sst2_unlabelled(path, "test") if "test" in present else None
+    unlabelled = {"test": reason} if reason is not None else {}
+    if reason is not None:
+        logger.info("sst2: the test split is left out: %s", reason)
+    names = ["train", "val"] + (["test"] if "test" in present and reason is None else [])
+    splits = {s: read_sst2(path, s) for s in names}
     data = {s: TextClassificationDataset([t for t, _ in rows], [y for _, y in rows], tokenizer, max_length)
             for s, rows in splits.items()}
+    meta = {"class_names": ["negative", "positive"], "max_length": max_length,
+            "splits": {s: present[s].name if s in present else None for s in ("train", "val", "test")}}
+    if unlabelled:
+        meta["unlabelled_splits"] = unlabelled
     return DataBundle(
-        task="sequence_classification", train=data["train"], val=data["dev"], test=None,
-        model_args={"num_labels": 2}, train_transform=None, eval_transform=None,
-        meta={"class_names": ["negative", "positive"], "max_length": max_length}, tokenizer=tokenizer,
+        task="sequence_classification", train=data["train"], val=data["val"], test=data.get("test"),
+        model_args={"num_labels": 2}, train_transform=None, eval_transform=None, meta=meta, tokenizer=tokenizer,
     )
 
 
 def _conll2003(path: str, *, tokenizer=None, max_length: int = 128, **_: Any) -> DataBundle:
-    """CoNLL-2003 English NER (IOB2 tags): train.txt / valid.txt (the test split is held back)."""
-    from bigmodels.data.nlp import conll_label_list, read_conll2003
+    """CoNLL-2003 English NER (IOB2 tags): train (train.txt), val (valid.txt) and, when present, test (test.txt);
+    see `bigmodels.data.nlp.SPLIT_FILES` for the other names each split goes by."""
+    from bigmodels.data.nlp import conll_label_list, read_conll2003, split_files
     from bigmodels.data.nlp_datasets import TokenClassificationDataset
 
     _needs_tokenizer("conll2003", tokenizer)
-    splits = {s: read_conll2003(path, s) for s in ("train", "valid")}
+    present = split_files(path, "conll2003")
+    splits = {s: read_conll2003(path, s) for s in ("train", "val", *(["test"] if "test" in present else []))}
     labels = conll_label_list([tags for _, tags in splits["train"]])
     data = {s: TokenClassificationDataset([w for w, _ in rows], [t for _, t in rows], tokenizer, max_length, labels)
             for s, rows in splits.items()}
     return DataBundle(
-        task="token_classification", train=data["train"], val=data["valid"], test=None,
+        task="token_classification", train=data["train"], val=data["val"], test=data.get("test"),
         model_args={"num_labels": len(labels)}, train_transform=None, eval_transform=None,
-        meta={"label_list": labels, "max_length": max_length}, tokenizer=tokenizer,
+        meta={"label_list": labels, "max_length": max_length,
+              "splits": {s: present[s].name if s in present else None for s in ("train", "val", "test")}},
+        tokenizer=tokenizer,
     )
 
 
@@ -323,7 +338,6 @@ def _parallel_bundle(pairs: dict[str, list[tuple[str, str]]], files: dict[str, A
 
     if isinstance(tokenizer, str):
         tokenizer = train_joint_bpe(pairs["train"], bpe_vocab_size(tokenizer))
-    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a CharTokenizer's full Tokenizer
     special = seq2seq_token_ids(tokenizer)  # checks pad / bos / eos before tokenizing anything
     data = {split: ParallelDataset(rows, tokenizer, max_length) for split, rows in pairs.items()}
     meta = {
@@ -362,53 +376,65 @@ PARALLEL_DATASETS = ("translation", "numbers")  # sentence pairs for encoder-dec
 DATASETS = (*_IMAGE_BUILDERS, *_TEXT_BUILDERS, *_PRETRAINED_TEXT_BUILDERS, *PARALLEL_DATASETS)
 
 
-def build_data(
-    name: str,
-    path: str | None = None,
-    *,
-    val_fraction: float = 0.1,
-    block_size: int = 128,
-    img_size: int | None = None,
-    crop_padding: int = 0,
-    hflip: bool = False,
-    random_resized_crop: bool = False,
-    rrc_scale: tuple[float, float] = (0.08, 1.0),
-    seed: int = 0,
-    tokenizer=None,
-    max_length: int = 128,
-    src_lang: str | None = None,
-    tgt_lang: str | None = None,
-) -> DataBundle:
-    """Datasets, transforms and model arguments for a named data set.
+def _configured_tokenizer(spec: str | None) -> Tokenizer | CharTokenizer | str | None:
+    """``data.tokenizer``: None, ``"bpe:N"`` (trained by the builder), or a tokenizer file or directory."""
+    if spec is None or spec.startswith("bpe:"):
+        return spec
+    if not Path(spec).exists():
+        raise ConfigError(f"data.tokenizer={spec!r} is neither a tokenizer file or directory nor bpe:N; give one "
+                          "of those, or pass a loaded tokenizer: build_data(data, tokenizer=...)")
+    return load_tokenizer(spec)
 
-    Names: `digits` (embedded), `mnist` (path: idx directory), `cifar10` / `cifar100` (path: the python-version
-    directory or its .tar.gz), `imagefolder` (path: root), `pydoc` (embedded text), `text` (path: .txt file),
-    for pretrained text models (pass their ``tokenizer``; ``max_length`` truncates) `sst2` (path:
-    directory) and `conll2003` (path: directory), `translation` (path: a directory of parallel files
-    ``{split}.{lang}[.gz]``; ``src_lang`` / ``tgt_lang`` name the pair, ``tokenizer="bpe:N"`` trains a joint
+
+def _check_val_fraction(name: str, path: str | None, fraction: float) -> None:
+    """``data.val_fraction`` is in [0, 1) as DataConfig says; 0 (no split carved) only for data with a validation
+    split of its own, since training and evaluation need one."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"data.val_fraction={fraction!r} must be in [0, 1), e.g. 0.1 (0: carve no validation "
+                          "split, for data that has one of its own)")
+    own_val = name in _PRETRAINED_TEXT_BUILDERS or name in PARALLEL_DATASETS or (
+        name == "imagefolder" and path is not None and (Path(path) / "train").is_dir()
+        and (Path(path) / "val").is_dir())
+    if fraction == 0.0 and not own_val:
+        raise ConfigError(f"data.val_fraction=0 carves no validation split, but data {name!r} has none of its own "
+                          "to validate on; use a fraction in (0, 1), e.g. data.val_fraction=0.1")
+
+
+def build_data(data: DataConfig | str, *, tokenizer: Tokenizer | CharTokenizer | str | None = None) -> DataBundle:
+    """Datasets, transforms and model arguments for the data set that ``data`` (a :class:`DataConfig`, or just
+    the name of an embedded data set) describes.
+
+    Names (``data.name``): `digits` (embedded), `mnist` (path: idx directory), `cifar10` / `cifar100` (path: the
+    python-version directory or its .tar.gz), `imagefolder` (path: root), `pydoc` (embedded text), `text` (path:
+    .txt file), for pretrained text models (they need a ``tokenizer``; ``max_length`` truncates) `sst2` (path:
+    directory), `conll2003` (path: directory) and `mlm`, `translation` (path: a directory of parallel files
+    ``{split}.{lang}[.gz]``; ``src_lang`` / ``tgt_lang`` name the pair, a ``bpe:N`` tokenizer trains a joint
     BPE, ``max_length`` truncates) and `numbers` (embedded English -> German number words, same options).
-    Image options (`img_size`, `crop_padding`, `hflip`, `random_resized_crop` with its area range
-    `rrc_scale`) apply to image data; `block_size` to text.
+    Image options (`img_size`, `crop_padding`, `hflip`, `random_resized_crop` with its area range `rrc_scale`)
+    apply to image data; `block_size` to text. ``tokenizer`` (a tokenizer object, or ``"bpe:N"``) takes the place
+    of ``data.tokenizer`` (a tokenizer file or directory, or ``"bpe:N"``), e.g. a pretrained model's.
 
-    >>> data = build_data("digits", img_size=16, crop_padding=2)
+    >>> from bigmodels.config import DataConfig
+    >>> data = build_data(DataConfig(name="digits", img_size=16, crop_padding=2))
     >>> data.model_args
     {'in_chans': 1, 'img_size': 16, 'num_classes': 10}
     """
+    if isinstance(data, str):
+        data = DataConfig(name=data)
+    if not isinstance(data, DataConfig):
+        raise ConfigError(f"build_data takes a DataConfig (or a data set name), got {type(data).__name__}; "
+                          "e.g. build_data(DataConfig(name='mnist', path=DIR))")
+    name, path, max_length = data.name, data.path, data.max_length
+    tokenizer = tokenizer if tokenizer is not None else _configured_tokenizer(data.tokenizer)
     if name not in DATASETS:
         raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction={val_fraction!r} must lie strictly between 0 and 1, e.g. 0.1")
+    _check_val_fraction(name, path, data.val_fraction)
     if name in _PATH_HINTS and path is None and name != "mlm":  # mlm defaults to the embedded corpus
-        raise DataError(f"build_data({name!r}) needs path=...: {_PATH_HINTS[name]}")
+        raise DataError(f"data set {name!r} needs path=... (data.path): {_PATH_HINTS[name]}")
     if name not in _PATH_HINTS and path is not None:
-        raise ConfigError(f"data set {name!r} is embedded and takes no path, got path={path!r}; drop it")
-    if random_resized_crop and crop_padding:
-        raise ConfigError(
-            f"random_resized_crop and crop_padding={crop_padding} are two crop augmentations; choose one "
-            "(random_resized_crop=false, or crop_padding=0)"
-        )
-    augment = img_size is not None or crop_padding or hflip or random_resized_crop
-    if name != "translation" and (src_lang is not None or tgt_lang is not None):
+        raise ConfigError(f"data set {name!r} is embedded and takes no data.path, got {path!r}; drop it")
+    augment = data.img_size is not None or data.crop_padding or data.hflip or data.random_resized_crop
+    if name != "translation" and (data.src_lang is not None or data.tgt_lang is not None):
         raise ConfigError(f"data.src_lang / data.tgt_lang name the language pair of translation data, not of "
                           f"{name!r}; drop them")
     if name in PARALLEL_DATASETS:
@@ -416,10 +442,10 @@ def build_data(
             raise ConfigError("img_size/crop_padding/hflip/random_resized_crop apply to image data, not to "
                               f"{name}; drop them")
         if name == "numbers":
-            bundle = _numbers(tokenizer=tokenizer, max_length=max_length, seed=seed)
+            bundle = _numbers(tokenizer=tokenizer, max_length=max_length, seed=data.seed)
         else:
-            bundle = _translation(path, tokenizer=tokenizer, max_length=max_length, src_lang=src_lang,
-                                  tgt_lang=tgt_lang)
+            bundle = _translation(path, tokenizer=tokenizer, max_length=max_length, src_lang=data.src_lang,
+                                  tgt_lang=data.tgt_lang)
     elif name in _PRETRAINED_TEXT_BUILDERS:
         bundle = _PRETRAINED_TEXT_BUILDERS[name](path, tokenizer=tokenizer, max_length=max_length)
     elif name in _TEXT_BUILDERS:
@@ -428,11 +454,13 @@ def build_data(
                 f"img_size/crop_padding/hflip/random_resized_crop apply to image data, not to the text data set "
                 f"{name!r}; drop them"
             )
-        bundle = _TEXT_BUILDERS[name](path, val_fraction=val_fraction, block_size=block_size, tokenizer=tokenizer)
+        bundle = _TEXT_BUILDERS[name](path, val_fraction=data.val_fraction, block_size=data.block_size,
+                                      tokenizer=tokenizer)
     else:
         bundle = _IMAGE_BUILDERS[name](
-            path, val_fraction=val_fraction, seed=seed, img_size=img_size,
-            crop_padding=crop_padding, hflip=hflip, random_resized_crop=random_resized_crop, rrc_scale=rrc_scale,
+            path, val_fraction=data.val_fraction, seed=data.seed, img_size=data.img_size,
+            crop_padding=data.crop_padding, hflip=data.hflip, random_resized_crop=data.random_resized_crop,
+            rrc_scale=data.rrc_scale,
         )
     logger.info(
         "data %s: %d train, %d val, %s test items; model args %s",

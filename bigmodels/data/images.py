@@ -120,8 +120,9 @@ def split_dataset(ds: Dataset, val_fraction: float, seed: int = 0) -> tuple[Data
 
     >>> train, val = split_dataset(ds, 0.1, seed=0)
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction={val_fraction!r} must lie strictly between 0 and 1, e.g. 0.1")
+    if not 0.0 < val_fraction < 1.0:  # 0 would carve an empty split (DataConfig allows 0 for data with its own)
+        raise ConfigError(f"val_fraction={val_fraction!r} must be in (0, 1), e.g. 0.1: it is the share of the items "
+                          "split off to validate on, and the validation split cannot be empty")
     n = len(ds)
     n_val = round(n * val_fraction)
     if n_val == 0 or n_val == n:

@@ -1,15 +1,24 @@
-"""Data-parallel set-up under ``torchrun``: gloo on CPU, NCCL on GPU."""
+"""The process group under ``torchrun`` (gloo on CPU, NCCL on GPU) and the few collectives the loop needs;
+how the model is spread over the processes is :mod:`.parallel`'s business.
+
+Logging: only rank 0 logs at INFO; the other ranks log warnings and errors only, so that a run prints each
+line once. Set ``BIGMODELS_LOG_ALL_RANKS=1`` to have every rank log everything.
+"""
 
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_mean", "any_flag", "cleanup"]
+__all__ = ["DistInfo", "init_distributed", "all_reduce_mean", "all_reduce_max", "any_flag", "barrier", "cleanup",
+           "LOG_ALL_RANKS_ENV"]
+
+LOG_ALL_RANKS_ENV = "BIGMODELS_LOG_ALL_RANKS"  # "1": every rank logs at INFO, not only rank 0
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,10 @@ def init_distributed(device_type: str) -> DistInfo:
         return DistInfo()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if not info.is_main and os.environ.get(LOG_ALL_RANKS_ENV, "").lower() not in ("1", "true", "yes"):
+        logging.getLogger("bigmodels").setLevel(logging.WARNING)  # rank 0 speaks for the run
+    return info
 
 
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -45,13 +57,23 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value / info.world_size
 
 
+def all_reduce_max(value: int, info: DistInfo, device: torch.device) -> int:
+    """The largest ``value`` over all ranks (every rank gets it)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def any_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on any rank (keeps stop decisions in step)."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(all_reduce_max(int(flag), info, device))
+
+
+def barrier(info: DistInfo, device: torch.device) -> None:
+    """Wait until every rank gets here (e.g. until rank 0 has written a checkpoint the others will read)."""
+    all_reduce_max(0, info, device)
 
 
 def cleanup(info: DistInfo) -> None:

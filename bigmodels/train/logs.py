@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_write
+
 __all__ = ["MetricsLog", "plot_history"]
 
 
@@ -24,6 +26,27 @@ class MetricsLog:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(clean) + "\n")
+
+    def truncate_after(self, step: int) -> int:
+        """Drop the records past ``step`` (work lost since the checkpoint a run resumes from: those steps run
+        again) and any line a kill cut short; returns how many lines went."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        keep = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+        if len(keep) != len(lines):
+            atomic_write(self.path, lambda p: p.write_text("".join(keep), encoding="utf-8"))
+        return len(lines) - len(keep)
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one metrics line; None for a damaged line (e.g. cut short by a kill)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and line.endswith("\n") else None
 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> None:

@@ -8,9 +8,13 @@
 What it does, in order of a step: fetch the next batch (a resumable, seeded order, sharded over
 data-parallel processes), augment it on the device with a checkpointed generator (transforms, then
 mixup/CutMix into soft targets), [channels-last], forward under autocast,
-backward (gradient accumulation with DDP's ``no_sync``), unscale + clip, optimizer and scheduler step. Around
-the steps: non-finite loss detection, JSONL metrics and a progress bar, evaluation with early stopping and
-best-checkpoint selection, atomic checkpoints, and a Ctrl-C that saves and exits cleanly.
+backward (gradient accumulation without reducing the first micro-batches), unscale + clip, optimizer and
+scheduler step. Around the steps: non-finite loss detection, JSONL metrics and a progress bar, evaluation with
+early stopping and best-checkpoint selection, atomic checkpoints, and a Ctrl-C that saves and exits cleanly.
+
+The trainer knows no model family: data parallelism is a strategy from :mod:`.parallel` (DDP over several
+processes), pretrained weights load through :func:`bigmodels.io.load_matching`, and code that runs at fixed
+points of the loop is a :class:`~.callbacks.Callback` (``Trainer(cfg, callbacks=[...])``).
 """
 
 from __future__ import annotations
@@ -23,15 +27,15 @@ import math
 import random
 import signal
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..config import RunConfig, to_dict
 from ..data import DataBundle, build_data
@@ -39,18 +43,24 @@ from ..data.batching import iterate_batches, to_device
 from ..data.sampler import ResumableSampler
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..evaluate.loop import autocast, evaluate_model
-from ..io import saved_tokenizer
+from ..io import load_matching, saved_tokenizer
+from ..models._contract import model_info
 from ..registry import create_model, get_spec
 from ..tasks import Task, better, get_task
+from .callbacks import Callback, TimeBudget
 from .checkpoint import CheckpointManager
-from .distributed import DistInfo, all_reduce_mean, any_flag, cleanup, init_distributed
+from .distributed import DistInfo, all_reduce_max, all_reduce_mean, any_flag, barrier, init_distributed
 from .logs import MetricsLog, plot_history
 from .mixing import MixUpCutMix
 from .optim import build_optimizer, build_scheduler
+from .parallel import DataParallel, data_parallel
 
-__all__ = ["Trainer", "build_model_for_data", "resolve_device"]
+__all__ = ["Trainer", "build_model_for_data", "check_model_fits_data", "resolve_device", "STOP_REASONS"]
 
 log = logging.getLogger("bigmodels.train")
+
+# why a run may stop before its last step, in the order the processes settle a disagreement (the last wins)
+STOP_REASONS = ("stopped", "time_limit", "early_stopped", "interrupted")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -73,14 +83,107 @@ def build_model_for_data(
     fields = {f.name for f in dataclasses.fields(spec.config)}
     implied = {k: v for k, v in data.model_args.items() if k in fields}
     model = create_model(name, **{**implied, **model_args})
-    if model.task != data.task:
+    if model_info(model).task != data.task:
         raise ConfigError(
-            f"model {name!r} solves {model.task} but the data is {data.task}; pick a model for that task "
+            f"model {name!r} solves {model_info(model).task} but the data is {data.task}; pick a model for that task "
             f"(`bigmodels models --task {data.task}`)"
         )
+    check_model_fits_data(model, data)
     if init is not None:
         _load_pretrained(model, init)
     return model
+
+
+# what the data's labels and tokens need of the model: a head with one output per class (label), and embedding
+# tables with a row for every token id the data's tokenizer produces (more rows do no harm)
+_LABEL_COUNTS = {"num_classes": ("classes", "class"), "num_labels": ("labels", "label")}
+_TOKEN_COUNTS = {"vocab_size": "tokens", "src_vocab_size": "source tokens", "tgt_vocab_size": "target tokens"}
+# the data's sequence lengths (its meta) -> the model config's number of positions
+_CONTEXTS = {"block_size": "block_size", "max_length": "max_position_embeddings"}
+
+
+def check_model_fits_data(model: nn.Module, data: DataBundle) -> None:
+    """Raise :class:`ConfigError` unless ``model``'s head has one output per class (label) of ``data`` and its
+    vocabularies hold every token id of the data's tokenizer; a mismatch would otherwise surface mid-training
+    as an index error ("target 7 is out of bounds").
+
+    >>> import bigmodels
+    >>> from bigmodels.data import build_data
+    >>> check_model_fits_data(bigmodels.create_model("mlp_small", num_classes=3), build_data("digits"))
+    Traceback (most recent call last):
+    bigmodels.errors.ConfigError: model.num_classes=3 but the data has 10 classes: ...
+    """
+    config = getattr(model, "config", None)
+    for key, (what, one) in _LABEL_COUNTS.items():
+        want, have = data.model_args.get(key), getattr(config, key, None)
+        if want is not None and have is not None and have != want:
+            raise ConfigError(
+                f"model.{key}={have} but the data has {want} {what}: the head needs one output per {one}; "
+                f"drop model.{key} (the data sets it) or set model.{key}={want}"
+            )
+    for key, what in _TOKEN_COUNTS.items():
+        want, have = data.model_args.get(key), getattr(config, key, None)
+        if want is not None and have is not None and have < want:
+            raise ConfigError(
+                f"model.{key}={have} but the data's tokenizer has {want} {what}: the embedding table needs a row "
+                f"for each; drop model.{key} (the data sets it) or set model.{key}={want} or more"
+            )
+    for key, positions in _CONTEXTS.items():  # every sequence of the data must fit the model's positions
+        want, have = data.meta.get(key), getattr(config, positions, None)
+        if want is not None and have is not None and want > have:
+            raise ConfigError(
+                f"data.{key}={want} is longer than the model's context of {have} positions (model.{positions}); "
+                f"set data.{key}={have} or less, or (training from scratch) model.{positions}={want}"
+            )
+
+
+def _check_out_dir(path: str) -> Path:
+    """Check that ``train.out_dir`` can be created and written, before anything heavy is loaded: create it, write
+    a file in it, then remove what the check created (a run refused later on leaves no empty folder behind)."""
+    out = Path(path)
+    fix = "give a directory you can write, e.g. train.out_dir=runs/NAME"
+    created: list[Path] = []
+    try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"train.out_dir={path} is not a directory (a file or device is there); {fix}")
+        created = [p for p in (out, *out.parents) if not p.exists()]
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test."):
+            pass
+    except OSError as e:
+        raise ConfigError(f"train.out_dir={path} is not a writable directory ({e.strerror or e}); {fix}") from None
+    finally:
+        for p in created:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+    return out
+
+
+def _check_init(init: str) -> None:
+    """Say first when ``init=`` names a local path that does not exist (before the data loads, before a hub
+    lookup of a name that only looks like owner/name)."""
+    local = Path(init).expanduser()
+    if local.exists():
+        return
+    fix = ("pass a saved model directory, a training run (runs/NAME), or a Hugging Face hub name "
+           "(e.g. sentence-transformers/all-MiniLM-L6-v2)")
+    from ..registry import list_models
+
+    if init in list_models():
+        fix = (f"{init!r} is a model name, not weights: model={init} builds it with random weights; for trained "
+               "weights, " + fix)
+    parts = Path(init).parts
+    hub_shaped = len(parts) == 2 and not local.is_absolute() and not init.startswith((".", "~"))
+    if not hub_shaped or Path(parts[0]).is_dir():  # runs/x with a local runs/ folder: a local path
+        raise ConfigError(f"init={init}: no such file or directory ({local.absolute()}); {fix}")
+    from ..io import resolve_checkpoint
+
+    try:
+        resolve_checkpoint(init)
+    except CheckpointError as e:
+        reason = " ".join(str(e).split())  # one line, whatever the hub client's message holds
+        raise ConfigError(f"init={init}: no such local path ({local.absolute()}), and as a Hugging Face hub name: "
+                          f"{reason}") from None
 
 
 def _build_mixing(cfg: RunConfig, data: DataBundle) -> MixUpCutMix | None:
@@ -109,42 +212,15 @@ def _data_tokenizer(cfg: RunConfig):
         return saved_tokenizer(cfg.init) if cfg.init is not None else None
     if spec.startswith("bpe:"):
         return spec
-    from ..data.tokenizers import load_tokenizer
-    from ..io import resolve_checkpoint
+    from ..io import load_tokenizer  # a tokenizer path, or anything bigmodels.load reads (a run: its checkpoint)
 
-    return load_tokenizer(Path(spec) if Path(spec).exists() else resolve_checkpoint(spec))
+    return load_tokenizer(spec)
 
 
 def _load_pretrained(model: nn.Module, init: str) -> None:
-    from ..io import load
-
-    source = load(init)
-    if getattr(source, "family", None) != getattr(model, "family", None):
-        raise CheckpointError(
-            f"init={init} holds a {getattr(source, 'family', '?')} model but the run builds a "
-            f"{model.family} model; pick a model of the same family or another init"
-        )
-    mine = model.state_dict()
-    vocab = getattr(model.config, "vocab_size", None)
-    matched = {k: _fit_rows(v, mine[k], vocab) for k, v in source.state_dict().items() if k in mine}
-    matched = {k: v for k, v in matched.items() if v is not None}
-    if not matched:
-        raise CheckpointError(f"no weight of init={init} fits {model.model_name}; check the model settings")
-    model.load_state_dict(matched, strict=False)
-    fresh = sorted(set(mine) - set(matched))
-    log.info("init from %s: %d tensors loaded, %d new%s", init, len(matched), len(fresh),
+    fresh = load_matching(model, init)
+    log.info("init from %s: %d tensors loaded, %d new%s", init, len(model.state_dict()) - len(fresh), len(fresh),
              f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else "")
-
-
-def _fit_rows(source: torch.Tensor, target: torch.Tensor, vocab_size: int | None) -> torch.Tensor | None:
-    """``source`` if it fits ``target``; a (vocab_size, C) table padded with zero rows when the target has a
-    vocabulary padded to a multiple (GPT's ``pad_vocab_multiple``); else None (the tensor starts fresh)."""
-    if source.shape == target.shape:
-        return source
-    if (source.dim() == 2 and source.shape[0] == vocab_size and source.shape[1] == target.shape[1]
-            and target.shape[0] > vocab_size):
-        return torch.cat([source, source.new_zeros(target.shape[0] - source.shape[0], *source.shape[1:])])
-    return None
 
 
 class _StopRequest:
@@ -173,7 +249,8 @@ class _StopRequest:
 class Trainer:
     """Train ``cfg.model`` on ``cfg.data``; ``model`` / ``data`` may be given to skip building them.
 
-    ``on_step(trainer)`` is called after every optimizer step (for tests and custom hooks).
+    ``callbacks`` run at fixed points of :meth:`fit` (see :mod:`bigmodels.train.callbacks`); ``train.max_time``
+    adds a :class:`~.callbacks.TimeBudget` before them.
     """
 
     def __init__(
@@ -182,7 +259,7 @@ class Trainer:
         *,
         model: nn.Module | None = None,
         data: DataBundle | None = None,
-        on_step: Callable[[Trainer], None] | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.cfg = cfg
         tc = cfg.train
@@ -193,15 +270,14 @@ class Trainer:
         if tc.precision == "fp16" and self.device.type != "cuda":
             log.warning("train.precision=fp16 needs a CUDA GPU; training in fp32 on %s instead", self.device)
             self.precision = "fp32"
+        # the settings that would only fail after the data has loaded are checked first (the output directory by
+        # the process that writes it)
+        self.out_dir = _check_out_dir(tc.out_dir) if self.dist.is_main else Path(tc.out_dir)
+        if cfg.init is not None:
+            _check_init(cfg.init)
         torch.manual_seed(tc.seed)
         random.seed(tc.seed)
-        self.data = data or build_data(
-            cfg.data.name, cfg.data.path, val_fraction=cfg.data.val_fraction, block_size=cfg.data.block_size,
-            img_size=cfg.data.img_size, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip,
-            random_resized_crop=cfg.data.random_resized_crop, rrc_scale=cfg.data.rrc_scale, seed=cfg.data.seed,
-            tokenizer=_data_tokenizer(cfg), max_length=cfg.data.max_length,
-            src_lang=cfg.data.src_lang, tgt_lang=cfg.data.tgt_lang,
-        )
+        self.data = data or build_data(cfg.data, tokenizer=_data_tokenizer(cfg))
         # the training objective (label smoothing, soft targets) and the evaluation task (plain cross-entropy on
         # hard labels, so val metrics stay comparable across settings) are one object when they agree
         self.task: Task = get_task(self.data.task, self.data.meta, label_smoothing=tc.label_smoothing)
@@ -211,6 +287,7 @@ class Trainer:
         self.model = model if model is not None else build_model_for_data(
             cfg.model, cfg.model_args, self.data, cfg.init
         )
+        check_model_fits_data(self.model, self.data)
         self.model.to(self.device)
         if tc.channels_last:  # converts the 4-D (conv) weights only; inputs follow in _train_step
             self.model.to(memory_format=torch.channels_last)
@@ -233,19 +310,24 @@ class Trainer:
         if tc.steps is None and tc.epochs is None:  # a pure time budget
             self.total_steps = sys.maxsize
         self.steps_per_epoch = steps_per_epoch
+        # wrapped before the optimizer is built: a sharding strategy replaces the parameters it will update
+        self.parallel: DataParallel = data_parallel(self.dist, self.device)
+        self.train_module: nn.Module | None = self.parallel.wrap(self.model)  # what forward/backward run through
         self.optimizer = build_optimizer(self.model, cfg.optim)
         sched_total = self.total_steps if self.total_steps != sys.maxsize else 10**9
         self.scheduler = build_scheduler(self.optimizer, cfg.sched, sched_total)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.aug_generator = torch.Generator().manual_seed(tc.seed + 7919 * (self.dist.rank + 1))
-        self.ddp = (
-            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            if self.dist.enabled else None
-        )
-        self.out_dir = Path(tc.out_dir)
         self.ckpt = CheckpointManager(self.out_dir / "checkpoints", keep_last=tc.keep_last)
         self.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.dist.is_main)
-        self.on_step = on_step
+        bad = [c for c in callbacks if not isinstance(c, Callback)]
+        if bad:
+            raise ConfigError(f"callbacks must be Callback instances (bigmodels.train.callbacks), got {bad!r}; "
+                              "subclass Callback and override its on_* methods")
+        self.callbacks: list[Callback] = [*([TimeBudget(tc.max_time)] if tc.max_time is not None else []),
+                                          *callbacks]
+        self.train_seconds = 0.0  # seconds spent in training steps by the current fit() call
+        self._stop_reason: str | None = None
         # progress and counters (all restored on resume)
         self.step = 0
         self.epoch = 0
@@ -281,9 +363,15 @@ class Trainer:
         }
 
     def _resume_or_start(self) -> None:
-        latest = self.ckpt.latest
+        latest = self.ckpt.resume_point()  # raises, touching nothing, when checkpoints exist but none is usable
+        if self.dist.is_main:
+            self.ckpt.remove_leftovers()  # half-written folders of a killed run (never a resume point)
         if latest is None:
             if self.dist.is_main:
+                dropped = self.metrics_log.truncate_after(0)  # lines of a run killed before its first checkpoint
+                if dropped:
+                    log.info("no checkpoint to resume: starting afresh (%d metrics lines of the lost run dropped)",
+                             dropped)
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 (self.out_dir / "run.json").write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
             return
@@ -296,11 +384,12 @@ class Trainer:
 
         record = read_config(latest)
         mine = to_dict(self.model.config)
-        if record.get("family") != getattr(self.model, "family", None) or record.get("config") != mine:
+        if record.get("family") != model_info(self.model).family or record.get("config") != mine:
             raise CheckpointError(
                 f"{latest} holds a {record.get('model')} model whose config differs from this run's "
                 f"{self.cfg.model}; choose a new train.out_dir, or rerun with the original model settings"
             )
+        self._check_same_optimizer(latest)
         self.load_checkpoint(latest)
         s = CheckpointManager.load_state(latest)
         if s["world_size"] != self.dist.world_size:
@@ -319,7 +408,30 @@ class Trainer:
         for key in ("step", "epoch", "batch_in_epoch", "best", "bad_evals", "last_eval_step"):
             setattr(self, key, s[key])
         self.last_saved_step = self.step
+        if self.dist.is_main:
+            self.metrics_log.truncate_after(self.step)  # the steps after the checkpoint run (and are logged) again
         log.info("resumed from %s at step %d (epoch %d, batch %d)", latest, self.step, self.epoch, self.batch_in_epoch)
+
+    def _check_same_optimizer(self, checkpoint: Path) -> None:
+        """Refuse to resume with different optim.* settings: the optimizer state and schedule restored from the
+        checkpoint carry the old ones (lr, betas, weight decay, ...), so the new values would be recorded in
+        run.json but silently not used. Changing them means a new run that starts from these weights."""
+        try:
+            before = json.loads((checkpoint / "run.json").read_text(encoding="utf-8")).get("optim")
+        except (OSError, ValueError, AttributeError):
+            return  # checked complete by resume_point; a foreign run.json holds no optimizer to compare
+        now = to_dict(self.cfg.optim)
+        if not isinstance(before, dict):
+            return
+        changed = [k for k in now if k in before and before[k] != now[k]]
+        if changed:
+            diff = ", ".join(f"optim.{k}={now[k]!r} (the checkpoint's run has {before[k]!r})" for k in changed)
+            keep = " ".join(f"optim.{k}={json.dumps(before[k]).replace(' ', '')}" for k in changed)
+            raise ConfigError(
+                f"resuming {checkpoint} with {diff}: the optimizer and schedule state restored from the checkpoint "
+                f"would keep the old values. Resume with the original settings ({keep}), or start a new run from "
+                f"these weights with the new ones: init={checkpoint} train.out_dir=<a new directory>"
+            )
 
     # ------------------------------------------------------------------ data
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
@@ -342,13 +454,16 @@ class Trainer:
         status = "completed"
         if self.step >= self.total_steps:
             log.info("training already complete at step %d", self.step)
-        train_seconds, items_done = 0.0, 0
+        self.train_seconds, items_done, self._stop_reason = 0.0, 0, None
         window_items, window_loss, window_steps = 0, torch.zeros((), device=self.device), 0
         window_start = time.perf_counter()
         stream = self._batches()
-        model = self.ddp or self.model
+        if self.train_module is None:
+            raise TrainingError("this Trainer was closed (its data-parallel group is gone); build a new Trainer")
+        model = self.train_module
         model.train()
         progress = _progress(self.total_steps, self.step, tc.progress and self.dist.is_main)
+        self._emit("on_train_start")
         try:
             with _StopRequest() as stop:
                 while self.step < self.total_steps:
@@ -361,7 +476,7 @@ class Trainer:
                     self._nonfinite |= ~torch.isfinite(loss_sum)
                     if self.device.type == "cpu" or self.step % tc.log_every == 0:
                         self._check_finite()
-                    train_seconds += time.perf_counter() - t0
+                    self.train_seconds += time.perf_counter() - t0
                     items_done += n_items
                     if self.step % tc.log_every == 0 or self.step == self.total_steps:
                         loss = all_reduce_mean(window_loss / window_steps, self.dist).item()
@@ -372,8 +487,7 @@ class Trainer:
                         progress.update_to(self.step, loss=loss, rate=rate, unit=self.task.unit)
                         window_items, window_loss, window_steps = 0, torch.zeros((), device=self.device), 0
                         window_start = time.perf_counter()
-                    if self.on_step is not None:
-                        self.on_step(self)
+                    self._emit("on_step_end")
                     eval_due = (tc.eval_every and self.step % tc.eval_every == 0) or (not tc.eval_every and epoch_ended)
                     if eval_due:
                         if self._evaluate_and_save():
@@ -381,11 +495,11 @@ class Trainer:
                             break
                     elif tc.save_every and self.step % tc.save_every == 0:
                         self._save()
-                    out_of_time = tc.max_time is not None and train_seconds >= tc.max_time
-                    if any_flag(stop.requested or out_of_time, self.dist, self.device):
-                        status = "interrupted" if stop.requested else "time_limit"
+                    reason = self._agreed_stop("interrupted" if stop.requested else self._stop_reason)
+                    if reason is not None:
+                        status = reason
                         break
-            if status in ("completed", "time_limit") and self.last_eval_step != self.step:
+            if status != "interrupted" and self.last_eval_step != self.step:
                 self._evaluate_and_save(final=True)
             elif self.last_saved_step != self.step:
                 self._save()
@@ -399,24 +513,39 @@ class Trainer:
             "best_metric": self.best, "monitor": tc.monitor, "val": val,
             "best_checkpoint": str(self.ckpt.best) if self.ckpt.best else None,
             "last_checkpoint": str(self.ckpt.latest) if self.ckpt.latest else None,
-            "train_seconds": train_seconds,
-            "throughput": items_done * self.dist.world_size / train_seconds if train_seconds else None,
+            "train_seconds": self.train_seconds,
+            "throughput": items_done * self.dist.world_size / self.train_seconds if self.train_seconds else None,
             "unit": self.task.unit,
         }
         if status == "interrupted":
             log.warning("interrupted at step %d; checkpoint %s (rerun the same command to resume)",
                         self.step, summary["last_checkpoint"])
+        self._emit("on_train_end", summary)
         return summary
 
-    def close(self) -> None:
-        """Leave the data-parallel process group (call once done with fit / evaluate).
+    def request_stop(self, reason: str = "stopped") -> None:
+        """End :meth:`fit` after the current step (a callback's way out): a final evaluation and checkpoint
+        follow, except for ``"interrupted"``, which only saves. ``reason`` becomes the summary's status."""
+        if reason not in STOP_REASONS:
+            raise ConfigError(f"stop reason {reason!r} is not one of {', '.join(STOP_REASONS)}; pick one")
+        current = STOP_REASONS.index(self._stop_reason) if self._stop_reason is not None else -1
+        self._stop_reason = STOP_REASONS[max(current, STOP_REASONS.index(reason))]
 
-        The DDP wrapper goes first: while it (or anything holding its reducer) lives, the gloo worker
-        threads outlive ``destroy_process_group`` and the process can abort at exit with
-        "terminate called without an active exception".
-        """
-        self.ddp = None
-        cleanup(self.dist)
+    def _agreed_stop(self, reason: str | None) -> str | None:
+        """The stop reason every process agrees on (the strongest one asked for anywhere), or None to go on."""
+        code = all_reduce_max(STOP_REASONS.index(reason) + 1 if reason is not None else 0, self.dist, self.device)
+        return STOP_REASONS[code - 1] if code else None
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    def close(self) -> None:
+        """Leave the data-parallel process group (call once done with fit / evaluate); the trainer drops the
+        wrapped module (and the compiled step holding it) first, as the strategy's teardown requires."""
+        self.train_module = None
+        self._compiled = (None, None)
+        self.parallel.teardown()
 
     def __enter__(self) -> Trainer:
         return self
@@ -450,8 +579,9 @@ class Trainer:
                 x, y = self.mixing(x, y, generator=self.aug_generator)
             if tc.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            sync = self.ddp is not None and micro < tc.grad_accum - 1
-            with self.ddp.no_sync() if sync else contextlib.nullcontext(), autocast(self.device, self.precision):
+            # the first micro-batches accumulate locally; the last one's backward reduces the sum over processes
+            local = self.parallel.no_sync(model) if micro < tc.grad_accum - 1 else contextlib.nullcontext()
+            with local, autocast(self.device, self.precision):
                 loss = self._loss_fn(model)(x, y)
                 self.scaler.scale(loss / tc.grad_accum).backward()
             loss_sum += loss.detach() / tc.grad_accum
@@ -512,6 +642,7 @@ class Trainer:
         is_best = False
         if metrics:
             self._record({"step": self.step, "epoch": self.epoch, "split": "val", **metrics})
+            self._emit("on_evaluate", metrics)
             value = metrics[self.cfg.train.monitor.removeprefix("val_")]
             if better(self.cfg.train.monitor, value, self.best):
                 self.best, self.bad_evals, is_best = value, 0, True
@@ -529,12 +660,15 @@ class Trainer:
         state = self._state()
         if self.dist.is_main:
             meta = {**self.data.meta, "task": self.data.task}
-            path = self.ckpt.save(
+            self.ckpt.save(
                 self.step, self.model, state, meta=meta, run_config=to_dict(self.cfg),
                 tokenizer=self.data.tokenizer, is_best=is_best,
             )
-            log.debug("saved %s", path)
+        barrier(self.dist, self.device)  # the other ranks may read the checkpoint and its pointers from here on
+        path = self.ckpt.path(self.step)
+        log.debug("saved %s", path)
         self.last_saved_step = self.step
+        self._emit("on_save", path)
 
 
 class _progress:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from bigmodels.config import DataConfig
 from bigmodels.data import (
     CharTokenizer,
     ImageFolder,
@@ -287,12 +288,14 @@ def test_char_tokenizer_round_trip_save_load_and_unknowns(tmp_path):
     loaded = CharTokenizer.load(tmp_path / "tok.json")
     assert loaded.vocab == tok.vocab and loaded.unk == "?"
     with pytest.raises(DataError, match="'é'") as info:
-        tok.encode("héllo wörld é")
+        tok.encode("héllo wörld é", unknown="error")
     assert "unknown='replace'" in str(info.value) and "2 distinct" in str(info.value)
-    assert tok.decode(tok.encode("héllo", unknown="replace")) == "h?llo"
+    assert tok.decode(tok.encode("héllo")) == tok.decode(tok.encode("héllo", unknown="replace")) == "h?llo"
     assert tok.decode(tok.encode("héllo", unknown="skip")) == "hllo"
-    with pytest.raises(ConfigError, match="unk"):
+    with pytest.raises(DataError, match="unk_token"):  # nothing to replace with: say so, name the fix
         CharTokenizer.fit("abc").encode("abd", unknown="replace")
+    with pytest.raises(ConfigError, match="single character"):
+        CharTokenizer.fit("abc", unk="<unk>")
 
 
 def test_token_windows_targets_shift_by_one():
@@ -313,7 +316,7 @@ def test_token_windows_targets_shift_by_one():
 
 
 def test_build_data_digits_and_errors():
-    data = build_data("digits", img_size=16, crop_padding=2, hflip=True, seed=0)
+    data = build_data(DataConfig(name="digits", img_size=16, crop_padding=2, hflip=True, seed=0))
     assert data.task == "image_classification"
     assert data.model_args == {"in_chans": 1, "img_size": 16, "num_classes": 10}
     assert len(data.train) + len(data.val) == 1437 and len(data.test) == 360
@@ -329,13 +332,13 @@ def test_build_data_digits_and_errors():
 
 def test_build_data_imagefolder_layouts(tmp_path):
     flat = make_folder(tmp_path / "flat", per_class=5, classes=("a", "b"))
-    data = build_data("imagefolder", str(flat), val_fraction=0.2)
+    data = build_data(DataConfig(name="imagefolder", path=str(flat), val_fraction=0.2))
     assert (len(data.train), len(data.val), data.test) == (8, 2, None)
     assert data.model_args == {"in_chans": 3, "img_size": 12, "num_classes": 2}
     split = tmp_path / "split"
     make_folder(split / "train", classes=("a", "b"))
     make_folder(split / "val", per_class=1, classes=("a", "b"))
-    data = build_data("imagefolder", str(split), img_size=6)
+    data = build_data(DataConfig(name="imagefolder", path=str(split), img_size=6))
     assert (len(data.train), len(data.val)) == (8, 2) and data.meta["img_size"] == 6
     assert data.eval_transform(torch.stack([data.val[0][0]])).shape == (1, 3, 6, 6)
 
@@ -343,7 +346,7 @@ def test_build_data_imagefolder_layouts(tmp_path):
 def test_build_data_text(tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_text("to be or not to be, that is the question. " * 20, encoding="utf-8")
-    data = build_data("text", str(path), block_size=16)
+    data = build_data(DataConfig(name="text", path=str(path), block_size=16))
     assert data.task == "language_modeling" and data.train_transform is None
     assert data.model_args == {"vocab_size": data.tokenizer.vocab_size}
     x, y = data.train.get_batch(torch.tensor([0, 1]))
@@ -351,8 +354,8 @@ def test_build_data_text(tmp_path):
     assert data.tokenizer.decode(x[0]) == "to be or not to "
     with pytest.raises(DataError, match="UTF-8"):
         (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-        build_data("text", str(tmp_path / "latin1.txt"))
-    assert build_data("pydoc", block_size=64).model_args["vocab_size"] > 80
+        build_data(DataConfig(name="text", path=str(tmp_path / "latin1.txt")))
+    assert build_data(DataConfig(name="pydoc", block_size=64)).model_args["vocab_size"] > 80
 
 
 def test_length_grouped_sampler_covers_every_index_once_with_homogeneous_batches():

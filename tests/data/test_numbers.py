@@ -8,6 +8,7 @@ import json
 import pytest
 
 from bigmodels.bench.compare import PLANS
+from bigmodels.config import DataConfig
 from bigmodels.data import build_data
 from bigmodels.data.numbers import MAX_NUMBER, SPLITS, english, german, number_pairs
 from bigmodels.errors import ConfigError
@@ -55,7 +56,7 @@ def test_splits_are_disjoint_and_reproducible():
 
 
 def test_numbers_bundle_is_a_translation_bundle():
-    data = build_data("numbers", tokenizer="bpe:300", max_length=48)
+    data = build_data(DataConfig(name="numbers", tokenizer="bpe:300", max_length=48))
     assert data.task == "translation" and data.meta["src_lang"] == "en" and data.meta["tgt_lang"] == "de"
     assert (len(data.train), len(data.val), len(data.test)) == tuple(SPLITS.values())
     x, y = data.val[0]

@@ -29,7 +29,7 @@ from torch import nn
 
 import bigmodels
 from bigmodels import registry
-from bigmodels.config import SchedConfig, resolve_run_config
+from bigmodels.config import DataConfig, SchedConfig, resolve_run_config
 from bigmodels.data import IGNORE_INDEX, ParallelDataset, Tokenizer, build_data, read_parallel, train_joint_bpe
 from bigmodels.data.parallel import encode_sources, read_lines, seq2seq_token_ids
 from bigmodels.errors import ConfigError, DataError
@@ -232,15 +232,15 @@ def test_joint_bpe_special_ids_round_trip_and_save(tok, tmp_path):
     assert seq2seq_token_ids(tok) == {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3,
                                       "decoder_start_token_id": 2}
     for text in ("A big dog sees the red ball.", "Ein großer Hund sieht der roter Ball.", "Ünïcödé ✓ 日本"):
-        ids = tok.encode(text).ids
+        ids = tok.encode(text)
         assert tok.decode(ids) == text and min(ids) > 3  # exact, and no special token added around a text
     # both languages took part in the merges: frequent German and English words are single tokens
     for word in (" schläft", " großer", " sleeps", " small"):
-        assert len(tok.encode(word, add_special_tokens=False).ids) == 1, word
+        assert len(tok.encode(word, add_special_tokens=False)) == 1, word
     tok.save(tmp_path)
     again = Tokenizer.load(tmp_path)
     assert (again.pad_id, again.bos_id, again.eos_id) == (0, 2, 3)
-    assert again.encode("Der Hund rennt.").ids == tok.encode("Der Hund rennt.").ids
+    assert again.encode("Der Hund rennt.") == tok.encode("Der Hund rennt.")
 
 
 def test_seq2seq_token_ids_rejects_a_tokenizer_without_bos_eos():
@@ -256,8 +256,8 @@ def test_batches_shift_decoder_inputs_and_pad_labels_with_ignore_index(tok):
     pairs = [("A dog.", "Ein Hund."), ("The big red dog runs.", "Der großer roter Hund rennt.")]
     ds = ParallelDataset(pairs, tok, max_length=64)
     x, y = ds.get_batch(torch.tensor([0, 1]))
-    src = [tok.encode(s).ids for s, _ in pairs]
-    tgt = [tok.encode(t).ids for _, t in pairs]
+    src = [tok.encode(s) for s, _ in pairs]
+    tgt = [tok.encode(t) for _, t in pairs]
     assert set(x) == {"input_ids", "attention_mask", "decoder_input_ids"}
     assert x["input_ids"].shape == (2, max(map(len, src))) and x["input_ids"].dtype == torch.int64
     assert x["attention_mask"].sum(1).tolist() == [len(s) for s in src]
@@ -278,12 +278,12 @@ def test_batches_shift_decoder_inputs_and_pad_labels_with_ignore_index(tok):
 def test_truncation_keeps_max_length_source_tokens_and_max_length_minus_one_target_tokens(tok):
     long_en = "the big red dog sees the small cat " * 4
     long_de = "der großer roter Hund sieht der kleiner Kater " * 4
-    assert len(tok.encode(long_en).ids) > 10 and len(tok.encode(long_de).ids) > 10
+    assert len(tok.encode(long_en)) > 10 and len(tok.encode(long_de)) > 10
     ds = ParallelDataset([(long_en, long_de)], tok, max_length=6)
     x, y = ds.get_batch(torch.tensor([0]))
-    assert x["input_ids"][0].tolist() == tok.encode(long_en).ids[:6]
-    assert y[0].tolist() == [*tok.encode(long_de).ids[:5], tok.eos_id]
-    assert x["decoder_input_ids"][0].tolist() == [tok.bos_id, *tok.encode(long_de).ids[:5]]
+    assert x["input_ids"][0].tolist() == tok.encode(long_en)[:6]
+    assert y[0].tolist() == [*tok.encode(long_de)[:5], tok.eos_id]
+    assert x["decoder_input_ids"][0].tolist() == [tok.bos_id, *tok.encode(long_de)[:5]]
     assert ds.targets[0] == long_de  # the reference text stays whole
     assert encode_sources(tok, [long_en], 6) == [x["input_ids"][0].tolist()]  # one encoding path for translate
     with pytest.raises(ConfigError, match="max_length=1"):
@@ -294,8 +294,8 @@ def test_truncation_keeps_max_length_source_tokens_and_max_length_minus_one_targ
 
 
 def test_build_data_translation_splits_model_args_and_meta(corpus_dir):
-    data = build_data("translation", str(corpus_dir), tokenizer="bpe:300", max_length=32, src_lang="en",
-                      tgt_lang="de")
+    data = build_data(DataConfig(name="translation", path=str(corpus_dir), tokenizer="bpe:300", max_length=32,
+                                 src_lang="en", tgt_lang="de"))
     assert data.task == "translation"
     assert (len(data.train), len(data.val), len(data.test)) == (200, 20, 12)
     assert set(data.model_args) == MODEL_ARGS
@@ -309,31 +309,32 @@ def test_build_data_translation_splits_model_args_and_meta(corpus_dir):
     json.dumps(meta)  # saved with every checkpoint
     assert data.test.sources[0] == toy_pairs(12, seed=2)[0][0] and data.test.targets[0] == toy_pairs(12, seed=2)[0][1]
     # the reverse direction swaps the sides
-    back = build_data("translation", str(corpus_dir), tokenizer=data.tokenizer, src_lang="de", tgt_lang="en")
+    back = build_data(DataConfig(name="translation", path=str(corpus_dir), src_lang="de", tgt_lang="en"),
+                      tokenizer=data.tokenizer)
     assert back.val.sources == data.val.targets and back.tokenizer is data.tokenizer
 
 
 def test_build_data_translation_errors(corpus_dir, tmp_path, tok):
     base = {"tokenizer": "bpe:300", "src_lang": "en", "tgt_lang": "de"}
     with pytest.raises(ConfigError, match="data.src_lang"):
-        build_data("translation", str(corpus_dir), tokenizer="bpe:300", src_lang="en")
+        build_data(DataConfig(name="translation", path=str(corpus_dir), tokenizer="bpe:300", src_lang="en"))
     with pytest.raises(ConfigError, match="bpe:N"):
-        build_data("translation", str(corpus_dir), src_lang="en", tgt_lang="de")
+        build_data(DataConfig(name="translation", path=str(corpus_dir), src_lang="en", tgt_lang="de"))
     with pytest.raises(ConfigError, match="bpe:N with N >= 260"):
-        build_data("translation", str(corpus_dir), **{**base, "tokenizer": "bpe:10"})
+        build_data(DataConfig(name="translation", path=str(corpus_dir), **{**base, "tokenizer": "bpe:10"}))
     with pytest.raises(ConfigError, match="not of 'digits'"):
-        build_data("digits", src_lang="en")
+        build_data(DataConfig(name="digits", src_lang="en"))
     with pytest.raises(DataError, match="needs path"):
-        build_data("translation", **base)
+        build_data(DataConfig(name="translation", **base))
     write_split(tmp_path / "noval", "train", toy_pairs(10))
     with pytest.raises(DataError, match=r"no val split \(val.en\[.gz\] or valid.en.*files there: train.de, train.en"):
-        build_data("translation", str(tmp_path / "noval"), **base)
+        build_data(DataConfig(name="translation", path=str(tmp_path / "noval"), **base))
     write_split(tmp_path / "oneside", "train", toy_pairs(10))
     (tmp_path / "oneside" / "val.en").write_text("a dog\n")
     with pytest.raises(DataError, match=r"val.en but no val.de"):
-        build_data("translation", str(tmp_path / "oneside"), **base)
+        build_data(DataConfig(name="translation", path=str(tmp_path / "oneside"), **base))
     with pytest.raises(DataError, match="not a directory"):
-        build_data("translation", str(tmp_path / "nowhere"), **base)
+        build_data(DataConfig(name="translation", path=str(tmp_path / "nowhere"), **base))
 
 
 # ---------------------------------------------------------------------------------------------- task
@@ -412,7 +413,7 @@ def test_translate_texts_batches_by_length_and_keeps_the_order(tok, stand_in_dec
     # sources keep at most max_position_embeddings tokens, as in training
     short = CopyModel(CopyConfig(tok.vocab_size, tok.vocab_size, **seq2seq_token_ids(tok), max_position_embeddings=3))
     cut = translate_texts(short, tok, ["The big red dog sees a small cat."], num_beams=1)
-    assert cut == [tok.decode(tok.encode("The big red dog sees a small cat.").ids[:3])]
+    assert cut == [tok.decode(tok.encode("The big red dog sees a small cat.")[:3])]
 
 
 def test_evaluate_translation_scores_a_perfect_copy_at_100(tok, stand_in_decoding):
@@ -440,7 +441,8 @@ def copy_run(copy_dir, copy_family, tmp_path_factory):
         "data.tokenizer=bpe:300", "data.max_length=32", "data.batch_size=8", "data.group_by_length=true",
         "train.steps=3", "train.label_smoothing=0.1", "train.device=cpu", "train.progress=false",
         "sched.name=inverse_sqrt", "sched.warmup_steps=2", f"train.out_dir={out}"])
-    data = build_data("translation", str(copy_dir), tokenizer="bpe:300", max_length=32, src_lang="en", tgt_lang="de")
+    data = build_data(DataConfig(name="translation", path=str(copy_dir), tokenizer="bpe:300", max_length=32,
+                                 src_lang="en", tgt_lang="de"))
     with bigmodels.Trainer(cfg, model=copy_model(copy_family, data.tokenizer), data=data) as trainer:
         summary = trainer.fit()
     return out, summary
@@ -527,14 +529,14 @@ def test_translate_and_evaluate_refuse_other_models(tmp_path, run_cli, corpus_di
 def test_multi30k_bundle_counts():
     if not MULTI30K.is_dir():
         pytest.skip(f"{MULTI30K} not found: the real data sets live in ../shared/data beside the repository")
-    data = build_data("translation", str(MULTI30K), tokenizer="bpe:1000", max_length=64, src_lang="en",
-                      tgt_lang="de")
+    data = build_data(DataConfig(name="translation", path=str(MULTI30K), tokenizer="bpe:1000", max_length=64,
+                                 src_lang="en", tgt_lang="de"))
     assert (len(data.train), len(data.val), len(data.test)) == (29000, 1014, 1000)
     assert data.meta["splits"] == {"train": "train", "val": "val", "test": "test_2016_flickr"}
     assert data.tokenizer.vocab_size == 1000 and data.model_args["tgt_vocab_size"] == 1000
     assert data.test.sources[0] == "A man in an orange hat starring at something."
     assert data.test.targets[0] == "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt."
-    assert data.tokenizer.decode(data.tokenizer.encode(data.test.targets[0]).ids) == data.test.targets[0]
+    assert data.tokenizer.decode(data.tokenizer.encode(data.test.targets[0])) == data.test.targets[0]
     assert max(data.train.lengths) <= 64
     x, y = data.val.get_batch(torch.arange(8))
     assert y.shape == x["decoder_input_ids"].shape and (y[:, 0] != IGNORE_INDEX).all()

@@ -75,10 +75,10 @@ def test_wordpiece_from_vocab_equals_from_file_encodings(minilm_dir):
     from_vocab = Tokenizer.from_vocab(minilm_dir / "vocab.txt")
     from_file = Tokenizer.from_file(minilm_dir / "tokenizer.json")
     for text, pair in [*PAIRS, *((s, None) for s in SINGLES)]:
-        a, b = from_vocab.encode(text, pair), from_file.encode(text, pair)
+        a, b = from_vocab.encoding(text, pair), from_file.encoding(text, pair)
         assert (a.ids, a.type_ids, a.offsets, a.word_ids) == (b.ids, b.type_ids, b.offsets, b.word_ids)
         assert from_vocab.decode(a.ids) == from_file.decode(b.ids)
-    assert from_vocab.decode(from_vocab.encode("Hello, World!").ids) == "hello, world!"
+    assert from_vocab.decode(from_vocab.encode("Hello, World!")) == "hello, world!"
 
 
 def test_wordpiece_special_tokens_and_limits(minilm_dir):
@@ -87,13 +87,13 @@ def test_wordpiece_special_tokens_and_limits(minilm_dir):
     assert ids == (0, 100, 101, 102, 103, None, None)
     assert tok.vocab_size == 30522 and tok.model_max_length == 512 and tok.kind == "wordpiece"
     assert tok.num_special_tokens() == 2 and tok.num_special_tokens(pair=True) == 3
-    enc = tok.encode("hello world", "again")
+    enc = tok.encoding("hello world", "again")
     assert enc.tokens == ["[CLS]", "hello", "world", "[SEP]", "again", "[SEP]"]
     assert enc.type_ids == [0, 0, 0, 0, 1, 1] and enc.word_ids == [None, 0, 1, None, 0, None]
-    assert tok.encode("hello world", add_special_tokens=False).tokens == ["hello", "world"]
+    assert tok.encoding("hello world", add_special_tokens=False).tokens == ["hello", "world"]
     # the default limit is model_max_length; truncation=False keeps everything
     long = " ".join(["word"] * 600)
-    assert len(tok.encode(long).ids) == 512 and len(tok.encode(long, truncation=False).ids) == 602
+    assert len(tok.encode(long)) == 512 and len(tok.encode(long, truncation=False)) == 602
     with pytest.raises(ConfigError, match="max_length=3"):
         tok.encode("a b", "c d", max_length=3)
 
@@ -101,11 +101,11 @@ def test_wordpiece_special_tokens_and_limits(minilm_dir):
 def test_truncation_is_longest_first_and_keeps_special_tokens(minilm_dir):
     tok = Tokenizer.from_vocab(minilm_dir / "vocab.txt")
     a, b = "one two three four five six seven eight", "red blue"
-    enc = tok.encode(a, b, max_length=9)  # 3 specials + 6 text tokens: A loses tokens until it is no longer
+    enc = tok.encoding(a, b, max_length=9)  # 3 specials + 6 text tokens: A loses tokens until it is no longer
     assert enc.tokens == ["[CLS]", "one", "two", "three", "four", "[SEP]", "red", "blue", "[SEP]"]
-    enc = tok.encode(a, "red blue green yellow black white", max_length=9)  # both long: they shrink in turn
+    enc = tok.encoding(a, "red blue green yellow black white", max_length=9)  # both long: they shrink in turn
     assert enc.tokens == ["[CLS]", "one", "two", "three", "[SEP]", "red", "blue", "green", "[SEP]"]
-    assert tok.encode(a, max_length=4).tokens == ["[CLS]", "one", "two", "[SEP]"]
+    assert tok.encoding(a, max_length=4).tokens == ["[CLS]", "one", "two", "[SEP]"]
 
 
 def test_encode_batch_options_and_errors(minilm_dir):
@@ -128,8 +128,8 @@ def test_encode_batch_options_and_errors(minilm_dir):
         tok.encode_batch(["fine", "emoji 🤗 here"], unknown="error")
     with pytest.raises(DataError, match=r"'☃'"):
         tok.encode(["snow", "☃"], is_pretokenized=True, unknown="error")
-    assert tok.unk_id in tok.encode("emoji 🤗 here").ids  # unknown="replace" is the default
-    assert pickle.loads(pickle.dumps(tok)).encode("hello world").ids == tok.encode("hello world").ids
+    assert tok.unk_id in tok.encode("emoji 🤗 here")  # unknown="replace" is the default
+    assert pickle.loads(pickle.dumps(tok)).encode("hello world") == tok.encode("hello world")
 
 
 @pytest.fixture(scope="module")
@@ -142,11 +142,11 @@ def test_bpe_round_trips_exactly(bpe):
     assert bpe.kind == "bpe" and bpe.vocab_size == 600
     assert (bpe.pad_id, bpe.unk_id, bpe.bos_id, bpe.eos_id, bpe.cls_id, bpe.mask_id) == (0, 1, 2, 3, None, None)
     for text in ROUND_TRIP:
-        ids = bpe.encode(text).ids
+        ids = bpe.encode(text)
         assert bpe.decode(ids) == text
         assert bpe.unk_id not in ids  # byte level: nothing is unknown
-    assert len(bpe.encode("the function returns the value").ids) < len("the function returns the value") / 2
-    assert bpe.encode("hello").ids == bpe.encode("hello", add_special_tokens=True).ids  # GPT-2: nothing added
+    assert len(bpe.encode("the function returns the value")) < len("the function returns the value") / 2
+    assert bpe.encode("hello") == bpe.encode("hello", add_special_tokens=True)  # GPT-2: nothing added
     batch = bpe.encode_batch(["a", "a longer text"])
     assert batch["input_ids"][0, 1:].eq(bpe.pad_id).all() and batch["attention_mask"][0].sum() == 1
 
@@ -154,9 +154,9 @@ def test_bpe_round_trips_exactly(bpe):
 def test_bpe_save_load_and_hugging_face_loaders(bpe, tmp_path):
     bpe.save(tmp_path / "tokenizer.json")
     texts = ROUND_TRIP[:4]
-    expected = [bpe.encode(t).ids for t in texts]
+    expected = [bpe.encode(t) for t in texts]
     for loaded in (Tokenizer.load(tmp_path / "tokenizer.json"), load_tokenizer(tmp_path / "tokenizer.json")):
-        assert [loaded.encode(t).ids for t in texts] == expected
+        assert [loaded.encode(t) for t in texts] == expected
         assert loaded.special_tokens == bpe.special_tokens
     raw = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     assert [raw.encode(t).ids for t in texts] == expected
@@ -181,8 +181,8 @@ def test_char_tokenizer_round_trips_and_unknowns():
     assert tok.kind == "char" and tok.vocab_size == len(set(text)) and tok.special_tokens == {}
     assert all(v is None for v in (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id))
     sample = "not to be,\n\tthat is: To question?"
-    assert tok.decode(tok.encode(sample).ids) == sample and len(tok.encode(sample).ids) == len(sample)
-    assert tok.encode("To").ids == [sorted(set(text)).index("T"), sorted(set(text)).index("o")]
+    assert tok.decode(tok.encode(sample)) == sample and len(tok.encode(sample)) == len(sample)
+    assert tok.encode("To") == [sorted(set(text)).index("T"), sorted(set(text)).index("o")]
     unseen = "XYZ0123456789"
     with pytest.raises(DataError) as info:
         tok.encode("To be" + unseen, unknown="error")
@@ -191,32 +191,68 @@ def test_char_tokenizer_round_trips_and_unknowns():
     assert "unk_token" in message  # the fix: a tokenizer with an unk token
     with pytest.raises(DataError, match="'X'"):  # no unk token: unseen characters always fail
         tok.encode("X")
+    assert tok.encode("To be" + unseen, unknown="skip") == tok.encode("To be")
     with_unk = Tokenizer.train_chars(text, unk_token="?", special_tokens=("<pad>", "<eos>"))
     assert (with_unk.pad_id, with_unk.eos_id, with_unk.unk_id) == (0, 1, with_unk.token_to_id("?"))
-    assert with_unk.decode(with_unk.encode("To Be!").ids) == "To ?e?"
+    assert with_unk.decode(with_unk.encode("To Be!")) == "To ?e?"
     with pytest.raises(DataError, match="'B'"):
         with_unk.encode("To Be!", unknown="error")
     padded = with_unk.encode_batch(["to", "to be"])
     assert padded["input_ids"][0, 2:].tolist() == [0, 0, 0]
-    assert with_unk.decode(with_unk.encode("be<eos>").ids, skip_special_tokens=False) == "be<eos>"
+    assert with_unk.decode(with_unk.encode("be<eos>"), skip_special_tokens=False) == "be<eos>"
 
 
-def test_char_tokenizer_is_the_library_tokenizer(tmp_path):
+def test_char_tokenizer_is_a_tokenizer_with_the_library_ids(tmp_path):
     corpus = pydoc_corpus()[:50_000]
-    legacy = CharTokenizer.fit(corpus)
-    assert isinstance(legacy.tokenizer, Tokenizer) and legacy.tokenizer.kind == "char"
-    assert legacy.vocab == sorted(set(corpus))
-    # the dict fast path gives exactly the library's ids
-    assert legacy.encode(corpus) == legacy.tokenizer.encode(corpus).ids
-    assert legacy.decode(legacy.encode(corpus)) == corpus
-    legacy.save(tmp_path / "tokenizer.json")
+    char = CharTokenizer.fit(corpus)
+    assert isinstance(char, Tokenizer) and char.kind == "char" and char.vocab == sorted(set(corpus))
+    assert isinstance(Tokenizer.train_chars("ab"), CharTokenizer)  # every constructor gives the char type
+    # the dict fast path gives exactly the library's ids, and one type of result: a list of ints
+    assert char.encode(corpus) == char.encoding(corpus).ids == char.backend.encode(corpus).ids
+    assert char.decode(char.encode(corpus)) == corpus
+    assert char.encode(corpus[:20], max_length=5) == char.encode(corpus[:5])  # truncation: the library path
+    char.save(tmp_path / "tokenizer.json")
     loaded = load_tokenizer(tmp_path / "tokenizer.json")
-    assert isinstance(loaded, CharTokenizer) and loaded.vocab == legacy.vocab
+    assert isinstance(loaded, CharTokenizer) and loaded.vocab == char.vocab
+    assert pickle.loads(pickle.dumps(loaded)).encode(corpus[:300]) == char.encode(corpus[:300])
     fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
-    assert fast(corpus[:500])["input_ids"] == legacy.encode(corpus[:500])
-    assert fast.decode(legacy.encode(corpus[:500])) == corpus[:500]
+    assert fast(corpus[:500])["input_ids"] == char.encode(corpus[:500])
+    assert fast.decode(char.encode(corpus[:500])) == corpus[:500]
+    Tokenizer.train_bpe(["abc"], vocab_size=300).save(tmp_path / "bpe.json")
     with pytest.raises(DataError, match="not character level"):
-        CharTokenizer.from_tokenizer(Tokenizer.train_bpe(["abc"], vocab_size=300))
+        CharTokenizer.load(tmp_path / "bpe.json")
+    with pytest.raises(DataError, match="not character level"):
+        CharTokenizer(Tokenizer.train_bpe(["abc"], vocab_size=300).backend)
+
+
+@pytest.mark.parametrize("make", ["char", "bpe", "wordpiece"])
+def test_every_tokenizer_keeps_one_contract(make, tmp_path, request):
+    """encode -> list[int], decode -> str, encode_batch, vocab_size, special ids, save/load: the same for all."""
+    text = "hello world, hello again"
+    if make == "char":
+        tok = CharTokenizer.fit(text, unk="?")
+    elif make == "bpe":
+        tok = Tokenizer.train_bpe([text] * 20, vocab_size=300)
+    else:
+        tok = Tokenizer.from_directory(request.getfixturevalue("minilm_dir"))
+    ids = tok.encode(text)
+    assert isinstance(ids, list) and ids and all(type(i) is int and 0 <= i < tok.vocab_size for i in ids)
+    assert tok.decode(ids) == text
+    assert tok.encode(text, unknown="skip") == ids  # nothing unknown: nothing dropped
+    odd = tok.encode("hello ☃", add_special_tokens=False)
+    if make == "bpe":  # byte level: nothing is unknown
+        assert tok.decode(odd) == "hello ☃" and tok.unk_id not in odd
+    else:  # an unknown character: replaced by the unk id, or dropped
+        assert tok.unk_id in odd and tok.encode("hello ☃", add_special_tokens=False, unknown="skip") == [
+            i for i in odd if i != tok.unk_id]
+    batch = Tokenizer.train_chars(text, special_tokens=("<pad>",)).encode_batch([text, "hello"]) \
+        if tok.pad_id is None else tok.encode_batch([text, "hello"])
+    assert batch["input_ids"].shape[0] == 2 and batch["input_ids"].dtype == torch.int64
+    path = tok.save(tmp_path / "tokenizer.json")
+    again = load_tokenizer(path)
+    assert type(again) is type(tok) and again.encode(text) == ids and again.vocab_size == tok.vocab_size
+    assert {r: getattr(again, f"{r}_id") for r in ("pad", "unk", "cls", "sep", "mask", "bos", "eos")} == {
+        r: getattr(tok, f"{r}_id") for r in ("pad", "unk", "cls", "sep", "mask", "bos", "eos")}
 
 
 def test_legacy_char_json_still_loads(tmp_path):
@@ -225,7 +261,7 @@ def test_legacy_char_json_still_loads(tmp_path):
     for tok in (load_tokenizer(path), CharTokenizer.load(path)):
         assert isinstance(tok, CharTokenizer) and tok.vocab == [" ", "?", "a", "b"] and tok.unk == "?"
         assert tok.encode("ab ba") == [2, 3, 0, 3, 2] and tok.encode("abc", unknown="replace") == [2, 3, 1]
-    assert Tokenizer.load(path).encode("ab").ids == [2, 3]
+    assert Tokenizer.load(path).encode("ab") == [2, 3]
 
 
 def test_load_errors(tmp_path):

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from train.test_train import RESUME, make_cfg, weights  # the engine's own resume set-up
 
-from bigmodels.config import resolve_run_config
+from bigmodels.config import DataConfig, resolve_run_config
 from bigmodels.data import RandomResizedCrop, build_data, image_transforms, load_cifar10, load_cifar100
 from bigmodels.data.cifar import read_cifar_pickle
 from bigmodels.errors import ConfigError, DataError
 from bigmodels.evaluate import evaluate_model
 from bigmodels.tasks import Classification, get_task
-from bigmodels.train import Trainer
+from bigmodels.train import Callback, Trainer
 from bigmodels.train.mixing import MixUpCutMix, cutmix_box, sample_beta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -122,7 +122,8 @@ def test_cifar100_fine_labels_and_build_data(tmp_path):
     train, test = load_cifar100(tmp_path)
     assert train.labels.tolist() == train_labels and test.labels.tolist() == test_labels
     assert train.class_names == names
-    data = build_data("cifar100", str(tmp_path), val_fraction=0.2, random_resized_crop=True, hflip=True)
+    data = build_data(DataConfig(name="cifar100", path=str(tmp_path), val_fraction=0.2, random_resized_crop=True,
+                                 hflip=True))
     assert (len(data.train), len(data.val), len(data.test)) == (24, 6, 5)
     assert data.model_args == {"in_chans": 3, "img_size": 32, "num_classes": 100}
     assert data.meta["mean"] == [0.5071, 0.4865, 0.4409]
@@ -132,7 +133,7 @@ def test_cifar100_fine_labels_and_build_data(tmp_path):
 
 def test_build_data_cifar10_splits(tmp_path):
     write_cifar10(tmp_path, per_batch=10)
-    data = build_data("cifar10", str(tmp_path), val_fraction=0.1, seed=3)
+    data = build_data(DataConfig(name="cifar10", path=str(tmp_path), val_fraction=0.1, seed=3))
     assert (len(data.train), len(data.val), len(data.test)) == (45, 5, 3)
     assert data.meta["class_names"] == CIFAR10_NAMES and data.meta["in_chans"] == 3
     with pytest.raises(DataError, match="cifar10.*path="):
@@ -404,11 +405,12 @@ def test_exact_resume_with_mixup_cutmix_and_channels_last(tmp_path):
         assert a.fit()["status"] == "completed"
     straight = weights(a.model)
 
-    def interrupt_at_6(trainer):
-        if trainer.step == 6:
-            os.kill(os.getpid(), signal.SIGINT)
+    class InterruptAt6(Callback):
+        def on_step_end(self, trainer):
+            if trainer.step == 6:
+                os.kill(os.getpid(), signal.SIGINT)
 
-    with Trainer(make_cfg(tmp_path / "b", *overrides), on_step=interrupt_at_6) as b1:
+    with Trainer(make_cfg(tmp_path / "b", *overrides), callbacks=[InterruptAt6()]) as b1:
         assert b1.fit()["step"] == 6
     with Trainer(make_cfg(tmp_path / "b", *overrides)) as b2:
         assert b2.step == 6

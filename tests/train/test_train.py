@@ -15,7 +15,7 @@ import torch
 import bigmodels
 from bigmodels.config import resolve_run_config
 from bigmodels.errors import CheckpointError, ConfigError, TrainingError
-from bigmodels.train import Trainer
+from bigmodels.train import Callback, Trainer
 
 FAST = ["data.name=digits", "train.device=cpu", "train.progress=false", "train.log_every=1"]
 
@@ -39,11 +39,12 @@ def test_exact_resume_after_ctrl_c_is_bitwise_identical(tmp_path):
         assert a.fit()["status"] == "completed"
     straight = weights(a.model)
 
-    def interrupt_at_6(trainer):
-        if trainer.step == 6:
-            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does: handled at the step boundary
+    class InterruptAt6(Callback):
+        def on_step_end(self, trainer):
+            if trainer.step == 6:
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does: handled at the step boundary
 
-    with Trainer(make_cfg(tmp_path / "b", *RESUME), on_step=interrupt_at_6) as b1:
+    with Trainer(make_cfg(tmp_path / "b", *RESUME), callbacks=[InterruptAt6()]) as b1:
         summary = b1.fit()
     assert summary["status"] == "interrupted" and summary["step"] == 6
     assert Path(summary["last_checkpoint"]).name == "step_00000006"
@@ -57,6 +58,9 @@ def test_exact_resume_after_ctrl_c_is_bitwise_identical(tmp_path):
     # the run's metrics log continues across the interruption
     steps = [r["step"] for r in map(json.loads, (tmp_path / "b" / "metrics.jsonl").open()) if r["split"] == "train"]
     assert steps == list(range(1, 13))
+
+
+# SIGKILL and SIGINT at random points, resumed bit-identical: tests/train/test_crash.py
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -208,6 +212,11 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     worker_lines = [ln for ln in ddp.stderr.splitlines()
                     if "torch/distributed" not in ln and "bigmodels.train" not in ln]
     assert ddp.returncode == 0, "\n".join(worker_lines[:40]) + "\n...\n" + ddp.stderr[-1500:]
+    # digits has a test split: every rank evaluates the best checkpoint on it, which rank 0 must have written
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["test"]["accuracy"] > 0
+    # rank 0 alone logs (BIGMODELS_LOG_ALL_RANKS=1 for every rank)
+    assert ddp.stderr.count("bigmodels.data.bundle: data digits") == 1, ddp.stderr[-3000:]
+    assert ddp.stderr.count("step 6 val:") == 1, ddp.stderr[-3000:]
     single = run(sys.executable, "-m", "bigmodels", "train", *args, f"train.out_dir={tmp_path / 'one'}")
     assert single.returncode == 0, single.stderr[-2000:]
 
@@ -242,13 +251,13 @@ def test_progress_bar_shows_loss_throughput_and_eta_on_a_terminal(monkeypatch):
 
 def test_init_into_a_padded_vocabulary_keeps_the_pretrained_rows(tmp_path):
     # GPT-2 weights (V rows) into pad_vocab_multiple=64 (more rows): the real rows load, the extra rows are zero
-    from bigmodels.train.trainer import _load_pretrained
+    from bigmodels.io import load_matching
 
     small = dict(vocab_size=100, block_size=16, n_layer=1, n_head=2, n_embd=16)
     source = bigmodels.create_model("gpt_mini", **small)
     bigmodels.save(source, tmp_path / "src")
     padded = bigmodels.create_model("gpt_mini", **small, pad_vocab_multiple=64)
-    _load_pretrained(padded, str(tmp_path / "src"))
+    assert load_matching(padded, str(tmp_path / "src")) == []  # every tensor came from the source
     wte = padded.wte.weight.detach()
     assert wte.shape == (128, 16)
     torch.testing.assert_close(wte[:100], source.wte.weight.detach())
