@@ -307,7 +307,7 @@ def _check_probabilities(values: dict[str, Any], owner: str) -> None:
     for key, value in values.items():
         if _PROBABILITY_KEY.search(key) and isinstance(value, float | int) and not 0.0 <= value < 1.0:
             where = f"{owner}.{key}" if owner else key
-            raise ConfigError(f"{where}={value!r} is a dropout probability and must be in [0, 1), e.g. 0.1")
+            raise ConfigError(f"{where}={value!r} must be in [0, 1): it is a dropout probability, e.g. 0.1")
 
 
 def from_dict(cls: type, data: dict[str, Any], owner: str = "") -> Any:

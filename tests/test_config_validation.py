@@ -32,7 +32,7 @@ def test_bad_numbers_are_refused_where_they_enter(override, words):
 ])
 @pytest.mark.parametrize("value", [2.0, -0.1, 1.0])
 def test_every_family_refuses_a_dropout_outside_0_1(name, key, value):
-    with pytest.raises(ConfigError, match=r"dropout probability and must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"must be in \[0, 1\): it is a dropout probability"):
         bigmodels.create_model(name, **{key: value})
 
 
