@@ -177,6 +177,10 @@ class CheckpointManager:
         except FileNotFoundError:
             raise CheckpointError(f"{path} is missing; this checkpoint cannot resume training") from None
         except Exception as e:  # truncated or foreign file
+            if "Weights only load failed" in str(e):  # a pickle of more than tensors: refused, never advice to unpickle
+                from ..interop import refused_pickle
+
+                raise refused_pickle(path, e) from None
             reason = f"{type(e).__name__}: {e}"
             raise CheckpointError(f"{path} is unreadable ({reason}); remove it or start afresh") from None
 

@@ -104,3 +104,16 @@ def test_half_written_temporary_folders_of_this_run_are_removed_at_the_next_star
         assert t.step == 2
         assert not half.exists() and not (ckpts / ".latest.x8f1.tmp").exists()
         assert elsewhere.is_dir() and (out / "copy_of_step_2").is_dir()
+
+
+def test_a_trainer_state_pickle_with_more_than_tensors_is_refused_without_unsafe_advice(tmp_path):
+    import argparse
+
+    from bigmodels.train.checkpoint import STATE_FILE, CheckpointManager
+
+    torch.save({"step": 3, "payload": argparse.Namespace(x=1)}, tmp_path / STATE_FILE)
+    with pytest.raises(CheckpointError) as err:
+        CheckpointManager.load_state(tmp_path)
+    message = str(err.value)
+    assert "was refused" in message and "safetensors" in message
+    assert "weights_only=False" not in message
