@@ -32,6 +32,7 @@ TINY: dict[str, dict[str, Any]] = {
     # the auxiliary heads only train through forward_aux (tests/models/test_inception.py), not through forward
     "googlenet": {"aux_logits": False, "img_size": 64},
     "inception_v3": {"aux_logits": False, "img_size": 75},
+    "efficientnet_[bl]*": {"width_mult": 0.25, "depth_mult": 0.25, "head_width": 64, "img_size": 32},
     "transformer_*": {"d_model": 32, "num_heads": 2, "d_ff": 64, "num_encoder_layers": 1, "num_decoder_layers": 1,
                       "src_vocab_size": 64, "tgt_vocab_size": 64},
 }

@@ -11,6 +11,7 @@ the model families never import this package (imports point down: interop -> mod
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import json
 import pickle
@@ -28,7 +29,8 @@ from ..registry import get_spec, list_models, model_from_config
 
 __all__ = ["HFAdapter", "register_hf_adapter", "get_hf_adapter", "supported_model_types", "ADAPTER_MODULES",
            "FAMILY_FORMATS", "is_hf_directory", "load_hf", "save_hf", "read_hf_state_dict", "hf_num_labels",
-           "preset_name", "refused_pickle", "PREPROCESSOR_FILE", "write_tokenizer", "source_tokenizer"]
+           "preset_name", "refused_pickle", "PREPROCESSOR_FILE", "write_tokenizer", "source_tokenizer",
+           "STATE_DICT_LOADERS", "state_dict_loader"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,20 @@ def preset_name(family: str, config: Any, dims: tuple[str, ...]) -> str:
 ADAPTER_MODULES: dict[str, str] = {"gpt2": "hf_gpt2", "bert": "hf_bert", "vit": "hf_vit", "marian": "hf_marian"}
 # bigmodels family -> the model_type that save_hf writes for it
 FAMILY_FORMATS: dict[str, str] = {"gpt": "gpt2", "bert": "bert", "vit": "vit", "transformer": "marian"}
+
+# plain state dicts (a file or URL and the registry name of its architecture): registry-name glob -> the
+# "module:function" of this package that loads one as function(name, source), imported on first use; the first
+# matching glob wins, and "*" (torchvision's names) takes every name the others do not
+STATE_DICT_LOADERS: dict[str, str] = {"efficientnet_lite*": "efficientnet_lite:load_efficientnet_lite",
+                                      "*": "torchvision:load_torchvision"}
+
+
+def state_dict_loader(name: str) -> Callable[..., nn.Module]:
+    """The function that loads a plain state dict into registered architecture ``name`` (STATE_DICT_LOADERS)."""
+    target = next(t for pattern, t in STATE_DICT_LOADERS.items() if fnmatch.fnmatch(name, pattern))
+    module, function = target.split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), function)
+
 
 _ADAPTERS: dict[str, HFAdapter] = {}  # model_type -> adapter, filled on first use or by register_hf_adapter
 
