@@ -29,3 +29,7 @@ class CheckpointError(BigModelsError):
 
 class TrainingError(BigModelsError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class ExportError(BigModelsError):
+    """A model that cannot be exported (ONNX), or whose export disagrees with it."""

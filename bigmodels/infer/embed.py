@@ -72,7 +72,7 @@ def embed_texts(
     order = sorted(range(len(texts)), key=lambda i: -len(ids_rows[i]))  # longest first
     if pack_qkv:
         pack_qkv_(model)  # before inference_mode: the packed weights are ordinary parameters
-    device = next(model.parameters()).device
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # none: an ONNX Runtime model
     out = torch.empty(len(texts), config.hidden_size)
     was_training = model.training
     model.eval()

@@ -35,7 +35,11 @@ class Unpadded:
 
     @classmethod
     def from_mask(cls, attention_mask: torch.Tensor) -> Unpadded | None:
-        """From a (B, T) mask, 1 = token, 0 = padding; None when there is no padding (nothing to gain)."""
+        """From a (B, T) mask, 1 = token, 0 = padding; None when there is no padding (nothing to gain), and while
+        ``torch.export`` traces the model (ONNX export): a graph for any batch cannot branch on the mask's values,
+        so it keeps the padded layout, the same layers and the same results to float rounding."""
+        if torch.compiler.is_exporting():
+            return None
         keep = attention_mask.bool().flatten()  # (B*T,)
         if bool(keep.all()):
             return None
