@@ -33,6 +33,8 @@ __all__ = [
     "OptimConfig",
     "SchedConfig",
     "TrainConfig",
+    "DistillConfig",
+    "LoraConfig",
     "RunConfig",
     "from_dict",
     "to_dict",
@@ -208,6 +210,48 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation (``bigmodels.compress.distill``): off until ``teacher`` names a saved model.
+
+    The loss is ``(1 - alpha) * hard + alpha * T^2 * KL(teacher || student at temperature T)`` (Hinton et al.
+    2015), plus ``hidden_weight`` x hidden-state MSE and ``attention_weight`` x attention-map KL (TinyBERT,
+    MiniLM) between uniformly mapped layers.
+    """
+
+    teacher: str | None = None  # a saved model directory or training run (runs/NAME): the frozen teacher
+    temperature: float = 2.0  # T: softens both distributions; the soft term is scaled by T^2
+    alpha: float = 0.5  # weight of the soft-target term; 1 - alpha weighs the hard-label loss
+    hidden_weight: float = 0.0  # hidden-state transfer (MSE through a learned projection when widths differ)
+    attention_weight: float = 0.0  # attention-map transfer (KL between attention distributions)
+
+    def __post_init__(self) -> None:
+        check_positive("distill", "temperature", self.temperature)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"distill.alpha={self.alpha!r} must be in [0, 1], e.g. 0.5")
+        for key in ("hidden_weight", "attention_weight"):
+            check_positive("distill", key, getattr(self, key), allow_zero=True)
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (``bigmodels.compress.lora``, Hu et al. 2021): off while ``rank`` is 0."""
+
+    rank: int = 0  # r of each adapter B (out, r) @ A (r, in); 0: no LoRA
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapter's input
+    targets: list[str] = field(default_factory=lambda: ["*"])  # Linear layers to adapt: name patterns (fnmatch)
+    train_modules: list[str] = field(default_factory=list)  # modules trained in full, e.g. [classifier]
+
+    def __post_init__(self) -> None:
+        check_positive("lora", "rank", self.rank, allow_zero=True)
+        check_positive("lora", "alpha", self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout={self.dropout!r} must be in [0, 1): it is a dropout probability, e.g. 0.1")
+        if self.rank and not self.targets:
+            raise ConfigError("lora.targets=[] adapts no layer; name Linear layers by pattern, e.g. lora.targets=[*]")
+
+
+@dataclass
 class RunConfig:
     """Everything a training run needs; saved with every checkpoint."""
 
@@ -218,6 +262,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -278,6 +324,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}={value!r} must be true or false")
     if tp is int:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}={value!r} must be a whole number")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ConfigError(f"{where}={value!r} must be a whole number")
         return int(value)

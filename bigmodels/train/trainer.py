@@ -223,6 +223,18 @@ def _load_pretrained(model: nn.Module, init: str) -> None:
              f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else "")
 
 
+def _lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    from ..nn.lora import lora_state_dict
+
+    return lora_state_dict(model)
+
+
+def _merged(model: nn.Module) -> nn.Module:
+    from ..nn.lora import merged_copy
+
+    return merged_copy(model)
+
+
 class _StopRequest:
     """SIGINT -> finish the current step, save, exit. A second Ctrl-C interrupts at once."""
 
@@ -288,9 +300,25 @@ class Trainer:
             cfg.model, cfg.model_args, self.data, cfg.init
         )
         check_model_fits_data(self.model, self.data)
+        # with lora.rank (or a model given with adapters): low-rank adapters, and only they (and heads) train
+        self.lora = getattr(self.model, "lora_report", None)
+        if cfg.lora.rank:
+            from ..nn.lora import add_lora_
+
+            lc = cfg.lora
+            self.lora = add_lora_(self.model, lc.targets, lc.rank, lc.alpha, lc.dropout, train_modules=lc.train_modules)
         self.model.to(self.device)
         if tc.channels_last:  # converts the 4-D (conv) weights only; inputs follow in _train_step
             self.model.to(memory_format=torch.channels_last)
+        if cfg.distill.teacher is not None:  # the training loss learns from a teacher too; eval_task stays plain
+            from ..io import load
+            from ..tasks.distill import DistillationTask
+
+            with torch.random.fork_rng(devices=[]):  # building the teacher draws weights, not from training's RNG
+                teacher = load(cfg.distill.teacher, map_location=self.device)
+            self.task = DistillationTask.from_config(cfg.distill, self.task, self.model, teacher,
+                                                     teacher_tokenizer=saved_tokenizer(cfg.distill.teacher),
+                                                     tokenizer=self.data.tokenizer)
         self._check_monitor()
         n_train = len(self.data.train)
         if n_train < cfg.data.batch_size:
@@ -314,6 +342,14 @@ class Trainer:
         self.parallel: DataParallel = data_parallel(self.dist, self.device)
         self.train_module: nn.Module | None = self.parallel.wrap(self.model)  # what forward/backward run through
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        # a task that learns parameters of its own (distillation's hidden-state projection) trains them alongside
+        self.task_module: nn.Module | None = getattr(self.task, "trainable", None)
+        if self.task_module is not None and len(list(self.task_module.parameters())):
+            if self.dist.world_size > 1:
+                raise ConfigError("distill.hidden_weight between models of different widths learns a projection "
+                                  "that data parallelism does not synchronise; train on one process or set it to 0")
+            self.optimizer.add_param_group({"params": list(self.task_module.parameters()),
+                                            "weight_decay": cfg.optim.weight_decay})
         sched_total = self.total_steps if self.total_steps != sys.maxsize else 10**9
         self.scheduler = build_scheduler(self.optimizer, cfg.sched, sched_total)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
@@ -360,6 +396,8 @@ class Trainer:
             "rng_augment": self.aug_generator.get_state(),
             "rng_data": data_rng.get_state() if (data_rng := _data_generator(self.data.train)) else None,
             "world_size": self.dist.world_size,
+            "task": self.task_module.state_dict() if self.task_module is not None else None,
+            "lora": _lora_state(self.model) if self.lora is not None else None,
         }
 
     def _resume_or_start(self) -> None:
@@ -390,8 +428,16 @@ class Trainer:
                 f"{self.cfg.model}; choose a new train.out_dir, or rerun with the original model settings"
             )
         self._check_same_optimizer(latest)
-        self.load_checkpoint(latest)
         s = CheckpointManager.load_state(latest)
+        if (s.get("lora") is None) != (self.lora is None):
+            raise ConfigError(f"{latest} was trained {'with' if self.lora is None else 'without'} LoRA adapters; "
+                              "resume it with its own lora.* settings, or choose a new train.out_dir")
+        if self.lora is None:
+            self.load_checkpoint(latest)
+        else:  # the frozen weights are the rebuilt base's; what trains comes back exactly from the state
+            self.model.load_state_dict(s["lora"], strict=False)
+        if self.task_module is not None and s.get("task") is not None:
+            self.task_module.load_state_dict(s["task"])
         if s["world_size"] != self.dist.world_size:
             log.warning("resuming a %d-process run on %d processes: the data order changes from here",
                         s["world_size"], self.dist.world_size)
@@ -621,7 +667,13 @@ class Trainer:
         """Load the weights of a checkpoint (e.g. the best one) into the model being trained."""
         from ..io import load
 
-        self.model.load_state_dict(load(path, map_location=self.device).state_dict())
+        weights = load(path, map_location=self.device).state_dict()
+        if self.lora is not None:  # a plain (merged) checkpoint: the weights take it, the adapters restart at zero
+            from ..nn.lora import load_merged_state_dict_
+
+            load_merged_state_dict_(self.model, weights)
+        else:
+            self.model.load_state_dict(weights)
 
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """Metrics of the current model on ``split`` ("val" or "test")."""
@@ -660,8 +712,9 @@ class Trainer:
         state = self._state()
         if self.dist.is_main:
             meta = {**self.data.meta, "task": self.data.task}
+            model = self.model if self.lora is None else _merged(self.model)  # a checkpoint is a plain model
             self.ckpt.save(
-                self.step, self.model, state, meta=meta, run_config=to_dict(self.cfg),
+                self.step, model, state, meta=meta, run_config=to_dict(self.cfg),
                 tokenizer=self.data.tokenizer, is_best=is_best,
             )
         barrier(self.dist, self.device)  # the other ranks may read the checkpoint and its pointers from here on

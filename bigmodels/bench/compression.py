@@ -1,0 +1,133 @@
+"""`bigmodels compress` (a bench job): quantize or prune a saved model, save it, and measure the trade-off."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["compress", "METHODS"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("int8", "magnitude", "structured")
+
+
+def _metric(directory: Path, data: str, data_path: str | None, split: str | None, batch_size: int, limit: int | None):
+    """model -> the task metrics on ``data`` (what `bigmodels evaluate` reports), or None without --data."""
+    from ..config import DataConfig
+    from ..data import build_data
+    from ..evaluate import evaluate_model
+    from ..evaluate.commands import evaluate_sts_split
+    from ..io import saved_tokenizer
+    from ..tasks import get_task
+
+    if data == "stsb":
+        return lambda model: evaluate_sts_split(model, directory, data_path, split or "test", batch_size)
+    bundle = build_data(DataConfig(name=data, path=data_path), tokenizer=saved_tokenizer(directory))
+    available = [s for s in ("train", "val", "test") if getattr(bundle, s) is not None]
+    split = split or ("test" if "test" in available else "val")
+    if split not in available:
+        raise ConfigError(f"--split {split} is not available for data {data!r}; use one of {', '.join(available)}")
+    task = get_task(bundle.task, bundle.meta)
+
+    def metric(model: nn.Module) -> dict[str, Any]:
+        return evaluate_model(model, getattr(bundle, split), task, transform=bundle.eval_transform,
+                              batch_size=batch_size, limit=limit)
+
+    return metric
+
+
+def compress(
+    checkpoint: Annotated[str, "the model: a saved directory, a training run (its best checkpoint) or a hub name"],
+    *,
+    method: Annotated[str, "int8 (dynamic int8 Linear layers), magnitude (zero the smallest weights) or structured "
+                           "(remove heads, FFN units, channels)"] = "int8",
+    out: Annotated[str | None, "the directory to write the compressed model and compression.{md,json,png} to "
+                               "(required)"] = None,
+    ratio: Annotated[float, "magnitude: the fraction of weights zeroed; structured: of heads / units / channels "
+                            "removed"] = 0.5,
+    importance: Annotated[str, "structured: rank units by weight norm (l2) or first-order Taylor score (taylor, "
+                               "needs --data)"] = "l2",
+    filter: Annotated[str | None, "int8 / magnitude: only the layers whose names match these comma-separated "
+                                  "patterns, e.g. 'encoder.*'"] = None,
+    data: Annotated[str | None, "the data set whose task metric goes into the table (e.g. digits, sst2, stsb)"] = None,
+    data_path: Annotated[str | None, "the data set's folder or file, where it is not embedded"] = None,
+    split: Annotated[str | None, "the split to score; default: test where the data has one, else val"] = None,
+    limit: Annotated[int | None, "score only the first N examples of the split"] = None,
+    batch_size: Annotated[int, "the batched latency's batch size, and the metric's"] = 32,
+    seq_len: Annotated[int, "text models: tokens per example of the latency inputs"] = 64,
+    iters: Annotated[int, "timed forward passes per latency figure"] = 10,
+) -> int:
+    """Quantize or prune a saved model, save it to --out, and write its trade-off table against the original.
+
+    The table (compression.md, .json, .png in --out): size on disk, parameters, FLOPs, latency at batch 1 and
+    batched, and the task metric with --data, each beside the original's. Structured pruning wants fine-tuning
+    after: train with init=OUT. Example: bigmodels compress runs/mnist_cnn --method structured --ratio 0.5
+    --data digits --out runs/mnist_cnn_pruned
+    """
+    from ..compress.prune import prune_magnitude_, prune_structured_
+    from ..compress.quantize import Int8DynamicConfig, quantize_
+    from ..io import load, resolve_checkpoint, save, saved_tokenizer
+    from .tradeoff import to_markdown, tradeoff, write_tradeoff
+
+    if not out:
+        raise ConfigError("--out is required: the directory to write the compressed model and its table to")
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
+    for option, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--iters", iters)):
+        if value < 1:
+            raise ConfigError(f"{option} {value} must be >= 1")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit} must be >= 1")
+    patterns = [p.strip() for p in filter.split(",") if p.strip()] if filter else None
+    if patterns is not None and method == "structured":
+        raise ConfigError("--filter selects layers for int8 and magnitude; structured pruning prunes every "
+                          "attention module, FFN and convolution: drop --filter")
+    directory = resolve_checkpoint(checkpoint)
+    original = load(directory)
+    metric = _metric(directory, data, data_path, split, batch_size, limit) if data else None
+    model = copy.deepcopy(original)
+    if method == "int8":
+        report = quantize_(model, Int8DynamicConfig(filter=patterns))
+    elif method == "magnitude":
+        report = prune_magnitude_(model, ratio, filter=patterns)
+    else:
+        batches = loss_fn = None
+        if importance == "taylor":
+            if metric is None:
+                raise ConfigError("--importance taylor needs gradients of the task loss: give --data (or use l2)")
+            batches, loss_fn = _taylor_batches(directory, data, data_path, batch_size)
+        report = prune_structured_(model, ratio, importance=importance, batches=batches, loss_fn=loss_fn)
+    save(model, out, tokenizer=saved_tokenizer(directory))
+    description = {"checkpoint": str(directory), "method": method, "report": report.as_dict(),
+                   **({"ratio": ratio} if method != "int8" else {})}
+    table = tradeoff(original, model, batch=batch_size, seq_len=seq_len, iters=iters, metric=metric,
+                     description=description)
+    paths = write_tradeoff(table, out)
+    print(to_markdown(table))
+    print(json.dumps({"out": str(out), "files": [str(p) for p in paths]}))
+    return 0
+
+
+def _taylor_batches(directory: Path, data: str, data_path: str | None, batch_size: int, count: int = 8):
+    """A few training batches of ``data`` and the task's loss, for first-order Taylor importance."""
+    from ..config import DataConfig
+    from ..data import build_data
+    from ..data.batching import iterate_batches
+    from ..io import saved_tokenizer
+    from ..tasks import get_task
+
+    bundle = build_data(DataConfig(name=data, path=data_path), tokenizer=saved_tokenizer(directory))
+    task = get_task(bundle.task, bundle.meta)
+    n = min(len(bundle.train), count * batch_size)
+    ranges = (range(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
+    batches = [(bundle.eval_transform(x) if bundle.eval_transform else x, y)
+               for x, y in iterate_batches(bundle.train, ranges, 0)]
+    return batches, lambda model, batch: task.loss(model, *batch)[0]

@@ -1,0 +1,136 @@
+"""Quantization (bigmodels.compress.quantize_): int8 dynamic on CPU, the recipe saved and re-applied on load, the
+task metric kept on a trained model, and the errors a user can cause."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import bigmodels
+from bigmodels.compress import (
+    Float8DynamicConfig,
+    Int4WeightOnlyConfig,
+    Int8DynamicConfig,
+    Int8WeightOnlyConfig,
+    quant_config,
+    quantize_,
+)
+from bigmodels.errors import ConfigError
+from bigmodels.testing import call, example_inputs, tiny_model
+
+pytest.importorskip("torchao")
+
+ACCURACY_TOLERANCE = 0.02  # int8 may cost the tiny digits model at most 2 points of validation accuracy
+
+
+def trained_digits_model(name: str = "mlp_small", steps: int = 150, **args):
+    """A registered model trained for a few full-batch Adam steps on the embedded digits (about a second)."""
+    from bigmodels.data import build_data
+    from bigmodels.tasks import get_task
+
+    data = build_data("digits")
+    torch.manual_seed(0)
+    model = bigmodels.create_model(name, **{**data.model_args, **args})
+    from bigmodels.data.batching import fetch_batch
+
+    x, y = fetch_batch(data.train, range(len(data.train)))
+    x = data.eval_transform(x) if data.eval_transform else x.float()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), data, get_task(data.task, data.meta)
+
+
+def first(out):
+    """The first tensor of a model's output (an encoder with a pooler gives a tuple)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def accuracy(model, data, task) -> float:
+    from bigmodels.evaluate import evaluate_model
+
+    return evaluate_model(model, data.val, task, transform=data.eval_transform)["accuracy"]
+
+
+@pytest.mark.parametrize("name", ["bert-base", "gpt2", "transformer_base"])
+def test_int8_round_trips_save_and_load(name, tmp_path):
+    model = tiny_model(name).eval()
+    x = example_inputs(model)
+    fp32 = tmp_path / "fp32"
+    bigmodels.save(model, fp32)
+    report = quantize_(model, Int8DynamicConfig())
+    assert report.quantized and report.quantized_bytes < report.float_bytes / 3
+    assert all(type(model.get_submodule(n).weight).__name__ == "Int8Tensor" for n in report.quantized)
+    with torch.no_grad():
+        y = first(call(model, x))
+    bigmodels.save(model, tmp_path / "int8")
+    loaded = bigmodels.load(tmp_path / "int8")
+    assert loaded.info.meta["compress"]["quantization"]["modules"] == report.quantized
+    with torch.no_grad():
+        assert torch.equal(first(call(loaded, x)), y)
+    # the int8 tensors themselves are written: the file shrinks by most of what the quantized weights lose (at
+    # tiny sizes the per-tensor layout in the file's JSON header takes a share of it)
+    saved = (tmp_path / "int8" / "model.safetensors").stat().st_size
+    lost = report.float_bytes - report.quantized_bytes
+    assert saved < (fp32 / "model.safetensors").stat().st_size - 0.5 * lost
+
+
+def test_tied_output_layer_is_left_float():
+    model = tiny_model("gpt2")
+    report = quantize_(model, Int8DynamicConfig())
+    assert "lm_head" in report.skipped and "tied" in report.skipped["lm_head"]
+    assert model.lm_head.weight is model.wte.weight and type(model.wte.weight) is nn.Parameter
+
+
+def test_filter_selects_layers_by_name():
+    model = tiny_model("bert-base")
+    report = quantize_(model, Int8DynamicConfig(filter="*.fc?"))
+    assert report.quantized and all(n.endswith(("fc1", "fc2")) for n in report.quantized)
+    assert type(model.layers[0].attn.q_proj.weight) is nn.Parameter
+
+
+def test_quantized_model_keeps_accuracy_and_runs_through_pipeline(tmp_path):
+    model, data, task = trained_digits_model()
+    before = accuracy(model, data, task)
+    assert before > 0.9
+    quantize_(model, Int8DynamicConfig())
+    after = accuracy(model, data, task)
+    assert after >= before - ACCURACY_TOLERANCE, (before, after)
+    bigmodels.save(model, tmp_path)
+    loaded = bigmodels.load(tmp_path)
+    assert accuracy(loaded, data, task) == after
+    image = data.val[0][0]
+    top = bigmodels.pipeline("image-classification", loaded)(image)
+    assert isinstance(top, list) and top and "label" in top[0]
+
+
+def test_nothing_to_quantize_names_the_fix():
+    with pytest.raises(ConfigError, match="no nn.Linear layer.*structured pruning"):
+        quantize_(nn.Sequential(nn.Conv2d(3, 8, 3)), Int8DynamicConfig())
+    with pytest.raises(ConfigError, match=r"no nn.Linear layer matches filter=\['decoder\.\*'\]"):
+        quantize_(tiny_model("bert-base"), Int8DynamicConfig(filter="decoder.*"))
+    model = nn.Sequential(nn.Linear(8, 8))
+    quantize_(model, Int8DynamicConfig())
+    with pytest.raises(ConfigError, match="already quantized"):
+        quantize_(model, Int8DynamicConfig())
+
+
+@pytest.mark.parametrize("config", [Int8WeightOnlyConfig(), Int4WeightOnlyConfig(), Float8DynamicConfig()])
+def test_gpu_only_configs_are_refused_on_cpu(config):
+    with pytest.raises(ConfigError, match=f"{config.method} quantization .* CUDA GPUs only.*Int8DynamicConfig"):
+        quantize_(nn.Sequential(nn.Linear(256, 256)), config)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="method 'int2' is not known; choose one of int8"):
+        quant_config("int2")
+    with pytest.raises(ConfigError, match="has no option bits"):
+        quant_config("int8", bits=4)
+    with pytest.raises(ConfigError, match="group_size=100"):
+        Int4WeightOnlyConfig(group_size=100)
+    with pytest.raises(ConfigError, match="QuantConfig"):
+        quantize_(nn.Linear(4, 4), "int8")
