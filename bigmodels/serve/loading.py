@@ -1,0 +1,135 @@
+"""What a server serves: one model, loaded once, and the pipelines of the endpoints it can answer.
+
+``load_served(source)`` reads a bigmodels directory or training run, a Hugging Face directory or hub name, a
+plain (torchvision) state dict with ``architecture=`` naming its registered model, or takes an ``nn.Module``
+(with ``tokenizer=``); it builds one :func:`bigmodels.pipeline` per task the model runs. An ONNX export (a
+``.onnx`` file, or a directory holding ``model.onnx``) is run by ONNX Runtime through the same pipelines
+(``bigmodels.load`` gives its ONNX Runtime model; the ``export`` extra), for the tasks without decoding.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..infer.pipelines import FeatureExtractionPipeline, Pipeline, model_task, pipeline, supported_tasks
+from ..nn.attention import pack_qkv_
+
+__all__ = ["Served", "load_served", "ENDPOINT_TASKS"]
+
+# endpoint -> the pipeline tasks that answer it (the first the model runs)
+ENDPOINT_TASKS: dict[str, tuple[str, ...]] = {
+    "/v1/completions": ("text-generation",),
+    "/v1/embeddings": ("feature-extraction",),
+    "/v1/classify": ("text-classification", "image-classification"),
+    "/v1/translate": ("translation",),
+}
+
+
+@dataclass
+class Served:
+    """The served model: its ``name`` (the id clients send as ``model``), the module, its tokenizer, its
+    registry ``task``, ``pipelines`` by endpoint, and ``context`` (the most tokens a completion may span)."""
+
+    name: str
+    model: nn.Module | None
+    tokenizer: Any
+    task: str
+    pipelines: dict[str, Pipeline]
+    context: int | None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def pipe(self, endpoint: str) -> Pipeline | None:
+        return self.pipelines.get(endpoint)
+
+
+def _onnx_path(source: Any) -> Path | None:
+    """The ONNX export ``source`` names (a ``.onnx`` file, or a directory holding ``model.onnx``), else None."""
+    if not isinstance(source, str | os.PathLike):
+        return None
+    path = Path(source)
+    return path if path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file()) else None
+
+
+def _load_onnx(path: Path, tokenizer: Any) -> tuple[nn.Module, Any, str]:
+    """(the export as an ONNX Runtime model, its tokenizer, its name): ``bigmodels.load`` runs a ``.onnx`` in
+    ONNX Runtime (the ``export`` extra), and the export writes the tokenizer beside the graph."""
+    from ..io import load, load_tokenizer
+
+    module = load(path)
+    where = path if path.is_dir() else path.parent
+    if tokenizer is None and ((where / "tokenizer.json").is_file() or (where / "vocab.txt").is_file()):
+        tokenizer = load_tokenizer(where)
+    return module, tokenizer, where.name
+
+
+def load_served(source: nn.Module | str | os.PathLike, *, architecture: str | None = None, tokenizer: Any = None,
+                name: str | None = None, batch_size: int = 64) -> Served:
+    """Load ``source`` and build the pipelines of every endpoint its model answers (see the module docstring).
+
+    >>> import bigmodels
+    >>> from bigmodels.data.tokenizers import Tokenizer
+    >>> tok = Tokenizer.train_chars("hello world")
+    >>> served = load_served(bigmodels.create_model("gpt_mini", vocab_size=tok.vocab_size), tokenizer=tok)
+    >>> sorted(served.pipelines), served.context
+    (['/v1/completions'], 128)
+    """
+    from ..io import load, resolve_checkpoint, saved_tokenizer
+
+    onnx = _onnx_path(source)
+    if onnx is not None and architecture is not None:
+        raise ConfigError(f"--model {architecture} names the architecture of a plain state dict; an ONNX export "
+                          "carries its own graph, so drop --model")
+    owned = not isinstance(source, nn.Module)
+    if not owned:
+        if architecture is not None:
+            raise ConfigError("architecture= names the model of a plain state dict; an nn.Module already has one")
+        module, default_name = source, None
+    elif onnx is not None:
+        module, tokenizer, default_name = _load_onnx(onnx, tokenizer)
+    elif architecture is not None:
+        if not str(architecture).strip():
+            raise ConfigError("--model is empty; name the registered architecture of the state dict, e.g. --model "
+                              "resnet50 (`bigmodels models` lists them), or leave --model out for a saved model")
+        module, default_name = load(source, model=architecture), architecture
+    else:
+        directory = resolve_checkpoint(source)
+        module, default_name = load(directory), Path(str(source)).name or directory.name
+        if tokenizer is None:
+            tokenizer = saved_tokenizer(directory)
+    module.eval()
+    task = model_task(module)
+    runs = supported_tasks(module)
+    if getattr(module, "backend", "torch") == "onnxruntime":  # an export runs the tasks without decoding
+        runs = tuple(t for t in runs if t in getattr(module, "pipeline_tasks", ()))
+    elif owned and "feature-extraction" in runs:
+        pack_qkv_(module)  # the server's own copy: one q/k/v matrix product per attention, the same vectors
+    pipes: dict[str, Pipeline] = {}
+    for endpoint, tasks in ENDPOINT_TASKS.items():
+        task_name = next((t for t in tasks if t in runs), None)
+        if task_name is None:
+            continue
+        pipe = pipeline(task_name, module, tokenizer=tokenizer, batch_size=None if task_name in (
+            "text-generation", "translation") else batch_size)
+        if isinstance(pipe, FeatureExtractionPipeline) and not pipe.sentence_level:
+            continue  # token vectors are no embedding (a BERT with an MLM head): no /v1/embeddings
+        pipes[endpoint] = pipe
+    if not pipes:
+        raise ConfigError(f"{type(module).__name__} is a {task} model, which no endpoint serves; the server runs "
+                          "language models (/v1/completions), sentence-embedding models (/v1/embeddings), text "
+                          "and image classifiers (/v1/classify) and translation models (/v1/translate)")
+    info = getattr(module, "info", None)
+    served_name = name or default_name or getattr(info, "name", None) or type(module).__name__
+    return Served(served_name, module, tokenizer, task, pipes, _context(module))
+
+
+def _context(model: nn.Module | None) -> int | None:
+    """The most tokens a language model attends to (prompt + completion); None when unbounded (an RNN)."""
+    context = getattr(getattr(model, "config", None), "block_size", None)
+    return context if isinstance(context, int) and context > 0 else None
