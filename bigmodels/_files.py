@@ -9,7 +9,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_dir", "current_umask"]
+__all__ = ["atomic_write", "atomic_dir", "current_umask", "check_output"]
 
 
 def current_umask() -> int:
@@ -55,3 +55,44 @@ def atomic_dir(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output(path: str | Path, option: str, *, directory: bool = False) -> Path:
+    """Check, before any work, that an output named by ``option`` (e.g. ``--out``) can be written at ``path``:
+    a file (``directory=False``, in an existing folder) or a directory (created later with its parents). Raises
+    :class:`~bigmodels.errors.ConfigError` naming the path, what is wrong and the fix; writes nothing.
+
+    >>> check_output("/proc/x.npy", "--out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    bigmodels.errors.ConfigError: --out /proc/x.npy: cannot write in /proc (...); give a path in a folder you can write
+    """
+    from .errors import ConfigError
+
+    out = Path(path)
+    kind = "directory" if directory else "file"
+    if str(path).strip() == "":
+        raise ConfigError(f"{option} is empty; give a {kind} path")
+    if out.exists() or out.is_symlink():
+        if directory and not out.is_dir():
+            raise ConfigError(f"{option} {path} is not a directory (a file or device is there); give a new or "
+                              "existing directory path")
+        if not directory and not out.is_file():
+            what = "a directory" if out.is_dir() else "not a regular file"
+            raise ConfigError(f"{option} {path} is {what}; give a file path")
+    if directory:  # the nearest folder that exists: the directory is made inside it
+        folder = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists() or p.is_symlink())
+        if not folder.is_dir():
+            raise ConfigError(f"{option} {path}: {folder} is a file, not a folder; give a directory path")
+    else:
+        folder = out.absolute().parent
+        if not folder.is_dir():
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise ConfigError(f"{option} {path}: the folder {folder} {what}; create it or pick another path")
+    try:  # permissions alone do not tell (root, read-only mounts, /proc): try to create a file there
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot write in {folder} ({e.strerror or e}); give a path in a folder "
+                          "you can write") from None
+    os.close(fd)
+    os.unlink(probe)
+    return out

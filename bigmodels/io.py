@@ -114,8 +114,12 @@ def save(
     record = _config_record(model, meta)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # save_model de-duplicates tied weights, which plain save_file refuses
-    atomic_write(directory / WEIGHTS_FILE, lambda p: save_model(model, str(p), metadata={"format": "pt"}))
+    if record["meta"].get("compress"):  # quantized or pruned: bigmodels.compress writes the tensors it changed
+        from .compress import save_compressed_weights
+
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_compressed_weights(model, p))
+    else:  # save_model de-duplicates tied weights, which plain save_file refuses
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_model(model, str(p), metadata={"format": "pt"}))
     if tokenizer is not None:
         write_tokenizer(tokenizer, directory)
     atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
@@ -291,17 +295,24 @@ def load(
     ``path``: a bigmodels model directory, a training run (its best checkpoint), a Hugging Face directory
     (config.json + model.safetensors) of a supported architecture, or a plain torchvision state dict
     (``.pth`` / ``.pt`` / ``.safetensors`` file, or its URL) with ``model`` naming the registered
-    architecture it belongs to (``load("resnet50-11ad3fa6.pth", model="resnet50")``).
+    architecture it belongs to (``load("resnet50-11ad3fa6.pth", model="resnet50")``). An ONNX export (a
+    ``.onnx`` file, or a directory holding ``model.onnx``) loads as an ONNX Runtime model with the same call.
     """
-    from .interop.torchvision import load_torchvision
+    from .interop import state_dict_loader
 
     text = str(path)
+    if Path(path).suffix == ".onnx" or (Path(path).is_dir() and (Path(path) / "model.onnx").is_file()):
+        if model is not None:
+            raise CheckpointError(f"{text} is an ONNX export, which carries its own config; drop model={model!r}")
+        from .export.runner import load_onnx  # runs in ONNX Runtime (pip install "bigmodels[export]")
+
+        return load_onnx(path)
     if model is not None or _is_plain_state_dict(Path(path)) or text.startswith(("http://", "https://")):
         if model is None:
             raise _needs_architecture(path)
         if Path(path).is_dir():
             raise CheckpointError(f"{text} is a directory, which carries its own config; drop model={model!r}")
-        return load_torchvision(model, path).to(map_location)
+        return state_dict_loader(model)(model, path).to(map_location)
     directory = resolve_checkpoint(path)
     from .interop import is_hf_directory, load_hf
 
@@ -318,6 +329,10 @@ def load(
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing; the checkpoint is incomplete, re-save or pick another")
+    if (record.get("meta") or {}).get("compress"):  # pruned shapes, a quantization recipe: bigmodels.compress
+        from .compress import load_compressed_weights
+
+        return load_compressed_weights(model, weights, record["meta"]["compress"], map_location).eval()
     try:
         missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
     except (SafetensorError, OSError) as e:
@@ -366,6 +381,10 @@ def load_matching(model: nn.Module, path: str | Path) -> list[str]:
     if model_info(source).family != info.family:
         raise CheckpointError(f"{path} holds a {model_info(source).family} model but the model to initialise is a "
                               f"{info.family} model; start from a checkpoint of the same family")
+    if model_info(source).meta.get("compress"):  # a pruned source: the same shapes first (bigmodels.compress)
+        from .compress import match_compressed
+
+        match_compressed(model, source, path)
     mine = model.state_dict()
     vocab = getattr(model.config, "vocab_size", None)
     matched = {k: _fit_rows(v, mine[k], vocab) for k, v in source.state_dict().items() if k in mine}

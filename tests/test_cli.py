@@ -6,10 +6,12 @@ import contextlib
 import inspect
 import io
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pytest
@@ -17,9 +19,9 @@ import torch
 from PIL import Image
 
 import bigmodels
-from bigmodels.cli import COMMANDS, main
+from bigmodels.cli import COMMANDS, main, parameters, summary
+from bigmodels.data import CharTokenizer
 from bigmodels.data.images import load_digits_data
-from bigmodels.data.text import CharTokenizer
 
 # every training run of these tests: on the CPU, no progress bar, never into the repository
 CPU = ["train.device=cpu", "train.progress=false"]
@@ -68,6 +70,38 @@ def test_command_help(run_cli, command):
     assert f"usage: bigmodels {command}" in out
     description = inspect.getdoc(COMMANDS[command]).splitlines()[0]
     assert squash(description) in squash(out)
+
+
+def _help_items(command: str) -> list[tuple[str, str | None]]:
+    """(how the parameter reads in --help, its help text) for every parameter of a command."""
+    items = []
+    for param, _, help_ in parameters(COMMANDS[command]):
+        shown = "--" + param.name.replace("_", "-") if param.kind is param.KEYWORD_ONLY else param.name
+        items.append((shown, help_))
+    return items
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_argument_and_option_has_a_help_text(run_cli, command):
+    code, out, _ = run_cli([command, "--help"])
+    assert code == 0
+    items = _help_items(command)
+    missing = [shown for shown, help_ in items if not (help_ and help_.strip())]
+    assert not missing, f"`bigmodels {command}`: no help text for {missing}; annotate them: Annotated[type, 'help']"
+    for shown, help_ in items:  # compared without whitespace: argparse wraps lines, also at hyphens
+        assert "".join(help_.split()) in "".join(out.split()), f"`bigmodels {command} --help` lacks {shown}'s help"
+        if shown.startswith("--"):
+            assert shown in out
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_has_a_one_line_summary(run_cli, command):
+    lines = (inspect.getdoc(COMMANDS[command]) or "").splitlines()
+    assert lines and lines[0].strip(), f"`bigmodels {command}` has no docstring"
+    assert lines[0].endswith("."), f"`bigmodels {command}`: the first docstring line is not a sentence: {lines[0]!r}"
+    assert len(lines) == 1 or not lines[1].strip(), f"`bigmodels {command}`: the summary runs onto a second line"
+    code, out, _ = run_cli(["--help"])
+    assert code == 0 and squash(summary(COMMANDS[command])) in squash(out)
 
 
 def test_predict_help_describes_inputs(run_cli):
@@ -238,6 +272,78 @@ def test_evaluate_on_data_of_another_task(run_cli, tmp_path):
     assert "image_classification" in line and "language_modeling" in line
 
 
+# ------------------------------------------------------------------------------------------ argv plumbing
+
+
+def echo(first: Annotated[str, "the first argument"], *items: Annotated[str, "the other arguments"],
+         count: Annotated[int, "a number"] = 1, flag: Annotated[bool, "a switch"] = False) -> int:
+    """Print what the plumbing passed."""
+    print(json.dumps({"first": first, "items": list(items), "count": count, "flag": flag}))
+    return 0
+
+
+@pytest.fixture
+def with_echo(monkeypatch):
+    monkeypatch.setitem(COMMANDS, "echo", echo)
+
+
+def test_inputs_reach_the_command_in_order_around_options(run_cli, with_echo):
+    code, out, err = run_cli(["echo", "a", "b", "--count", "3", "c", "-2", "-0.5", "-", "--flag"])
+    assert code == 0, err
+    assert json.loads(out) == {"first": "a", "items": ["b", "c", "-2", "-0.5", "-"], "count": 3, "flag": True}
+    code, out, err = run_cli(["echo", "a", "--", "--not-an-option", "-x"])  # after --, everything is an input
+    assert code == 0, err
+    assert json.loads(out)["items"] == ["--not-an-option", "-x"]
+
+
+@pytest.mark.parametrize("args, named", [
+    (["echo", "a", "b", "--cont", "3"], "--cont"),
+    (["echo", "a", "--cont=3", "b"], "--cont"),
+    (["echo", "a", "b", "--falg"], "--falg"),
+])
+def test_a_mistyped_option_is_an_error_naming_the_closest_option(run_cli, with_echo, args, named):
+    code, out, err = run_cli(args)
+    line = error_line(code, out, err)
+    assert f"unknown option {named} " in line and "`bigmodels echo`" in line
+    assert ("did you mean --count?" if named == "--cont" else "did you mean --flag?") in line
+    assert out == ""  # the command never ran
+
+
+def test_an_unknown_option_far_from_every_option_lists_them(run_cli, with_echo):
+    line = error_line(*run_cli(["echo", "a", "--zzzzzz"]))
+    assert "unknown option --zzzzzz" in line and "--count" in line and "--flag" in line
+
+
+def test_predict_never_reads_a_mistyped_option_as_an_image(run_cli, tmp_path):
+    image = tmp_path / "a.png"
+    Image.new("L", (8, 8)).save(image)
+    code, out, err = run_cli(["predict", str(tmp_path / "no_such_run"), str(image), "--topk", "3"])
+    line = error_line(code, out, err)
+    assert "unknown option --topk" in line and "did you mean --top-k?" in line
+    assert "cannot read image" not in err and out == ""
+
+
+def test_evaluate_suggests_the_option_it_has(run_cli, tmp_path):
+    line = error_line(*run_cli(["evaluate", str(tmp_path), "--batchsize", "8"]))
+    assert "unknown option --batchsize" in line and "did you mean --batch-size?" in line
+
+
+def test_train_takes_dashed_overrides_but_not_mistyped_options(run_cli, tmp_path):
+    line = error_line(*run_cli(["train", "model=mlp_small", "--quite", f"train.out_dir={tmp_path}/run", *CPU]))
+    assert "unknown option --quite" in line and "did you mean --quiet?" in line and "key=value" in line
+    line = error_line(*run_cli(["train", "model=mlp_small", "--optim.lr", "0.1", f"train.out_dir={tmp_path}/r", *CPU]))
+    assert "unknown option --optim.lr" in line and "--optim.lr=3e-4" in line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
+
+
+def test_train_without_a_recipe_or_a_model_is_an_error(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default run would land: runs/default
+    for args in (["train"], ["train", "--quiet"], ["train", "data.name=digits", "train.steps=1", *CPU]):
+        line = error_line(*run_cli(args))
+        assert "recipe" in line and "model=NAME" in line and "bigmodels models" in line
+    assert not (tmp_path / "runs").exists()
+
+
 # ------------------------------------------------------------------------------------------ the happy path: images
 
 
@@ -314,7 +420,7 @@ def test_predict_images(run_cli, digits_run, digit_pngs):
     assert list(preds) == [str(p) for p in paths]
     # the same preprocessing by hand: uint8 -> [0, 1] -> normalised with the run's statistics
     model = bigmodels.load(run).eval()
-    mean, std = model.meta["mean"][0], model.meta["std"][0]
+    mean, std = model.info.meta["mean"][0], model.info.meta["std"][0]
     for path in paths:
         ranked = preds[str(path)]
         assert len(ranked) == 5
@@ -356,6 +462,53 @@ def test_predict_on_a_file_that_is_not_an_image(run_cli, digits_run, digit_pngs,
     assert list(_parse_predictions(out)) == [str(good)]
     line = error_line(*run_cli(["predict", str(run), str(missing)]))
     assert str(missing) in line
+
+
+@pytest.mark.parametrize("k", ["0", "-2"])
+def test_predict_top_k_below_one_is_an_error(run_cli, digits_run, digit_pngs, k):
+    code, out, err = run_cli(["predict", str(digits_run[0]), str(digit_pngs[0][0]), "--top-k", k])
+    assert f"--top-k {k}" in error_line(code, out, err) and out == ""  # never an empty prediction
+
+
+def test_predict_on_a_translation_model_points_to_translate(run_cli, tmp_path):
+    from bigmodels.testing import tiny_model
+
+    bigmodels.save(tiny_model("transformer_mini"), tmp_path / "mt")
+    line = error_line(*run_cli(["predict", str(tmp_path / "mt"), "A dog runs."]))
+    assert "translation model" in line and "bigmodels translate" in line
+
+
+def test_predict_on_a_sentence_embedding_model_points_to_embed(run_cli, embedder):
+    line = error_line(*run_cli(["predict", str(embedder), "the dog runs"]))
+    assert "sentence-embedding model" in line and "bigmodels embed" in line
+
+
+def test_predict_text_classifier_and_ner(run_cli, tmp_path):
+    from bigmodels.data.tokenizers import Tokenizer
+    from bigmodels.testing import tiny_overrides
+
+    words = "the a dog cat runs sleeps john lives in berlin".split()
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tok = Tokenizer.from_vocab(tmp_path / "vocab.txt")
+    tiny = tiny_overrides("bert-base") | {"vocab_size": tok.vocab_size}
+    torch.manual_seed(0)
+    classifier = bigmodels.create_model("bert-base", **tiny, head="sequence_classification", num_labels=2)
+    bigmodels.save(classifier, tmp_path / "sst", tokenizer=tok, meta={"class_names": ["negative", "positive"]})
+    code, out, err = run_cli(["predict", str(tmp_path / "sst"), "the dog runs", "a cat sleeps", "--top-k", "2"])
+    assert code == 0, err
+    preds = _parse_predictions(out)
+    assert list(preds) == ["the dog runs", "a cat sleeps"]
+    assert all(sorted(label for label, _ in ranked) == ["negative", "positive"] for ranked in preds.values())
+    assert all(sum(p for _, p in ranked) == pytest.approx(1.0, abs=2e-3) for ranked in preds.values())
+    tagger = bigmodels.create_model("bert-base", **tiny, head="token_classification", num_labels=3)
+    bigmodels.save(tagger, tmp_path / "ner", tokenizer=tok, meta={"label_list": ["O", "B-PER", "B-LOC"]})
+    code, out, err = run_cli(["predict", str(tmp_path / "ner"), "John lives in Berlin"])
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["text"] == "John lives in Berlin"
+    for entity in row["entities"]:
+        assert set(entity) == {"entity_group", "score", "word", "start", "end"}
+        assert row["text"][entity["start"]:entity["end"]] == entity["word"] and entity["entity_group"] in ("PER", "LOC")
 
 
 # ------------------------------------------------------------------------------------------ the happy path: text
@@ -414,7 +567,9 @@ def test_predict_greedy_is_deterministic_with_dropout(run_cli, tmp_path):
     )
     bigmodels.save(model, tmp_path / "lm", tokenizer=tok)
     model.eval()
-    expected = tok.decode(model.generate(torch.tensor([tok.encode("The ")]), 30, temperature=0)[0].tolist())
+    from bigmodels.infer.generate import generate
+
+    expected = tok.decode(generate(model, [tok.encode("The ")], max_new_tokens=30, temperature=0)[0].tolist())
     outs = set()
     for seed in range(3):
         code, out, err = run_cli(["predict", str(tmp_path / "lm"), "The ", "--temperature", "0",
@@ -422,6 +577,27 @@ def test_predict_greedy_is_deterministic_with_dropout(run_cli, tmp_path):
         assert code == 0, err
         outs.add(out[:-1])
     assert outs == {expected}
+
+
+def test_generate_with_a_recurrent_model_honours_every_option(run_cli, lm_run):
+    from bigmodels.infer.generate import generate
+
+    model = bigmodels.load(lm_run)
+    tok = bigmodels.load_tokenizer(lm_run)
+    prompt = tok.encode("The ")
+    expected = tok.decode(generate(model, [prompt], max_new_tokens=20, temperature=0, repetition_penalty=1.5)[0])
+    code, out, err = run_cli(["generate", str(lm_run), "The ", "--max-new-tokens", "20", "--temperature", "0",
+                              "--repetition-penalty", "1.5"])
+    assert code == 0, err
+    assert out == expected + "\n"  # the penalty is applied, not ignored
+    stop = expected[8:10]
+    code, out, err = run_cli(["generate", str(lm_run), "The ", "--max-new-tokens", "20", "--temperature", "0",
+                              "--repetition-penalty", "1.5", "--stop", stop])
+    assert code == 0, err
+    assert out.endswith(stop + "\n") and expected.startswith(out[:-1]) and len(out) - 1 < len(expected)
+    for option, value in (("--top-p", "1.5"), ("--top-k", "0"), ("--temperature", "-1")):
+        code, out, err = run_cli(["generate", str(lm_run), "The ", option, value])
+        assert option.lstrip("-").replace("-", "_") in error_line(code, out, err) and out == ""
 
 
 # ------------------------------------------------------------------------------------------ real data
@@ -460,3 +636,175 @@ def test_compare_quick(run_cli, tmp_path):
     by_model = {r["model"]: r for r in rows}
     assert set(by_model) == {"mlp_small", "char_rnn"}
     assert all(r["error"] is None for r in rows), [r["error"] for r in rows]
+
+
+# ------------------------------------------------------------------------------------------ issue 11: bad input
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory):
+    """A tiny MiniLM-shaped sentence-embedding model (64 positions) saved with a word-piece vocabulary."""
+    from bigmodels.data.tokenizers import Tokenizer
+    from bigmodels.testing import tiny_model
+
+    folder = tmp_path_factory.mktemp("embedder")
+    words = "the a dog cat runs sleeps".split()
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tok = Tokenizer.from_vocab(folder / "vocab.txt")
+    torch.manual_seed(0)
+    bigmodels.save(tiny_model("minilm-l6-h384", vocab_size=tok.vocab_size), folder / "model", tokenizer=tok)
+    return folder / "model"
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--batch-size", "0"), ("--batch-size", "-1"), ("--max-length", "0"), ("--max-new-tokens", "0"),
+])
+def test_evaluate_counts_below_one_are_errors(run_cli, digits_run, option, value):
+    code, out, err = run_cli(["evaluate", str(digits_run[0]), option, value])
+    assert f"{option} {value} must be >= 1" in error_line(code, out, err) and out == ""  # no result without metrics
+
+
+def test_embed_defaults_to_the_context_of_a_short_model(run_cli, embedder):
+    code, out, err = run_cli(["embed", str(embedder), "the dog runs"])  # 256 tokens would exceed 64 positions
+    assert code == 0, err
+    assert len(json.loads(out)["embedding"]) == 32
+
+
+@pytest.mark.parametrize("name, read", [
+    ("v.npy", lambda p: np.load(p)),
+    ("v.json", lambda p: np.array([r["embedding"] for r in json.loads(p.read_text())])),
+    ("v.jsonl", lambda p: np.array([json.loads(line)["embedding"] for line in p.read_text().splitlines()])),
+])
+def test_embed_out_writes_what_its_suffix_says(run_cli, embedder, tmp_path, name, read):
+    code, out, err = run_cli(["embed", str(embedder), "the dog runs", "a cat sleeps", "--out", str(tmp_path / name)])
+    assert code == 0, err
+    assert str(tmp_path / name) in out and os.listdir(tmp_path) == [name]  # that file and no other
+    vectors = read(tmp_path / name)
+    assert vectors.shape == (2, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+
+
+def test_embed_out_with_an_unknown_suffix_names_the_valid_ones(run_cli, embedder, tmp_path):
+    line = error_line(*run_cli(["embed", str(embedder), "the dog", "--out", str(tmp_path / "v.txt")]))
+    assert "'.txt'" in line and all(s in line for s in (".npy", ".json", ".jsonl"))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("out, says", [
+    ("/proc/x.npy", "cannot write in /proc"), ("{tmp}/missing/x.npy", "does not exist"), ("{tmp}", "is a directory"),
+])
+def test_embed_out_that_cannot_be_written_fails_before_the_model_loads(run_cli, tmp_path, monkeypatch, out, says):
+    import bigmodels.infer.commands as commands
+
+    monkeypatch.setattr(commands, "pipeline", lambda *a, **k: pytest.fail("the model loaded before --out was checked"))
+    line = error_line(*run_cli(["embed", "no-such-model", "the dog", "--out", out.format(tmp=tmp_path)]))
+    assert says in line and "--out" in line
+
+
+def test_embed_out_keeps_an_earlier_file_whole_when_embedding_fails(run_cli, embedder, tmp_path):
+    earlier = tmp_path / "v.npy"
+    np.save(earlier, np.ones((1, 3)))
+    before = earlier.read_bytes()
+    error_line(*run_cli(["embed", str(embedder), "the dog", "--out", str(earlier), "--max-length", "9999"]))
+    assert earlier.read_bytes() == before and os.listdir(tmp_path) == ["v.npy"]
+
+
+def test_translate_out_that_cannot_be_written_fails_before_the_model_loads(run_cli, tmp_path):
+    line = error_line(*run_cli(["translate", str(tmp_path / "no-model"), "a dog", "--out", "/proc/t.txt"]))
+    assert "--out /proc/t.txt" in line and "cannot write" in line
+
+
+@pytest.mark.parametrize("target, says", [
+    ("{file}", "is not a directory"), ("{file}/sub", "is a file, not a folder"), ("/proc/x", "cannot write in /proc"),
+])
+def test_convert_to_a_file_or_an_unwritable_path(run_cli, digits_run, tmp_path, target, says):
+    (tmp_path / "file").write_text("keep me")
+    code, out, err = run_cli(["convert", str(digits_run[0]), target.format(file=tmp_path / "file"),
+                              "--format", "bigmodels"])
+    assert says in error_line(code, out, err)
+    assert (tmp_path / "file").read_text() == "keep me" and os.listdir(tmp_path) == ["file"]
+
+
+def test_convert_to_a_new_nested_directory(run_cli, digits_run, tmp_path):
+    code, _, err = run_cli(["convert", str(digits_run[0]), str(tmp_path / "a" / "b"), "--format", "bigmodels"])
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "a" / "b")) == ["config.json", "model.safetensors"]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """compare must refuse these arguments before it starts training anything (a child process per model)."""
+    import bigmodels.bench.compare as compare
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("compare started training instead of refusing its arguments")
+
+    monkeypatch.setattr(compare.concurrent.futures, "ProcessPoolExecutor", refuse)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--out", "/proc/x"], "cannot write in /proc"),
+    (["--models", ""], "--models '' has an empty name"),
+    (["--models", "mlp_small,,cnn_small"], "empty name"),
+    (["--data", ""], "--data '' has an empty name"),
+    (["--budget", "-1"], "--budget -1.0 must be a positive number"),
+    (["--budget", "0"], "--budget 0.0 must be a positive number"),
+    (["--budget", "nan"], "--budget nan must be a positive number"),
+    (["--budget", "inf"], "--budget inf must be a positive number"),
+    (["--models", "gpt_mini", "--data", "digits"], "gpt_mini fits none of the data sets digits"),
+])
+def test_compare_refuses_bad_arguments_before_training(run_cli, tmp_path, no_training, args, says):
+    args = args if "--out" in args else [*args, "--out", str(tmp_path / "cmp")]
+    code, out, err = run_cli(["compare", "--quick", *args])
+    assert says in error_line(code, out, err)
+    assert not (tmp_path / "cmp").exists()  # no report of failures
+
+
+def test_data_block_size_longer_than_the_context_names_both_and_the_fix(run_cli, tmp_path):
+    code, out, err = run_cli(["train", "model=gpt_mini", "data.name=pydoc", "data.block_size=200", "train.steps=1",
+                              f"train.out_dir={tmp_path}/run", *CPU])
+    line = error_line(code, out, err)
+    assert "data.block_size=200" in line and "128 positions" in line and "data.block_size=128 or less" in line
+    assert "prompt" not in line
+
+
+@pytest.mark.parametrize("name, fraction", [("digits", "0"), ("pydoc", "0"), ("digits", "1")])
+def test_val_fraction_messages_agree_on_the_range(run_cli, tmp_path, name, fraction):
+    model = "mlp_small" if name == "digits" else "char_rnn"
+    line = error_line(*run_cli(["train", f"model={model}", f"data.name={name}", f"data.val_fraction={fraction}",
+                                "train.steps=1", f"train.out_dir={tmp_path}/run", *CPU]))
+    assert f"data.val_fraction={fraction}" in line
+    assert "[0, 1)" in line if fraction == "1" else "none of its own" in line and "(0, 1)" in line
+
+
+def test_val_fraction_zero_is_accepted_by_data_with_its_own_validation_split():
+    from bigmodels.config import DataConfig
+    from bigmodels.data import build_data
+
+    data = build_data(DataConfig(name="numbers", val_fraction=0.0, tokenizer="bpe:300"))
+    assert len(data.val) > 0
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--steps", "0"], "--steps 0 must be >= 1"), (["--warmup", "-1"], "--warmup -1 must be >= 0"),
+    (["--out", "/proc/x"], "cannot write in /proc"),
+])
+def test_bench_refuses_bad_arguments_before_timing(run_cli, monkeypatch, args, says):
+    import bigmodels.bench.speed as speed
+
+    monkeypatch.setattr(speed, "run_workload", lambda *a, **k: pytest.fail("bench timed a model"))
+    assert says in error_line(*run_cli(["bench", "--tiny", "--device", "cpu", *args]))
+
+
+@pytest.mark.parametrize("command", ["predict", "convert"])
+def test_an_empty_architecture_is_an_error(run_cli, tmp_path, command):
+    (tmp_path / "weights.pth").write_bytes(b"")
+    args = [str(tmp_path / "x.png")] if command == "predict" else [str(tmp_path / "out")]
+    line = error_line(*run_cli([command, str(tmp_path / "weights.pth"), *args, "--model", ""]))
+    assert "--model is empty" in line
+
+
+def test_a_usage_error_is_one_line(run_cli):
+    code, out, err = run_cli(["predict", "RUN", "x.png", "--top-k", "three"])
+    line = error_line(code, out, err)
+    assert "invalid int value: 'three'" in line and "bigmodels predict --help" in line
+    assert err.strip() == line

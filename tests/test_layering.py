@@ -68,6 +68,11 @@ LAYERS: tuple[tuple[tuple[str, ...], bool], ...] = (
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {
     ("bigmodels.registry", "bigmodels.models"):
         "list_models/create_model import the families on first use so that every family has registered itself",
+    ("bigmodels.io", "bigmodels.export.runner"):
+        "load('x.onnx') hands an ONNX export to the ONNX Runtime runner, imported only when one is met",
+    ("bigmodels.io", "bigmodels.compress"):
+        "save/load/load_matching of a quantized or pruned model (a 'compress' record in its meta) hand its tensors "
+        "and saved shapes to bigmodels.compress, imported only when one is met",
 }
 
 MODELS_NEVER_IMPORT = ("interop", "infer", "train", "data", "tasks", "evaluate", "cli")

@@ -80,6 +80,13 @@ def test_embed_prints_unit_vectors_and_saves_npy(tmp_path, run_cli):
     assert np.load(tmp_path / "v.npy").shape == (2, 384)
 
 
+def test_embed_and_predict_errors_are_one_line(tmp_path, run_cli):
+    code, out, err = run_cli(["embed", MINILM, "a text", "--out", str(tmp_path / "missing" / "v.npy")])
+    assert code == 2 and out == "" and "does not exist" in err and "Traceback" not in err
+    code, _, err = run_cli(["predict", MINILM, "A man plays a guitar."])  # text on an embedding model
+    assert code == 2 and "sentence-embedding model" in err and "bigmodels embed" in err and "Traceback" not in err
+
+
 def test_evaluate_stsb_reports_spearman_on_a_small_split(tmp_path, run_cli):
     pairs = [("A man is playing a guitar.", "A person plays the guitar.", 4.8),
              ("A dog runs in the park.", "A cat sleeps on the sofa.", 0.6),
@@ -127,7 +134,7 @@ def test_bert_mlm_nsp_pretraining_resumes_exactly(tmp_path):
     import signal
 
     from bigmodels.config import resolve_run_config
-    from bigmodels.train import Trainer
+    from bigmodels.train import Callback, Trainer
 
     corpus = "\n\n".join(
         " ".join(f"Sentence {d}.{i} talks about topic {d} and word {i * d % 7}." for i in range(6)) for d in range(12)
@@ -142,11 +149,12 @@ def test_bert_mlm_nsp_pretraining_resumes_exactly(tmp_path):
     assert {"mlm_loss", "mlm_accuracy", "nsp_accuracy"} <= set(summary["val"])
     assert a.evaluate("val") == a.evaluate("val")  # the same masks at every evaluation
 
-    def interrupt(trainer):
-        if trainer.step == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+    class Interrupt(Callback):
+        def on_step_end(self, trainer):
+            if trainer.step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
 
-    with Trainer(resolve_run_config(None, [*args, f"train.out_dir={tmp_path / 'b'}"]), on_step=interrupt) as b:
+    with Trainer(resolve_run_config(None, [*args, f"train.out_dir={tmp_path / 'b'}"]), callbacks=[Interrupt()]) as b:
         assert b.fit()["status"] == "interrupted"
     with Trainer(resolve_run_config(None, [*args, f"train.out_dir={tmp_path / 'b'}"])) as b2:
         b2.fit()
@@ -165,7 +173,7 @@ def test_gpt_with_a_byte_level_bpe_trained_on_the_corpus(tmp_path, run_cli):
     from bigmodels.data.tokenizers import Tokenizer, load_tokenizer
 
     tok = load_tokenizer(bigmodels.io.resolve_checkpoint(out))
-    assert isinstance(tok, Tokenizer) and tok.decode(tok.encode("def f(x):\n    return x").ids) == \
+    assert isinstance(tok, Tokenizer) and tok.decode(tok.encode("def f(x):\n    return x")) == \
         "def f(x):\n    return x"
     code, text, err = run_cli(["generate", str(out), "import ", "--max-new-tokens", "5", "--seed", "0"])
     assert code == 0 and text.startswith("import "), err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import multiprocessing
 import tempfile
 import time
@@ -157,18 +158,34 @@ def run_compare(
     datasets: list[str] | None = None,
 ) -> dict[str, Path]:
     """Train, measure and report; returns the paths of ``report.md`` (``md``) and ``report.html`` (``html``)."""
+    from .._files import check_output
     from . import environment_info, write_report
 
-    datasets = datasets or list(PLANS)
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not math.isfinite(budget) or budget <= 0):
+        raise ConfigError(f"budget={budget!r} must be a positive number of training seconds per model, e.g. 30 "
+                          "(or None for the data plan's)")
+    datasets = list(PLANS) if datasets is None else datasets
+    if not datasets:
+        raise ConfigError(f"no data set to compare on; name some of {', '.join(PLANS)} (or None for all)")
     unknown = [d for d in datasets if d not in PLANS]
     if unknown:
         raise ConfigError(f"compare runs on the embedded data sets {', '.join(PLANS)}; not {', '.join(unknown)}")
-    if models:
+    if models is not None:
         from ..registry import get_spec
 
+        if not models:
+            raise ConfigError("no model to compare; name some (`bigmodels models` lists them), or None for all")
         for m in models:
             get_spec(m)  # unknown names fail now, not in a child
-    out_dir = Path(out_dir)
+        idle = [m for m in models if not any(_models_for(PLANS[d], [m]) for d in datasets)]
+        if idle:
+            raise ConfigError(
+                f"{', '.join(idle)} fit{'s' if len(idle) == 1 else ''} none of the data sets {', '.join(datasets)} "
+                f"(their tasks: {', '.join(f'{d} {PLANS[d].task}' for d in datasets)}); drop "
+                f"{'it' if len(idle) == 1 else 'them'} or add a data set of {'its' if len(idle) == 1 else 'their'} "
+                "task")
+    out_dir = check_output(out_dir, "the report folder (--out)", directory=True)  # before minutes of training
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results = []

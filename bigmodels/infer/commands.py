@@ -25,6 +25,9 @@ def _open(checkpoint: str, architecture: str | None = None) -> tuple[nn.Module, 
     from ..io import load, resolve_checkpoint
 
     if architecture is not None:  # a plain state dict: the architecture is named apart
+        if not architecture.strip():
+            raise ConfigError("--model is empty; name the registered architecture of the state dict, e.g. --model "
+                              "resnet50 (`bigmodels models` lists them), or leave --model out for a saved model")
         return load(checkpoint, model=architecture), None
     directory = resolve_checkpoint(checkpoint)
     return load(directory), directory

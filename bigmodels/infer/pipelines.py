@@ -199,6 +199,8 @@ def _load(model: nn.Module | str | os.PathLike, weights: str | os.PathLike | Non
     if Path(text).is_file() and Path(text).suffix in STATE_DICT_SUFFIXES and Path(text).name != "model.safetensors":
         raise ConfigError(f"{text} is a plain state dict, which names no architecture; pass the architecture as "
                           f"model and the file as weights: pipeline(task, 'resnet50', weights={text!r})")
+    if Path(text).suffix == ".onnx" or (Path(text) / "model.onnx").is_file():  # an export: io runs it in ONNX Runtime
+        return load(text), Path(text) if Path(text).is_dir() else Path(text).parent
     directory = resolve_checkpoint(text)
     return load(directory), directory
 
@@ -939,6 +941,8 @@ def pipeline(task: str, model: nn.Module | str | os.PathLike, *, tokenizer: Any 
     file or URL). ``tokenizer``: a Tokenizer or its file / directory; by default the one saved with the model.
     ``device``: where to move the model (default: where it is). ``batch_size``: inputs per forward pass
     (default per task). ``options``: the task's defaults for every call (see each pipeline class).
+    ``backend="onnxruntime"``: ``model`` is an ONNX export (``bigmodels export``: its directory or .onnx file),
+    run in ONNX Runtime for the tasks without decoding (classification, fill-mask, feature-extraction, ...).
 
     >>> import bigmodels
     >>> from bigmodels.data.tokenizers import Tokenizer
@@ -948,14 +952,20 @@ def pipeline(task: str, model: nn.Module | str | os.PathLike, *, tokenizer: Any 
     >>> len(pipe(["ab", "c"]))
     2
     """
-    if backend != "torch":
-        if backend == "onnxruntime":
-            raise ConfigError("backend='onnxruntime' is not built yet (it comes with ONNX export); use backend='torch'")
+    if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}; use backend='torch'")
     if not isinstance(task, str) or _ALIASES.get(task, task) not in _CLASSES:
         raise ConfigError(f"task {task!r} is not a pipeline task; choose one of {', '.join(TASKS)}")
     cls = _CLASSES[_ALIASES.get(task, task)]
     module, directory = _load(model, weights)
+    if getattr(module, "backend", "torch") == "onnxruntime":  # an ONNX export (bigmodels.export) runs as it is
+        if cls.task not in module.pipeline_tasks:
+            raise ConfigError(f"{cls.task} does not run on an ONNX export (a full-sequence graph without a decoding "
+                              f"cache); it runs {', '.join(module.pipeline_tasks)}; use the PyTorch model")
+    elif backend == "onnxruntime":
+        what = type(model).__name__ if isinstance(model, nn.Module) else repr(str(model))
+        raise ConfigError(f"backend='onnxruntime' runs an ONNX export, and {what} is a PyTorch model; "
+                          "export it first (`bigmodels export MODEL OUT --format onnx`) and pass OUT")
     owned = not isinstance(model, nn.Module)
     tok = _find_tokenizer(tokenizer, module, directory) if cls.needs_tokenizer or tokenizer is not None else None
     pipe = cls(module, tok, batch_size=batch_size, device=device, **options)

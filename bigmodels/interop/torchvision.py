@@ -93,7 +93,7 @@ def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
         raise refused_pickle(text, e) from None
     except Exception as e:  # truncated, foreign, unsafe (weights_only refuses arbitrary objects), offline
         raise CheckpointError(
-            f"{text} could not be read as a state dict ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"{text} could not be read as a state dict ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
             "pass a torchvision .pth or a .safetensors file (only tensors load: weights_only=True)"
         ) from None
     for key in ("state_dict", "model"):  # training checkpoints often wrap the weights

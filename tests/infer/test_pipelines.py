@@ -350,7 +350,7 @@ def test_bad_task_backend_and_model_errors(wordpiece):
     model = bert(wordpiece, head="mlm")
     with pytest.raises(ConfigError, match="not a pipeline task; choose one of text-generation"):
         pipeline("summarization", model, tokenizer=wordpiece)
-    with pytest.raises(ConfigError, match="onnxruntime' is not built yet"):
+    with pytest.raises(ConfigError, match="onnxruntime' runs an ONNX export, and Bert is a PyTorch model"):
         pipeline("fill-mask", model, tokenizer=wordpiece, backend="onnxruntime")
     with pytest.raises(ConfigError, match="backend='tensorflow' is not one of"):
         pipeline("fill-mask", model, tokenizer=wordpiece, backend="tensorflow")
