@@ -10,6 +10,7 @@ torch.Size([2, 16, 96])
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -17,7 +18,7 @@ from torch import nn
 from .models._contract import call, check_contract, example_inputs
 from .registry import check_registered, create_model
 
-__all__ = ["TINY", "tiny_overrides", "tiny_model", "example_inputs", "call", "assert_conforms"]
+__all__ = ["wordpiece_tokenizer", "TINY", "tiny_overrides", "tiny_model", "example_inputs", "call", "assert_conforms"]
 
 # Families whose presets are big (resnet50, gpt2, bert-base, ...) shrink here: name-glob -> config overrides,
 # applied in order with fnmatch, e.g. {"resnet*": {"layers": (1, 1, 1, 1)}}.
@@ -62,3 +63,21 @@ def assert_conforms(model: nn.Module) -> None:
     problems += [p for p in check_registered(model) if p not in problems]  # no ModelInfo: said once
     if problems:
         raise AssertionError(f"{type(model).__name__} breaks the model contract:\n- " + "\n- ".join(problems))
+
+
+def wordpiece_tokenizer(words: list[str], directory: str | Path):
+    """A BERT WordPiece tokenizer over a small vocabulary (specials, the whole ``words``, their letters and the
+    ## letters), written to ``directory``/vocab.txt: enough to drive any tiny text model end to end.
+
+    >>> import tempfile
+    >>> tok = wordpiece_tokenizer(["the", "dog"], tempfile.mkdtemp())
+    >>> tok.decode(tok.encode("the dog")), tok.encode("dot")  # [CLS] d ##o ##t [SEP]: other words split
+    ('the dog', [2, 7, 17, 18, 3])
+    """
+    from .data.tokenizers import Tokenizer
+
+    letters = sorted(set("".join(words)))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *letters, *(f"##{c}" for c in letters)]
+    path = Path(directory) / "vocab.txt"
+    path.write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    return Tokenizer.from_vocab(path)

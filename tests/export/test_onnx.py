@@ -16,7 +16,7 @@ from bigmodels.data.tokenizers import Tokenizer
 from bigmodels.errors import CheckpointError, ConfigError, DataError, ExportError
 from bigmodels.models._contract import call, example_inputs, kind_of
 from bigmodels.registry import get_spec, list_models
-from bigmodels.testing import tiny_model
+from bigmodels.testing import tiny_model, wordpiece_tokenizer
 
 pytest.importorskip("onnxruntime", reason="ONNX export tests need bigmodels[export]")
 pytest.importorskip("onnxscript", reason="ONNX export tests need bigmodels[export]")
@@ -116,11 +116,7 @@ WORDS = "the a dog cat runs sleeps in park paris is capital of france".split()
 
 @pytest.fixture(scope="module")
 def wordpiece(tmp_path_factory) -> Tokenizer:
-    letters = sorted(set("".join(WORDS)))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *letters, *(f"##{c}" for c in letters)]
-    path = tmp_path_factory.mktemp("wordpiece") / "vocab.txt"
-    path.write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    return Tokenizer.from_vocab(path)
+    return wordpiece_tokenizer(WORDS, tmp_path_factory.mktemp("wordpiece"))
 
 
 TEXTS = ["the dog runs in the park", "a cat sleeps", "paris is the capital of france", "the cat"]

@@ -16,7 +16,7 @@ from bigmodels.errors import ConfigError, DataError
 from bigmodels.infer.embed import embed_texts
 from bigmodels.infer.generate import generate
 from bigmodels.infer.pipelines import TASKS, TokenClassificationPipeline, pipeline, supported_tasks
-from bigmodels.testing import tiny_model
+from bigmodels.testing import tiny_model, wordpiece_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,11 +29,7 @@ TEXTS = ["the dog runs in the park", "john smith lives in berlin", "a cat sleeps
 @pytest.fixture(scope="module")
 def wordpiece(tmp_path_factory) -> Tokenizer:
     """A BERT WordPiece tokenizer over a small vocabulary: specials, whole words, letters and ## letters."""
-    letters = sorted(set("".join(WORDS)))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *letters, *(f"##{c}" for c in letters)]
-    path = tmp_path_factory.mktemp("wordpiece") / "vocab.txt"
-    path.write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    return Tokenizer.from_vocab(path)
+    return wordpiece_tokenizer(WORDS, tmp_path_factory.mktemp("wordpiece"))
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bigmodels.data.tokenizers import Tokenizer
+from bigmodels.testing import wordpiece_tokenizer
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 
@@ -28,8 +29,4 @@ def chars() -> Tokenizer:
 
 @pytest.fixture(scope="session")
 def wordpiece(tmp_path_factory) -> Tokenizer:
-    letters = sorted(set("".join(WORDS)))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *letters, *(f"##{c}" for c in letters)]
-    path = tmp_path_factory.mktemp("wordpiece") / "vocab.txt"
-    path.write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    return Tokenizer.from_vocab(path)
+    return wordpiece_tokenizer(WORDS, tmp_path_factory.mktemp("wordpiece"))
