@@ -2,10 +2,13 @@
 offline `embed` throughput of the same model in the same run, then an overload run at 4x the concurrency.
 
 Bounded: a fixed request count per phase, a time limit per phase, 127.0.0.1 only. The server runs in its own
-process (`python -m bigmodels serve`), the clients in this one (asyncio + httpx), so the two do not share a GIL.
+process (`python -m bigmodels serve`), the clients in this one (asyncio + httpx, or ``--client raw``), so the two
+do not share a GIL. On a 2-core machine the clients share the server's cores: httpx spends ~1.1 ms of CPU per
+request, about a third of what the model spends per sentence, and that CPU is missing from the server.
 
     python benchmarks/serve_load.py                                 # all-MiniLM-L6-v2, STS-B test sentences
     python benchmarks/serve_load.py --requests 512 --clients 32 --time-limit 60 --json out.json
+    python benchmarks/serve_load.py --client raw    # a bare HTTP/1.1 load generator: less of the CPU for itself
 
 Phases:
 1. offline: ``pipeline("feature-extraction", model).embed(sentences)`` (batches of 64), sentences/s, measured
@@ -104,9 +107,42 @@ class Server:
             self.process.wait()
 
 
-async def _drive(base: str, bodies: list[dict], clients: int, time_limit: float) -> dict:
-    """``bodies`` POSTed to /v1/embeddings by ``clients`` concurrent clients, until all are sent or
-    ``time_limit`` seconds have passed: statuses, latencies of the 200s, wall time."""
+class _RawClient:
+    """A bare HTTP/1.1 keep-alive client on one connection (asyncio streams, no parsing beyond the status line
+    and Content-Length): a load generator that takes a tenth of httpx's CPU, so that on a small machine the
+    clients take less of the server's cores. ``post`` answers (status, body bytes)."""
+
+    def __init__(self, base: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: dict) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        data = json.dumps(body).encode()
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: "
+                          f"application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+        payload = await self.reader.readexactly(length)
+        if any(line.lower() == "connection: close" for line in lines):
+            self.close()
+        return status, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def _drive(base: str, bodies: list[dict], clients: int, time_limit: float, kind: str = "httpx") -> dict:
+    """``bodies`` POSTed to /v1/embeddings by ``clients`` concurrent clients (``kind``: httpx, or the bare
+    :class:`_RawClient`), until all are sent or ``time_limit`` seconds have passed: statuses, latencies of the
+    200s, wall time."""
     statuses: dict[int, int] = {}
     latencies: list[float] = []
     errors = 0
@@ -116,18 +152,26 @@ async def _drive(base: str, bodies: list[dict], clients: int, time_limit: float)
 
     async def client(http: httpx.AsyncClient) -> None:
         nonlocal next_index, errors
+        raw = _RawClient(base) if kind == "raw" else None
         while next_index < len(bodies) and time.monotonic() < deadline:
             body = bodies[next_index]
             next_index += 1
             start = time.perf_counter()
             try:
-                r = await http.post("/v1/embeddings", json=body)
-            except httpx.HTTPError:
+                if raw is not None:
+                    status, _ = await raw.post("/v1/embeddings", body)
+                else:
+                    status = (await http.post("/v1/embeddings", json=body)).status_code
+            except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
                 errors += 1
+                if raw is not None:
+                    raw.close()
                 continue
-            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-            if r.status_code == 200:
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 200:
                 latencies.append(time.perf_counter() - start)
+        if raw is not None:
+            raw.close()
 
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
         start = time.perf_counter()
@@ -152,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads, offline and in the server alike (1: on a small shared machine, "
                              "OpenMP threads that lose their core to another process slow down many times)")
+    parser.add_argument("--client", choices=("httpx", "raw"), default="httpx",
+                        help="the load generator: httpx (as applications call), or a bare HTTP/1.1 client that "
+                             "leaves more of a small machine's CPU to the server")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -162,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from bigmodels.infer.pipelines import pipeline
 
     sentences = _sentences(args.requests)
-    result: dict = {"model": args.model, "clients": args.clients, "requests": args.requests,
+    result: dict = {"model": args.model, "clients": args.clients, "client": args.client, "requests": args.requests,
                     "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
@@ -182,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     bodies = [{"input": s, "encoding_format": "base64"} for s in sentences]
     with Server(args.model, "--max-batch", str(args.max_batch), "--max-concurrency", str(args.clients * 2),
                 "--max-queue", str(args.clients * 4), threads=args.threads) as server:
-        asyncio.run(_drive(server.base, bodies[:64], args.clients, args.time_limit))  # warm-up
+        asyncio.run(_drive(server.base, bodies[:64], args.clients, args.time_limit, args.client))  # warm-up
         seconds, batches, inputs = (_metric(server.base, f"bigmodels_{m}") for m in (
             "model_seconds_sum", "batch_size_count", "batch_size_sum"))
-        load = asyncio.run(_drive(server.base, bodies, args.clients, args.time_limit))
+        load = asyncio.run(_drive(server.base, bodies, args.clients, args.time_limit, args.client))
         load["sentences_per_s"] = load["ok"] / load["wall_s"]
         # the server's own account: how long its model calls took, and how full its batches were
         load["model_seconds"] = _metric(server.base, "bigmodels_model_seconds_sum") - seconds
@@ -207,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
               for i in range(0, len(texts), args.overload_texts)]
     with Server(args.model, "--max-batch", str(args.max_batch), "--max-concurrency", str(concurrency),
                 "--max-queue", "0", threads=args.threads) as server:
-        over = asyncio.run(_drive(server.base, bodies, args.clients, args.time_limit))
+        over = asyncio.run(_drive(server.base, bodies, args.clients, args.time_limit, args.client))
         over["max_concurrency"] = concurrency
         over["only_200_and_429"] = set(over["statuses"]) <= {"200", "429"} and not over["errors"]
         health = httpx.get(f"{server.base}/health")

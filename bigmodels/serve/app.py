@@ -9,6 +9,8 @@ POST /v1/embeddings      OpenAI embeddings: input (a text or a list), encoding_f
 GET  /v1/models          the served model (OpenAI's list shape)
 POST /v1/classify        texts (``input``) or base64 images (``image``) -> the ``top_k`` best labels of each
 POST /v1/translate       texts -> translations (beam search)
+POST /v1/explain         one text or image, a method (saliency, ig, gradcam, occlusion, attention) and a target
+                         -> attributions per token and word, or a heatmap (grid and PNG)
 GET  /health             {"status": "ok", ...}: in flight, queued
 GET  /metrics            Prometheus: requests, latency histograms, model-call times, tokens, batch sizes,
                          queue depth
@@ -62,10 +64,12 @@ from torch import nn
 
 from ..errors import BigModelsError, ConfigError
 from ..infer.pipelines import ImageClassificationPipeline
+from ..models._contract import kind_of
 from .batching import Batcher
 from .completions import plan_completion, run_completion
+from .explaining import Explainer
 from .limits import Admission, Guard
-from .loading import ENDPOINT_TASKS, Served, load_served
+from .loading import ENDPOINT_TASKS, Served, embed_encoded, encode_for_embedding, load_served
 from .metrics import MetricsMiddleware, ServerMetrics
 from .schemas import (
     MAX_INPUTS,
@@ -75,6 +79,7 @@ from .schemas import (
     CompletionRequest,
     EmbeddingList,
     EmbeddingRequest,
+    ExplainRequest,
     ModelList,
     TranslateRequest,
     error_body,
@@ -85,8 +90,8 @@ __all__ = ["create_app", "ServerState"]
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"  # the web page, where one is shipped: index.html and its files
-ENDPOINTS = ("/v1/completions", "/v1/embeddings", "/v1/models", "/v1/classify", "/v1/translate", "/health",
-             "/metrics", "/")
+ENDPOINTS = ("/v1/completions", "/v1/embeddings", "/v1/models", "/v1/classify", "/v1/translate", "/v1/explain",
+             "/health", "/metrics", "/")
 
 
 class _Pool(concurrent.futures.Executor):
@@ -120,7 +125,10 @@ class ServerState:
         self.metrics = ServerMetrics()
         self.admission = Admission(max_concurrency, max_queue, self.metrics.admission_changed)
         self.executor = _Pool(max_concurrency)
+        # batches run one after another in one thread of their own: the same warm thread for every batch
+        self.batch_executor = _Pool(1)
         self.unexpected_errors = 0  # 500s: bugs, never a client's mistake (a test keeps this at 0)
+        self.explainer = Explainer(served.model, served.tokenizer)
         self.batchers: dict[str, Batcher] = {}
         for endpoint in ("/v1/embeddings", "/v1/classify"):
             pipe = served.pipe(endpoint)
@@ -128,7 +136,7 @@ class ServerState:
                 fn = _embed_rows(pipe) if endpoint == "/v1/embeddings" else _classify_rows(pipe)
                 histogram = self.metrics.batch_size.labels(endpoint)
                 self.batchers[endpoint] = Batcher(self.metrics.timed(endpoint, fn), max_batch=max_batch,
-                                                  executor=self.executor,
+                                                  executor=self.batch_executor,
                                                   window_s=batch_window_s, on_batch=histogram.observe)
 
     # -- checks
@@ -201,8 +209,10 @@ class ServerState:
 
 
 def _embed_rows(pipe) -> Callable[[list, dict], list]:
-    def run(texts: list, options: dict) -> list:
-        return list(pipe.embed(texts))  # (N, H) -> N rows
+    pad_id = pipe.model.config.pad_token_id
+
+    def run(rows: list, options: dict) -> list:  # texts tokenized by the handler: the worker only runs the model
+        return embed_encoded(pipe.model, rows, pad_id)
 
     return run
 
@@ -299,7 +309,8 @@ def create_app(model_or_path: nn.Module | str | os.PathLike, *, api_key: str | N
     requests at work at once (the thread pool's size); ``max_queue``: requests waiting beyond those before a
     429. ``timeout_s``: the most a request may take (504 after it). ``max_body_bytes``: 413 above it.
     ``cors_origins``: the origins allowed to call from a browser (none by default). ``name``: the model id
-    clients send (default: the directory's or the model's name). ``batch_window_s``: how long a batch gathers.
+    clients send (default: the directory's or the model's name). ``batch_window_s``: how long the first input to
+    reach an idle model waits for others (a busy model's next batch takes everything waiting when it frees up).
     """
     _check_sizes(max_batch, max_concurrency, max_queue, timeout_s, max_body_bytes, batch_window_s)
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
@@ -313,6 +324,7 @@ def create_app(model_or_path: nn.Module | str | os.PathLike, *, api_key: str | N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         state.executor.shutdown(wait=False, cancel_futures=True)
+        state.batch_executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="bigmodels", summary=f"serving {served.name}", lifespan=lifespan)
     app.state.server = state
@@ -411,16 +423,15 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         if request.dimensions is not None and request.dimensions != width:
             raise APIError(400, f"dimensions={request.dimensions}: this model's embeddings have {width} dimensions "
                                 f"and are not shortened; drop dimensions or set it to {width}", param="dimensions")
-        tokens = sum(len(ids) for ids in pipe.tokenizer.encode_batch(texts, truncation=False, padding=False,
-                                                                     return_tensors=False)["input_ids"])
-        vectors = await state.batched("/v1/embeddings", texts, {})
+        rows, tokens = encode_for_embedding(pipe, texts)
+        vectors = await state.batched("/v1/embeddings", rows, {})
         if request.encoding_format == "base64":
             encoded = [base64.b64encode(v.numpy().astype("<f4").tobytes()).decode("ascii") for v in vectors]
         else:
             encoded = [v.tolist() for v in vectors]
-        return {"object": "list", "data": [{"object": "embedding", "index": i, "embedding": e}
-                                           for i, e in enumerate(encoded)],
-                "model": served.name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return JSONResponse({"object": "list", "data": [{"object": "embedding", "index": i, "embedding": e}
+                                                        for i, e in enumerate(encoded)],
+                             "model": served.name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     @app.post("/v1/classify")
     async def classify(request: ClassifyRequest) -> dict[str, Any]:
@@ -447,6 +458,28 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             rows.append({"object": "classification", "index": i, "label": ranked[0]["label"],
                          "score": ranked[0]["score"], "labels": ranked})
         return {"object": "list", "model": served.name, "data": rows}
+
+    @app.post("/v1/explain")
+    async def explain(request: ExplainRequest) -> JSONResponse:
+        state.check_model(request.model)
+        methods = state.explainer.methods()
+        if not methods:
+            raise APIError(404, f"the served model `{served.name}` ({served.task}) has nothing the explanation "
+                                "methods can attribute here (an ONNX export, or no class logits and no attention); "
+                                "serve the PyTorch model for /v1/explain", code="unsupported_endpoint")
+        state.explainer.check(request.method)
+        images = kind_of(served.model) == "vision"
+        if (request.input is None) == (request.image is None):
+            raise APIError(400, "give exactly one of input (a text) and image (a base64 image file)", param="input")
+        if images != (request.image is not None):
+            field = "image" if images else "input"
+            raise APIError(400, f"`{served.name}` takes {'an image' if images else 'a text'}: send {field}",
+                           param=field)
+        inputs = await state.in_pool(lambda: _decode_image(request.image, 0)) if images else request.input
+        body = await state.run(state.metrics.timed("/v1/explain", lambda cancel: state.explainer.run(
+            inputs, request.method, target=request.target, settings=request.settings(), position=request.position,
+            png=request.png)))
+        return JSONResponse({**body, "model": served.name})
 
     @app.post("/v1/translate")
     async def translate(request: TranslateRequest) -> dict[str, Any]:

@@ -4,9 +4,10 @@ A request hands its inputs to :meth:`Batcher.submit` and awaits its results. The
 lane idle opens a short window (``window_s``, 5 ms by default); when it closes, or as soon as ``max_batch``
 inputs wait, the waiting requests' inputs go to the model as one call, in the executor, and each request gets
 its own rows back. While a batch runs, new inputs gather for the next one (at most ``parallel`` batches of a
-lane run at once), which starts when the batch ends, once the window since its oldest input has passed: under
-load, batches grow towards ``max_batch`` by themselves. Requests whose options differ
-(``top_k``, ...) go to different lanes. A request is never split: one larger than ``max_batch`` runs alone.
+lane run at once), which takes everything gathered (up to ``max_batch``) as soon as the batch ends, with no
+window: under load the model is never idle while inputs wait, and batches grow with the load by themselves.
+Requests whose options differ (``top_k``, ...) go to different lanes. A request is never split: one larger than
+``max_batch`` runs alone.
 
     >>> import asyncio, concurrent.futures
     >>> pool = concurrent.futures.ThreadPoolExecutor(2)
@@ -32,7 +33,6 @@ __all__ = ["Batcher"]
 class _Waiting:
     items: list
     future: asyncio.Future
-    since: float  # the loop's time when it arrived
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Batcher:
         key = tuple(sorted((k, repr(v)) for k, v in options.items()))
         lane = self._lanes.setdefault(key, _Lane(options))
         loop = asyncio.get_running_loop()
-        entry = _Waiting(list(items), loop.create_future(), loop.time())
+        entry = _Waiting(list(items), loop.create_future())
         lane.waiting.append(entry)
         if sum(len(w.items) for w in lane.waiting) >= self.max_batch:
             self._start(key)
@@ -109,12 +109,7 @@ class Batcher:
                     results = job.result()
                     entry.future.set_result(list(results[start:start + n]))
             start += n
-        if lane.waiting:  # what gathered while the batch ran: full, or once its oldest has waited the window
-            loop = asyncio.get_running_loop()
-            due = lane.waiting[0].since + self.window_s
-            if sum(len(w.items) for w in lane.waiting) >= self.max_batch or due <= loop.time():
-                self._start(key)
-            elif lane.timer is None:
-                lane.timer = loop.call_at(due, self._start, key)
+        if lane.waiting:  # what gathered while the batch ran goes now, up to max_batch: the model never waits
+            self._start(key)
         elif not lane.running and lane.timer is None:
             del self._lanes[key]  # an idle lane holds nothing

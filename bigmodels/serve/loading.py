@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..infer.pipelines import FeatureExtractionPipeline, Pipeline, model_task, pipeline, supported_tasks
 from ..nn.attention import pack_qkv_
 
-__all__ = ["Served", "load_served", "ENDPOINT_TASKS"]
+__all__ = ["Served", "load_served", "ENDPOINT_TASKS", "encode_for_embedding", "embed_encoded"]
 
 # endpoint -> the pipeline tasks that answer it (the first the model runs)
 ENDPOINT_TASKS: dict[str, tuple[str, ...]] = {
@@ -133,3 +135,52 @@ def _context(model: nn.Module | None) -> int | None:
     """The most tokens a language model attends to (prompt + completion); None when unbounded (an RNN)."""
     context = getattr(getattr(model, "config", None), "block_size", None)
     return context if isinstance(context, int) and context > 0 else None
+
+
+Encoded = tuple[list[int], list[int]]  # one text's token ids and token type ids, special tokens included
+
+
+def encode_for_embedding(pipe: FeatureExtractionPipeline, texts: Sequence[str]) -> tuple[list[Encoded], int]:
+    """``texts`` tokenized once for :func:`embed_encoded`, as ``pipe.embed`` would (truncated to its
+    ``max_length``), and the tokens they have before truncation (what the request is billed).
+
+    >>> import bigmodels, tempfile
+    >>> from bigmodels.testing import tiny_model, wordpiece_tokenizer
+    >>> tok = wordpiece_tokenizer(["a", "dog", "runs"], tempfile.mkdtemp())
+    >>> pipe = bigmodels.pipeline("feature-extraction", tiny_model("bert-base", vocab_size=tok.vocab_size,
+    ...                           head="embedding"), tokenizer=tok)
+    >>> rows, tokens = encode_for_embedding(pipe, ["a dog runs"])
+    >>> len(rows[0][0]), tokens
+    (5, 5)
+    """
+    limit = pipe._max_length(pipe._options({}))
+    enc = pipe.tokenizer.encode_batch(list(texts), truncation=False, padding=False, return_tensors=False)
+    ids, types = enc["input_ids"], enc["token_type_ids"]
+    tokens = sum(len(row) for row in ids)
+    long = [i for i, row in enumerate(ids) if limit is not None and len(row) > limit]
+    if long:  # rare: only those are encoded again, truncated as the tokenizer truncates
+        cut = pipe.tokenizer.encode_batch([texts[i] for i in long], max_length=limit, padding=False,
+                                          return_tensors=False)
+        for j, i in enumerate(long):
+            ids[i], types[i] = cut["input_ids"][j], cut["token_type_ids"][j]
+    return list(zip(ids, types, strict=True)), tokens
+
+
+def embed_encoded(model: nn.Module, rows: Sequence[Encoded], pad_id: int) -> list[torch.Tensor]:
+    """The sentence vectors of tokenized texts (one model call, longest first, right-padded; the encoder skips
+    the padding), as float32 CPU rows in the order given: what ``pipe.embed`` gives for the same texts. The
+    server's batches call this in a worker thread, so no tokenizer runs there."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    width = len(rows[order[0]][0])
+    pads = [width - len(rows[i][0]) for i in order]
+    ids = torch.tensor([rows[i][0] + [pad_id] * p for i, p in zip(order, pads, strict=True)])
+    types = torch.tensor([rows[i][1] + [0] * p for i, p in zip(order, pads, strict=True)])
+    mask = torch.tensor([[1] * (width - p) + [0] * p for p in pads])
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # none: ONNX Runtime
+    with torch.inference_mode():
+        vectors = model(ids.to(device), attention_mask=mask.to(device), token_type_ids=types.to(device))
+    vectors = vectors.float().cpu()
+    out: list[torch.Tensor] = [None] * len(rows)  # type: ignore[list-item]
+    for k, i in enumerate(order):
+        out[i] = vectors[k]
+    return out

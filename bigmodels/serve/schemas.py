@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "APIError", "error_body", "CompletionRequest", "StreamOptions", "EmbeddingRequest", "ClassifyRequest",
-    "TranslateRequest", "Usage", "CompletionChoice", "Completion", "Embedding", "EmbeddingList", "ModelCard",
-    "ModelList", "MAX_INPUTS",
+    "TranslateRequest", "ExplainRequest", "Usage", "CompletionChoice", "Completion", "Embedding", "EmbeddingList",
+    "ModelCard", "ModelList", "MAX_INPUTS",
 ]
 
 MAX_INPUTS = 2048  # texts (or images) in one request, as OpenAI's embeddings endpoint allows
@@ -95,6 +95,29 @@ class TranslateRequest(_Request):
     input: Texts
     num_beams: int = Field(4, ge=1, le=16)
     max_tokens: int = Field(128, ge=1)
+
+
+class ExplainRequest(_Request):
+    """POST /v1/explain: one text (``input``) or one base64-encoded image file (``image``), explained by
+    ``method`` for class ``target`` (default: the predicted class; a token id for a language model, whose
+    ``position`` defaults to the last token). ``steps`` (ig), ``window`` / ``stride`` (occlusion, in pixels),
+    ``relu`` (gradcam) and ``residual`` (attention) are the methods' settings."""
+
+    input: str | None = None
+    image: str | None = None
+    method: str = Field("ig", description="saliency, ig, gradcam, occlusion or attention, where it applies")
+    target: int | None = Field(None, ge=0)
+    position: int | None = None
+    steps: int | None = Field(None, ge=1, le=256)
+    window: int | None = Field(None, ge=1)
+    stride: int | None = Field(None, ge=1)
+    relu: bool | None = None
+    residual: bool | None = None
+    png: bool = Field(True, description="for an image, also the heatmap drawn over it as a base64 PNG")
+
+    def settings(self) -> dict[str, int | bool]:
+        return {k: getattr(self, k) for k in ("steps", "window", "stride", "relu", "residual")
+                if getattr(self, k) is not None}
 
 
 # ---------------------------------------------------------------------------------------------- responses

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 
 import httpx
 import pytest
@@ -65,6 +66,41 @@ def test_a_request_that_gives_up_while_waiting_is_not_run():
 
     asyncio.run(main())
     assert ran == ["kept"]
+
+
+def test_a_batch_that_ends_starts_the_next_with_everything_waiting_at_once():
+    sizes: list[int] = []
+
+    def slow(items, options):
+        time.sleep(0.1)
+        return items
+
+    async def main():
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(slow, max_batch=8, executor=pool, window_s=0.5, on_batch=sizes.append)
+            start = time.perf_counter()
+            first = asyncio.create_task(batcher.submit([1]))  # an idle lane: waits the window, then runs 0.1 s
+            await asyncio.sleep(0.52)
+            results = await asyncio.gather(first, batcher.submit([2]), batcher.submit([3, 4]))
+            return results, time.perf_counter() - start
+
+    results, elapsed = asyncio.run(main())
+    assert results == [[1], [2], [3, 4]] and sizes == [1, 3]
+    assert elapsed < 0.95, elapsed  # [2] and [3, 4] ran when [1] ended (~0.7 s), not a window after they came
+
+
+def test_the_servers_embedding_path_gives_the_offline_vectors_and_bills_untruncated_tokens(wordpiece):
+    from bigmodels import pipeline
+    from bigmodels.serve.loading import embed_encoded, encode_for_embedding
+
+    pipe = pipeline("feature-extraction", embedder(wordpiece), tokenizer=wordpiece, max_length=8)
+    texts = [*TEXTS, "the dog runs in the park and the cat sleeps in paris"]  # the last is cut to 8 tokens
+    rows, tokens = encode_for_embedding(pipe, texts)
+    assert tokens == sum(len(wordpiece.encode(t)) for t in texts) and max(len(ids) for ids, _ in rows) == 8
+    vectors = torch.stack(embed_encoded(pipe.model, rows, pipe.model.config.pad_token_id))
+    assert torch.allclose(vectors, pipe.embed(texts), atol=1e-6)
+    one_by_one = torch.stack([embed_encoded(pipe.model, [row], 0)[0] for row in rows])
+    assert torch.allclose(vectors, one_by_one, atol=1e-5)
 
 
 async def _concurrently(app, path: str, bodies: list[dict]) -> list[httpx.Response]:
