@@ -2,7 +2,8 @@
 
 Each model is trained and measured in a fresh process (so peak memory and speed are its own), on the same
 data, recipe and time budget, then the report compares parameters, FLOPs, training throughput, inference
-latency, peak memory and accuracy, with the hardware and versions::
+latency, peak memory and accuracy, with the hardware and versions; ONNX Runtime latency beside PyTorch's
+(:func:`onnx_latency`) and the faithfulness of each attribution method (:func:`attribution_faithfulness`)::
 
     >>> from bigmodels.bench.compare import run_compare
     >>> paths = run_compare(out_dir=Path("reports/compare"), quick=True)   # doctest: +SKIP
@@ -74,8 +75,10 @@ PLANS = {
 _LATENCY = {"warmup": 1, "iters": 10, "max_seconds": 2.0}
 
 
-def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None, run_root: str) -> dict[str, Any]:
-    """Train and measure one model (runs in a child process); failures come back as an ``error`` row."""
+def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None, run_root: str,
+                 onnx: bool = True) -> dict[str, Any]:
+    """Train and measure one model (runs in a child process); failures come back as an ``error`` row.
+    ``onnx=False`` skips the ONNX Runtime latency (quick mode times one model per family: an export costs 1-6 s)."""
     import torch
 
     from ..config import resolve_run_config
@@ -123,11 +126,144 @@ def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None,
             metrics=metrics,
             history=[{k: r[k] for k in ("step", "split", "loss") if k in r} for r in trainer.history],
         )
+        started = time.perf_counter()
+        row["onnx"] = (onnx_latency(model, one, x) if onnx else
+                       {"note": "quick mode times ONNX Runtime for one model per family"})
+        row["onnx_seconds"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        row["faithfulness"] = attribution_faithfulness(model, x, getattr(data, "tokenizer", None), quick=quick)
+        row["faithfulness_seconds"] = round(time.perf_counter() - started, 2)
     except Exception as e:  # one failing model must not sink the report
         log.error("%s failed: %s", model_name, e)
         row["error"] = f"{type(e).__name__}: {e}"
         row["traceback"] = traceback.format_exc()
     return row
+
+
+def _cut(x: Any, length: int) -> Any:
+    """Token inputs cut to their first ``length`` positions (a dict's sequence-shaped entries, or an id tensor)."""
+    if isinstance(x, dict):
+        return {k: v[:, :length] if k in ("input_ids", "attention_mask", "token_type_ids") else v for k, v in x.items()}
+    return x[:, :length]
+
+
+def onnx_latency(model: torch.nn.Module, one: Any, batch: Any) -> dict[str, Any]:
+    """ONNX Runtime latency of ``model`` beside PyTorch's, at batch 1 (``one``) and on ``batch``: the model is
+    exported (:func:`bigmodels.export.export_onnx` at its default shapes, dynamic batch and sequence, parity
+    checked) to a temporary folder and loaded back with :func:`bigmodels.load`; PyTorch is timed again right
+    before it on the same inputs. Returns ``{"latency_ms", "batch_latency_ms", "torch_latency_ms",
+    "torch_batch_latency_ms", "export_seconds", "parity"}``; when the export fixed the sequence length (an
+    unrolled ``nn.RNN``) both sides are timed on the inputs cut to it (``"length"``). ``{"error": why}`` when the
+    export fails, ``{"note": ...}`` when ONNX Runtime is not installed."""
+    import importlib.util
+
+    from ..io import load
+    from . import measure_latency
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"note": f"{', '.join(missing)} not installed (pip install \"bigmodels[export]\")"}
+    from ..export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="bigmodels-compare-onnx-") as folder:
+        try:
+            result = export_onnx(model, folder)
+            session = _NamedInputs(load(result.path))
+            out: dict[str, Any] = {"export_seconds": result.seconds, "parity": result.parity}
+            ids = one["input_ids"] if isinstance(one, dict) else one
+            fixed = "input_ids" in result.dynamic_axes and "1" not in result.dynamic_axes["input_ids"]
+            if fixed and not ids.is_floating_point() and ids.shape[-1] > result.checked_at["input_ids"][1]:
+                out["length"] = result.checked_at["input_ids"][1]
+                one, batch = _cut(one, out["length"]), _cut(batch, out["length"])
+            # PyTorch timed again here, right beside ONNX Runtime, so both see the same machine
+            for side, runner in (("torch_", _NamedInputs(model)), ("", session)):
+                out[f"{side}latency_ms"] = measure_latency(runner, (one,), **_LATENCY)["latency_ms_median"]
+                out[f"{side}batch_latency_ms"] = measure_latency(runner, (batch,), **_LATENCY)["latency_ms_median"]
+            return out
+        except Exception as e:  # noqa: BLE001 (a model the exporter cannot take is reported, not fatal)
+            log.warning("ONNX export of %s failed: %s", type(model).__name__, e)
+            text = str(e).strip().splitlines()
+            return {"error": f"{type(e).__name__}: {text[0] if text else ''}"}
+
+
+#: the attribution methods compare scores: the gradient methods, plus occlusion
+FAITHFULNESS_METHODS = ("saliency", "ig", "gradcam", "occlusion")
+_FAITH = {"steps": 10, "random_orders": 3, "infidelity_samples": 0, "sensitivity_samples": 0}
+
+
+def _examples(model: torch.nn.Module, x: Any, tokenizer: Any, count: int,
+              length: int = 32) -> list[tuple[Any, int | None]]:
+    """Up to ``count`` single inputs of a validation batch, as :func:`bigmodels.explain.explain` takes them
+    (texts: their last ``length`` tokens), each with the position to explain (masked LM: a [MASK] token, else the
+    middle; otherwise None: the default)."""
+    from ..models._contract import model_info
+
+    masked = model_info(model).task == "masked_language_modeling"
+    if isinstance(x, dict):
+        mask = x.get("attention_mask")
+        rows = [x["input_ids"][i][: int(mask[i].sum())] if mask is not None else x["input_ids"][i]
+                for i in range(min(count, x["input_ids"].shape[0]))]
+    else:
+        rows = [x[i] for i in range(min(count, x.shape[0]))]
+        if x.is_floating_point():  # images: whole
+            return [(r, None) for r in rows]
+    out = []
+    for ids in rows:
+        ids = ids[-length:]  # the last tokens: a language model's next-token prediction keeps its context
+        position = None
+        if masked:
+            mask_id = getattr(tokenizer, "mask_id", None)
+            found = (ids == mask_id).nonzero() if mask_id is not None else []
+            position = int(found[0]) if len(found) else len(ids) // 2
+        out.append((ids, position))
+    return out
+
+
+def attribution_faithfulness(model: torch.nn.Module, batch: Any, tokenizer: Any = None, *,
+                             quick: bool = False, seconds: float = 6.0) -> list[dict[str, Any]] | dict[str, str]:
+    """Deletion / insertion faithfulness (:func:`bigmodels.explain.faithfulness`) of each of
+    :data:`FAITHFULNESS_METHODS` that applies to ``model``, averaged over a few inputs of ``batch`` (2 quick,
+    3 full, texts cut to their last 32 / 64 tokens; fewer inputs when ``seconds`` run out): one row per method with
+    the mean AUCs, the random baseline's and the margins (positive: better than random), or ``{"note": why}`` when
+    nothing applies."""
+    import importlib.util
+
+    if importlib.util.find_spec("captum") is None:
+        return {"note": 'captum not installed (pip install "bigmodels[explain]")'}
+    from ..explain import explain, faithfulness, supports
+
+    methods = [m for m in FAITHFULNESS_METHODS if m in supports(model)]
+    if not methods:
+        from ..explain._core import has_class_logits
+
+        return {"note": has_class_logits(model) or "no gradient method applies to this model"}
+    examples = _examples(model, batch, tokenizer, 2 if quick else 3, 32 if quick else 64)
+    sums: dict[str, dict[str, float]] = {m: {} for m in methods}
+    counts = dict.fromkeys(methods, 0)
+    errors: dict[str, str] = {}
+    deadline = time.perf_counter() + seconds
+    for i, (inputs, position) in enumerate(examples):
+        if i and time.perf_counter() > deadline:
+            break
+        for m in methods:
+            if m in errors:
+                continue
+            try:
+                e = explain(model, inputs, m, tokenizer=tokenizer, position=position)
+                f = faithfulness(model, e, **_FAITH)
+            except Exception as exc:  # noqa: BLE001 (one method's failure is a cell of the table)
+                errors[m] = f"{type(exc).__name__}: {exc}"
+                continue
+            counts[m] += 1
+            for k in ("deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc",
+                      "deletion_margin", "insertion_margin"):
+                sums[m][k] = sums[m].get(k, 0.0) + f[k]
+    rows = []
+    for m in methods:
+        row: dict[str, Any] = {"method": m, "examples": counts[m], "error": errors.get(m)}
+        row.update({k: v / counts[m] for k, v in sums[m].items()} if counts[m] else {})
+        rows.append(row)
+    return rows
 
 
 class _NamedInputs(torch.nn.Module):
@@ -190,14 +326,20 @@ def run_compare(
     started = time.perf_counter()
     results = []
     ctx = multiprocessing.get_context("spawn")
+    onnx_families: set[str] = set()  # quick mode: ONNX Runtime latency for the first model of each family
     with tempfile.TemporaryDirectory(prefix="bigmodels-compare-") as run_root:
         for name in datasets:
             plan = PLANS[name]
             for model_name in _models_for(plan, models):
                 log.info("compare: training %s on %s", model_name, name)
                 # a fresh process per model: its peak memory and timings are its own
+                from ..registry import get_spec
+
+                family = get_spec(model_name).family
+                onnx = not quick or family not in onnx_families
+                onnx_families.add(family)
                 with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                    row = pool.submit(_measure_one, model_name, plan, quick, budget, run_root).result()
+                    row = pool.submit(_measure_one, model_name, plan, quick, budget, run_root, onnx).result()
                 results.append(row)
                 log.info("compare: %s done: %s", model_name, row.get("error") or row.get("metrics"))
     env = environment_info()
@@ -215,7 +357,8 @@ def run_compare(
         "character tokens, masked-LM + next-sentence loss on its last 10% of documents. Encoder-decoders: the "
         "embedded numbers corpus (English number words -> German, bigmodels.data.numbers), teacher-forced loss and "
         "token accuracy on 1,000 held-out numbers.",
-        "Latency: eval mode, batch 1 and a batch of validation data, median of timed runs after warm-up.",
+        "Latency: eval mode, batch 1 and a batch of validation data, median of timed runs after warm-up. ONNX "
+        "Runtime: the same inputs through the model's ONNX export (default session threads).",
         "Peak memory: how far training raised the process's peak resident memory above where building the "
         "model and loading the data had left it (activations, gradients, optimizer state).",
         f"Total wall time of the comparison: {time.perf_counter() - started:.0f} s.",

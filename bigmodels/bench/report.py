@@ -126,6 +126,73 @@ def _task_table(rows: list[dict], pm: PrimaryMetric | None) -> Block:
             [columns[i].numeric for i in keep])
 
 
+def _ms(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else MISSING
+
+
+def _onnx_table(results: list[dict]) -> Block | None:
+    """PyTorch and ONNX Runtime latency side by side (rows whose result has an ``onnx`` entry)."""
+    rows = []
+    for r in results:
+        o = r.get("onnx")
+        if not isinstance(o, dict):
+            continue
+        # PyTorch timed beside ONNX Runtime (and at the fixed length of an export that fixed it); older results
+        # without that figure fall back to the main table's
+        torch_one = o.get("torch_latency_ms", r.get("latency_ms"))
+        torch_batch = _batch_latency({**r, "batch_latency_ms": o.get("torch_batch_latency_ms",
+                                                                     r.get("batch_latency_ms"))})
+        ratio = (f"{torch_one / o['latency_ms']:.2f}x" if isinstance(torch_one, (int, float))
+                 and isinstance(o.get("latency_ms"), (int, float)) and o["latency_ms"] > 0 else MISSING)
+        note = o.get("error") or o.get("note") or (f"parity {o['parity']:.1e}, export {o['export_seconds']:.1f} s"
+                                                   if "parity" in o else "")
+        if o.get("length"):
+            note += (f"; both sides at {o['length']} tokens: the export fixes the length (nn.RNN unrolled over "
+                     "time)")
+        rows.append([str(r.get("model")), str(r.get("family") or MISSING), _ms(torch_one),
+                     _ms(o.get("latency_ms")), ratio, torch_batch,
+                     _ms(o.get("batch_latency_ms")), _error({"error": note}) if note else MISSING])
+    if not rows:
+        return None
+    return ("table", ["Model", "Family", "PyTorch b=1 (ms)", "ONNX Runtime b=1 (ms)", "Speed-up b=1",
+                      "PyTorch batch (ms)", "ONNX Runtime batch (ms)", "Note"],
+            rows, [False, False, True, True, True, True, True, False])
+
+
+def _margin(value: Any) -> str:
+    return f"{value:+.3f}" if isinstance(value, (int, float)) else MISSING
+
+
+def _auc_pair(row: dict, key: str) -> str:
+    value, rand = row.get(f"{key}_auc"), row.get(f"random_{key}_auc")
+    return f"{value:.3f} ({rand:.3f})" if isinstance(value, (int, float)) and isinstance(rand, (int, float)) \
+        else MISSING
+
+
+def _faithfulness_table(results: list[dict]) -> Block | None:
+    """One row per model and attribution method: deletion / insertion AUC against random, with the margins."""
+    rows = []
+    for r in results:
+        f = r.get("faithfulness")
+        if isinstance(f, dict):  # a note: no method applies
+            rows.append([str(r.get("model")), str(r.get("family") or MISSING), MISSING, MISSING, MISSING, MISSING,
+                         MISSING, MISSING, MISSING, _error({"error": f.get("note")})])
+            continue
+        for m in f or []:
+            good = (isinstance(m.get("deletion_margin"), (int, float)) and isinstance(m.get("insertion_margin"),
+                                                                                      (int, float)))
+            verdict = ("yes" if m["deletion_margin"] > 0 and m["insertion_margin"] > 0 else "no") if good else MISSING
+            rows.append([str(r.get("model")), str(r.get("family") or MISSING), str(m.get("method")),
+                         str(m.get("examples", MISSING)), _auc_pair(m, "deletion"), _auc_pair(m, "insertion"),
+                         _margin(m.get("deletion_margin")), _margin(m.get("insertion_margin")), verdict,
+                         _error(m)])
+    if not rows:
+        return None
+    return ("table", ["Model", "Family", "Method", "Inputs", "Deletion AUC (random)", "Insertion AUC (random)",
+                      "Deletion margin", "Insertion margin", "Better than random", "Note"],
+            rows, [False, False, False, True, True, True, True, True, False, False])
+
+
 def _env_value(key: str, value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith("bytes"):
         return fmt_bytes(value)
@@ -169,6 +236,25 @@ def _blocks(title: str, groups: dict[str, list[dict]], primaries: dict[str, Prim
             blocks.append(("img", curves, f"learning curves for {task}"))
     summary = [(name, alt) for name, alt in (("accuracy_vs_params.png", "primary metric vs parameters"),
                                              ("throughput.png", "training throughput")) if name in plots]
+    all_rows = [r for rows in groups.values() for r in rows]
+    onnx = _onnx_table(all_rows)
+    if onnx is not None:
+        blocks.append(("h", 2, "ONNX Runtime latency"))
+        blocks.append(("p", "Each trained model exported with bigmodels.export.export_onnx (parity with PyTorch "
+                            "checked at export) and loaded back with bigmodels.load; PyTorch timed again right "
+                            "before it on the same inputs, so both sides see the same machine. Speed-up: "
+                            "PyTorch latency over ONNX Runtime's (above 1: ONNX "
+                            "Runtime is faster)."))
+        blocks.append(onnx)
+    faith = _faithfulness_table(all_rows)
+    if faith is not None:
+        blocks.append(("h", 2, "Faithfulness of the attributions"))
+        blocks.append(("p", "bigmodels.explain on a few validation inputs of each trained model (the predicted "
+                            "class): deletion and insertion curves of the target's probability (units removed or "
+                            "restored most important first), their areas against the mean of random orders. "
+                            "Margins: random - deletion and insertion - random; both positive: better than "
+                            "chance."))
+        blocks.append(faith)
     if summary:
         blocks.append(("h", 2, "Plots"))
         blocks += [("img", name, alt) for name, alt in summary]

