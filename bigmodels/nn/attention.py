@@ -375,8 +375,11 @@ class MultiHeadAttention(nn.Module):
                 q, k = self.rotary(q, positions), self.rotary(k, positions)
             if cache is not None:
                 k, v = cache.update(layer, k, v)
-        # plain causal self-attention needs no mask tensor: the fused kernels apply it themselves
-        is_causal = mask is None and causal and key_padding is None and q.size(-2) == k.size(-2)
+        # plain causal self-attention needs no mask tensor: the fused kernels apply it themselves. Without a cache or
+        # a memory the queries and keys are the same positions, known without comparing (symbolic, under export)
+        # sizes, so is_causal stays a Python bool for torch.onnx.export / torch.export
+        same_positions = (cache is None and memory is None) or q.size(-2) == k.size(-2)
+        is_causal = bool(mask is None and causal and key_padding is None and same_positions)
         if mask is None and not is_causal:
             mask = attention_mask(q.size(-2), k.size(-2), causal=causal, key_padding=key_padding,
                                   dtype=q.dtype, device=q.device)

@@ -92,6 +92,19 @@ def test_onnx_parity_at_other_batches_and_lengths(name, tmp_path):
             loaded(example_inputs(model, 2, seq_len=9))
 
 
+def test_a_decoder_exports_past_the_short_key_path(tmp_path):
+    """At more than 32 keys causal attention takes the fused kernel with is_causal: it must stay a Python bool
+    under export (it was a symbolic bool from comparing the query and key lengths, and the export failed)."""
+    model = tiny_model("gpt_mini").eval()
+    result = export_onnx(model, tmp_path, seq_len=64)
+    assert result.parity <= 1e-4
+    ids = torch.randint(0, model.config.vocab_size, (2, 48))
+    with torch.no_grad():
+        expected = model(ids)
+    got = bigmodels.load(result.path)(ids)
+    assert torch.allclose(torch.as_tensor(got), expected, atol=1e-4)
+
+
 def test_int8_is_smaller_with_a_bounded_error(tmp_path):
     torch.manual_seed(0)
     model = tiny_model("gpt_mini").eval()
