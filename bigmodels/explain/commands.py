@@ -92,7 +92,7 @@ def explain(
         everything.append((item, found, ranks))
     report = folder / "report.html"
     write_report([e for _, found, _ in everything for e in found], report,
-                 title=f"Explanations of {checkpoint}",
+                 title=f"Explanations of {_model_name(net, checkpoint)}",
                  faithfulness=[{"input": str(i), **r} for i, _, ranks in everything for r in (ranks or [])])
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"report: {report}")
@@ -124,3 +124,14 @@ def _activations(net: nn.Module, inputs: tuple[str, ...], tokenizer: str | None,
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"report: {report}")
     return 0
+
+
+def _model_name(net, checkpoint: str) -> str:
+    """The report's name for the model: its registry name and the file it came from (the file's name only)."""
+    from ..models._contract import model_info
+
+    try:
+        name = model_info(net).name
+    except ConfigError:  # a module that carries no ModelInfo: the path is all there is
+        return Path(checkpoint).name or checkpoint
+    return f"{name} ({Path(checkpoint).name})" if Path(checkpoint).name != name else name

@@ -139,7 +139,9 @@ def write_report(explanations: Sequence[Explanation], path: str | Path, *, title
         else:
             body = token_html(e) + "<details><summary>word pieces</summary>" + token_html(e, words=False) + "</details>"
         settings = {k: v for k, v in e.settings.items() if v is not None}
-        parts.append(f"<section>{head}{body}<p><small>{html.escape(str(settings))}</small></p></section>")
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items())  # nothing when the method has no settings
+        parts.append(f"<section>{head}{body}" + (f"<p><small>{html.escape(shown)}</small></p>" if shown else "")
+                     + "</section>")
     parts.append("</body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
