@@ -501,8 +501,8 @@ def test_sentence_heads_skip_padding_with_the_padded_results(head, pooling):
             torch.testing.assert_close(g, gp, atol=1e-6, rtol=1e-4)
 
 
-def test_inference_stacks_qkv_and_refreshes_after_a_weight_update():
-    # without autograd, q/k/v run as one stacked product (cached); an in-place update must not go stale
+def test_no_grad_and_grad_agree_and_an_in_place_weight_update_is_seen():
+    # the same computation in every grad mode (no cached stacked q/k/v); an in-place update is never stale
     torch.manual_seed(0)
     model = bigmodels.create_model("bert-base", **TINY, head="encoder").eval()
     x = batch()
