@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..models._contract import ModelInfo
+from ..models._contract import ModelInfo, model_device
 
 __all__ = [
     "QuantConfig", "Int8DynamicConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "Float8DynamicConfig",
@@ -214,10 +214,6 @@ def _shared_weights(model: nn.Module) -> set[int]:
     return {k for k, n in owners.items() if n > 1}
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
 def _targets(model: nn.Module, config: QuantConfig) -> tuple[list[str], dict[str, str]]:
     shared = _shared_weights(model)
     chosen, skipped = [], {}
@@ -253,7 +249,7 @@ def quantize_(model: nn.Module, config: QuantConfig, *, modules: list[str] | Non
     """
     if not isinstance(config, QuantConfig):
         raise ConfigError(f"quantize_ takes a QuantConfig (e.g. Int8DynamicConfig()), got {type(config).__name__}")
-    device = _device(model)
+    device = model_device(model)
     if config.cuda_only and device.type != "cuda":
         raise ConfigError(f"{config.method} quantization ({type(config).__name__}) runs on CUDA GPUs only (its fast "
                           f"kernels are CUDA kernels) and this model is on {device.type}: move it with model.cuda() "

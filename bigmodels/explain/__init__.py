@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ..models._contract import kind_of, model_info
+from ..models._contract import kind_of, model_device, model_info
 from . import attention, cam, gradients, perturbation  # noqa: F401 (each registers its methods)
 from ._core import (
     METHODS,
@@ -116,7 +116,7 @@ def prepare(model: nn.Module, inputs: Any, tokenizer: Any = None, *, position: i
         special = [int(i) in specials for i in ids[0]]
         word_ids = [None if sp else sum(not x for x in special[:n]) for n, sp in enumerate(special)]
         words = None
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     ids = ids.to(device=device, dtype=torch.int64)
     vocab = getattr(model.config, "vocab_size", None) or getattr(model.config, "src_vocab_size", None)
     if vocab and int(ids.max()) >= vocab:

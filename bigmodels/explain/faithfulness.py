@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..models._contract import kind_of, model_info
+from ..models._contract import kind_of, model_device, model_info
 from ._core import METHODS, Explanation, Subject
 
 __all__ = ["faithfulness", "curves", "rank_methods", "infidelity", "sensitivity"]
@@ -70,7 +70,7 @@ def faithfulness(model: nn.Module, e: Explanation, *, steps: int = 20, random_or
     if e.target < 0:
         raise ConfigError(f"a {e.method} explanation of a model without class logits has no target to score")
     info = model_info(model)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     x = e.inputs[None].to(device)
     s = Subject(model, e.modality, info.task, kind_of(model), x, position=e.settings.get("position"))
     if e.modality == "image":
@@ -118,7 +118,7 @@ def _units(model: nn.Module, e: Explanation) -> tuple[Subject, torch.Tensor, tor
     """(subject, x (1, ...), baseline, each element's unit index (-1: never changed), the units' attributions):
     pixels (attributions summed over channels) of an image, the non-special tokens of a text."""
     info = model_info(model)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     x = e.inputs[None].to(device)
     s = Subject(model, e.modality, info.task, kind_of(model), x, position=e.settings.get("position"))
     if e.modality == "image":
@@ -198,7 +198,7 @@ def sensitivity(model: nn.Module, e: Explanation, *, samples: int = 3, radius: f
     allowed = set(list(inspect.signature(method).parameters)[2:])
     settings = {k: v for k, v in e.settings.items() if k in allowed}
     info = model_info(model)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
 
     def heatmap(x: torch.Tensor) -> torch.Tensor:  # (C, H, W) -> (H, W), as explain(...).heatmap()
         a = method(Subject(model, "image", info.task, kind_of(model), x[None]), e.target, **settings)["attributions"]

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..data.tokenizers import Tokenizer
 from ..errors import ConfigError, DataError
+from ..models._contract import model_device
 from ..nn.attention import pack_qkv_
 
 __all__ = ["embed_texts"]
@@ -72,7 +73,7 @@ def embed_texts(
     order = sorted(range(len(texts)), key=lambda i: -len(ids_rows[i]))  # longest first
     if pack_qkv:
         pack_qkv_(model)  # before inference_mode: the packed weights are ordinary parameters
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # none: an ONNX Runtime model
+    device = model_device(model)  # none: an ONNX Runtime model
     out = torch.empty(len(texts), config.hidden_size)
     was_training = model.training
     model.eval()

@@ -38,7 +38,6 @@ model cannot honour, is an error rather than ignored.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
@@ -58,6 +57,7 @@ from ..data.folder import read_image
 from ..data.tokenizers import Tokenizer
 from ..data.transforms import image_transforms
 from ..errors import ConfigError, DataError
+from ..models._contract import inference, model_device
 from ..nn.attention import pack_qkv_
 
 __all__ = [
@@ -152,22 +152,6 @@ def _labels(model: nn.Module, n: int, default: str = "LABEL_{}") -> list[str]:
         except KeyError:
             pass
     return [default.format(i) for i in range(n)]
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
-@contextlib.contextmanager
-def _inference(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd while a pipeline runs; the model's mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _load(model: nn.Module | str | os.PathLike, weights: str | os.PathLike | None) -> tuple[nn.Module, Path | None]:
@@ -358,10 +342,10 @@ class _EncoderPipeline(Pipeline):
         # a model that takes no attention mask cannot skip padding: one text at a time
         batch_size = self.batch_size if fn is not None or _accepts(self.model, "attention_mask") else 1
         fn = fn or self._call_model
-        device = _device(self.model)
+        device = model_device(self.model)
         pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
         lengths = [len(e.ids) for e in encodings]
-        with _inference(self.model):
+        with inference(self.model):
             for rows in self._batches(lengths, batch_size):
                 T = lengths[rows[0]]
                 ids = torch.tensor([encodings[i].ids + [pad] * (T - lengths[i]) for i in rows], device=device)
@@ -426,7 +410,7 @@ class TextGenerationPipeline(Pipeline):
         tok = self.tokenizer
         seed = o["seed"]
         if seeded and seed is not None and not isinstance(seed, torch.Generator):
-            seed = torch.Generator(device=_device(self.model)).manual_seed(seed)
+            seed = torch.Generator(device=model_device(self.model)).manual_seed(seed)
         return {"max_new_tokens": o["max_new_tokens"], "temperature": o["temperature"], "top_k": o["top_k"],
                 "top_p": o["top_p"], "repetition_penalty": o["repetition_penalty"], "eos_token_id": tok.eos_id,
                 "pad_token_id": tok.pad_id if tok.pad_id is not None else tok.eos_id if tok.eos_id is not None else 0,
@@ -455,7 +439,7 @@ class TextGenerationPipeline(Pipeline):
 
         o = self._options(options)
         out: list[list[int]] = [[] for _ in prepared]
-        with _inference(self.model):
+        with inference(self.model):
             for start in range(0, len(prepared), self.batch_size):  # in the given order: a seed's draws follow it
                 rows = list(range(start, min(start + self.batch_size, len(prepared))))
                 ids = generate(self.model, [prepared[i] for i in rows], decode=self.tokenizer.decode,
@@ -767,8 +751,8 @@ class TranslationPipeline(Pipeline):
         o = self._options(options)
         out = [""] * len(prepared)
         todo = [i for i, ids in enumerate(prepared) if ids]
-        device = _device(self.model)
-        with _inference(self.model):
+        device = model_device(self.model)
+        with inference(self.model):
             for rows in self._batches([len(prepared[i]) for i in todo]):
                 chunk = [todo[r] for r in rows]
                 batch = source_batch([prepared[i] for i in chunk], self.pad_id)
@@ -908,10 +892,10 @@ class ImageClassificationPipeline(Pipeline):
     def run(self, prepared: Sequence[torch.Tensor], **options: Any) -> list[list[dict[str, Any]]]:
         o = self._options(options)
         normalize = self.preprocessing.transform
-        device = _device(self.model)
+        device = model_device(self.model)
         results: list = [None] * len(prepared)
         names = None
-        with _inference(self.model):
+        with inference(self.model):
             for start in range(0, len(prepared), self.batch_size):
                 images = torch.stack(list(prepared[start:start + self.batch_size]))
                 probs = self.model(normalize(images).to(device)).float().softmax(-1).cpu()  # (B, C)

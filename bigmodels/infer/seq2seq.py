@@ -30,8 +30,7 @@ matches). ``min_length`` is transformers' ``min_new_tokens``: eos is blocked unt
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from ..models._contract import inference
 from .generate import _configure
 
 __all__ = ["Seq2SeqGenerationConfig", "translate", "greedy_decode", "beam_search"]
@@ -82,18 +82,6 @@ class Seq2SeqGenerationConfig:
             raise ConfigError(f"length_penalty={self.length_penalty!r} must be a number (1.0 = average log-prob)")
         if self.early_stopping not in (True, False, "never"):
             raise ConfigError(f"early_stopping={self.early_stopping!r} must be true, false or 'never'")
-
-
-@contextlib.contextmanager
-def _decoding(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and no autograd while decoding; the model's mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 _BEAM_DEFAULTS = Seq2SeqGenerationConfig(num_beams=4)
@@ -154,7 +142,7 @@ def greedy_decode(
     max_new_tokens, min_length, length_penalty = config.max_new_tokens, config.min_length, config.length_penalty
     ids, mask = _prepare(model, input_ids, attention_mask, config)
     B = ids.size(0)
-    with _decoding(model):
+    with inference(model):
         memory = model.encode(ids, mask)  # (B, S, D): once per source batch
         cache = model.new_cache()
         tokens = torch.full((B, 1), c.decoder_start_token_id, dtype=torch.long, device=ids.device)
@@ -208,7 +196,7 @@ def beam_search(
     B, K, L, dev = ids.size(0), num_beams, max_new_tokens, ids.device
     eos, neg = c.eos_token_id, -1.0e9  # neg: "not a candidate" (finite, as transformers, so sums stay ordered)
     rows = torch.arange(B, device=dev)[:, None]  # (B, 1)
-    with _decoding(model):
+    with inference(model):
         memory = model.encode(ids, mask).repeat_interleave(K, 0)  # (B*K, S, D): encoded once, one copy per beam
         mask = mask.repeat_interleave(K, 0) if mask is not None else None
         cache = model.new_cache()

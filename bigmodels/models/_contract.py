@@ -18,7 +18,9 @@ acts on "any model" uses only what this file names; it never imports a specific 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -27,7 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = [
+__all__ = ["model_device", "inference",
     "TASKS", "ModelInfo", "model_info", "set_model_info", "example_inputs", "call", "VOCAB_TASKS",
     "VisionModel", "Decoder", "Encoder", "EncoderDecoder", "KINDS", "KIND_OF_TASK", "kind_of", "check_contract",
 ]
@@ -254,6 +256,24 @@ def kind_of(model: nn.Module) -> str:
 # ---------------------------------------------------------------------------------------------- inputs
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters; the CPU for a module without any (an ONNX Runtime runner)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+@contextlib.contextmanager
+def inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) and no autograd while the block runs; the model's mode is restored afterwards,
+    also on an error: what every stage that runs a caller's model for its outputs wants."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def call(model: nn.Module, x: torch.Tensor | dict[str, torch.Tensor]):
     """Run ``model`` on a batch: a tensor is the first argument, a dict the keyword arguments (seq2seq)."""
     return model(**x) if isinstance(x, dict) else model(x)
@@ -271,7 +291,7 @@ def example_inputs(model: nn.Module, batch: int = 2, *, seq_len: int = 16, seed:
     """
     g = torch.Generator().manual_seed(seed)
     cfg, task = model.config, model_info(model).task
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     if task == "image_classification":
         side = getattr(cfg, "img_size", None) or 32  # fully convolutional families take any size
         return torch.randn(batch, cfg.in_chans, side, side, generator=g).to(device)

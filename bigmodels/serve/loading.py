@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..infer.pipelines import FeatureExtractionPipeline, Pipeline, model_task, pipeline, supported_tasks
+from ..models._contract import model_device
 from ..nn.attention import pack_qkv_
 
 __all__ = ["Served", "load_served", "ENDPOINT_TASKS", "encode_for_embedding", "embed_encoded"]
@@ -176,7 +177,7 @@ def embed_encoded(model: nn.Module, rows: Sequence[Encoded], pad_id: int) -> lis
     ids = torch.tensor([rows[i][0] + [pad_id] * p for i, p in zip(order, pads, strict=True)])
     types = torch.tensor([rows[i][1] + [0] * p for i, p in zip(order, pads, strict=True)])
     mask = torch.tensor([[1] * (width - p) + [0] * p for p in pads])
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # none: ONNX Runtime
+    device = model_device(model)  # none: ONNX Runtime
     with torch.inference_mode():
         vectors = model(ids.to(device), attention_mask=mask.to(device), token_type_ids=types.to(device))
     vectors = vectors.float().cpu()
