@@ -69,23 +69,10 @@ def faithfulness(model: nn.Module, e: Explanation, *, steps: int = 20, random_or
         raise ConfigError(f"steps={steps} and random_orders={random_orders} must both be >= 1")
     if e.target < 0:
         raise ConfigError(f"a {e.method} explanation of a model without class logits has no target to score")
-    info = model_info(model)
-    device = model_device(model)
-    x = e.inputs[None].to(device)
-    s = Subject(model, e.modality, info.task, kind_of(model), x, position=e.settings.get("position"))
-    if e.modality == "image":
-        h, w = x.shape[-2:]
-        scores = e.heatmap().reshape(-1)  # (H * W,)
-        units = torch.arange(h * w, device=device).reshape(h, w).expand(x.shape[1:])  # (C, H, W)
-        baseline = torch.zeros_like(x)
-        candidates = torch.arange(h * w)
-    else:
-        real = [w is not None for w in e.word_ids]
-        candidates = torch.tensor([i for i, r in enumerate(real) if r])
-        units = torch.tensor([i if r else -1 for i, r in enumerate(real)], device=device)
-        baseline = torch.where(units[None] >= 0, torch.full_like(x, int(e.settings.get("blank_id", 0))), x)
-        units = torch.where(units >= 0, units, torch.full_like(units, len(real)))  # specials: never reached
-        scores = e.attributions
+    s, x, baseline, units, scores = _units(model, e)  # units: -1 for special tokens, never deleted
+    device = x.device
+    candidates = (torch.arange(len(scores)) if e.modality == "image"
+                  else (units >= 0).nonzero().flatten().cpu())
     if len(candidates) == 0:
         raise ConfigError("the input has no units to delete (a text of special tokens only)")
     order = candidates[scores[candidates].argsort(descending=True)].to(device)
