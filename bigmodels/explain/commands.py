@@ -54,7 +54,7 @@ def explain(
     Example: bigmodels explain runs/sst2 "a gripping, funny film" --method all --faithfulness"""
     from . import METHODS, rank_methods, supports, write_report
     from . import explain as explain_one
-    from .report import heatmap_png
+    from .report import heatmap_png, token_png
 
     if not inputs:
         raise ConfigError("give at least one input: image file paths, or texts for a text model")
@@ -78,9 +78,9 @@ def explain(
         ranks = rank_methods(net, found) if faithfulness else None
         for e in found:
             record = {"input": item, **e.summary()}
-            if e.modality == "image":
+            if e.modality == "image" or e.tokens is not None:
                 png = folder / f"{n}_{e.method}.png"
-                heatmap_png(e, png)
+                (heatmap_png if e.modality == "image" else token_png)(e, png)
                 record["png"] = png.name
             summary.append(record)
             words = ", ".join(f"{w} {a:+.3f}" for w, a in e.top_words(3)) if e.modality == "text" else ""

@@ -17,7 +17,7 @@ import torch
 from .._files import atomic_write
 from ._core import Explanation
 
-__all__ = ["heatmap_png", "token_html", "write_report"]
+__all__ = ["heatmap_png", "token_png", "token_html", "write_report"]
 
 
 def _display_image(x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +58,54 @@ def heatmap_png(e: Explanation, path: str | Path | None = None, *, dpi: int = 10
     return data
 
 
+def token_png(e: Explanation, path: str | Path | None = None, *, words: bool = True, width: float = 7.0,
+              dpi: int = 100) -> bytes:
+    """A text's words (or word pieces, ``words=False``) on backgrounds coloured by their attribution (red for
+    evidence for the target, blue against), wrapped to ``width`` inches, with the prediction as the title; the
+    PNG's bytes, also written to ``path`` when given."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    items = _items(e, words)
+    scale = max((abs(v) for _, v in items), default=0.0)
+    fig = Figure(figsize=(width, 1.0), dpi=dpi)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    line_h, pad, x, y = 0.32, 0.08, 0.1, 0.0  # inches
+    placed = []
+    for text, value in items:
+        a = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
+        colour = (0.86, 0.16, 0.16, a) if value >= 0 else (0.16, 0.35, 0.86, a)
+        t = fig.text(0, 0, text, fontsize=11, bbox={"facecolor": colour, "edgecolor": "none", "pad": 1.5})
+        w = t.get_window_extent(renderer).width / dpi
+        if x + w > width - 0.1 and x > 0.1:
+            x, y = 0.1, y + line_h
+        placed.append((t, x, y))
+        x += w + pad
+    title_h = 0.35
+    height = title_h + y + line_h + 0.15
+    fig.set_size_inches(width, height)
+    for t, tx, ty in placed:
+        t.set_position((tx / width, 1 - (title_h + ty + line_h * 0.75) / height))
+    label = e.target_label or e.target
+    fig.text(0.1 / width, 1 - 0.25 / height, f"{e.method} for {label} (predicted {e.predicted_label or e.predicted}, "
+             f"p={e.score:.3f}); red: for, blue: against", fontsize=9, color="#444")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = buf.getvalue()
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+def _items(e: Explanation, words: bool) -> list[tuple[str, float]]:
+    if words and e.words is not None and e.word_attributions is not None:
+        return list(zip(e.words, e.word_attributions.tolist(), strict=True))
+    return list(zip(e.tokens or [], e.attributions.tolist(), strict=True))
+
+
 def _colour(value: float, scale: float) -> str:
     """Red for positive, blue for negative evidence, its opacity the value's share of the largest."""
     a = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
@@ -66,10 +114,7 @@ def _colour(value: float, scale: float) -> str:
 
 def token_html(e: Explanation, *, words: bool = True) -> str:
     """A text's words (or word pieces, ``words=False``) as coloured spans, the attribution in each title."""
-    if words and e.words is not None and e.word_attributions is not None:
-        items = list(zip(e.words, e.word_attributions.tolist(), strict=True))
-    else:
-        items = list(zip(e.tokens or [], e.attributions.tolist(), strict=True))
+    items = _items(e, words)
     scale = max((abs(v) for _, v in items), default=0.0)
     spans = [f'<span class="tok" style="background:{_colour(v, scale)}" title="{v:.4g}">{html.escape(t)}</span>'
              for t, v in items]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from explain_models import LinearImage, PlantedCNN
@@ -15,6 +16,7 @@ from bigmodels.errors import ConfigError, DataError
 from bigmodels.explain import METHODS, explain, faithfulness, rank_methods, support_table, supports, write_report
 from bigmodels.explain.attention import rollout
 from bigmodels.explain.perturbation import lime_attributions, shap_attributions
+from bigmodels.explain.report import token_png
 from bigmodels.models._contract import kind_of
 from bigmodels.nn.attention import attention_modules
 from bigmodels.registry import list_models
@@ -232,6 +234,22 @@ def test_the_html_report_is_self_contained(tmp_path, tokenizer):
     assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//", page) and "http" not in page
     for word in ("film", "completeness", "gradcam", "Faithfulness"):
         assert word in page
+
+
+def test_a_text_explanation_draws_as_a_png_of_coloured_words(tmp_path, tokenizer):
+    from PIL import Image
+
+    e = explain(bert_classifier(), "the film was unbelievably dull and a great film " * 3, method="ig",
+                tokenizer=tokenizer)
+    data = token_png(e, tmp_path / "t.png", width=4.0)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "t.png").read_bytes() == data
+    image = Image.open(tmp_path / "t.png")
+    assert image.width == 400 and image.height > 100  # 4 inches at 100 dpi; 27 words wrap onto several lines
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).reshape(-1, 3).int()
+    reddish = (pixels[:, 0] > pixels[:, 2] + 40).sum()
+    bluish = (pixels[:, 2] > pixels[:, 0] + 40).sum()
+    strongest = e.word_attributions.abs().argmax()
+    assert (reddish if e.word_attributions[strongest] > 0 else bluish) > 0  # the strongest word is coloured
 
 
 # ---------------------------------------------------------------------------------------------- every family
