@@ -3,7 +3,8 @@
 Each model is trained and measured in a fresh process (so peak memory and speed are its own), on the same
 data, recipe and time budget, then the report compares parameters, FLOPs, training throughput, inference
 latency, peak memory and accuracy, with the hardware and versions; ONNX Runtime latency beside PyTorch's
-(:func:`onnx_latency`) and the faithfulness of each attribution method (:func:`attribution_faithfulness`)::
+(:func:`onnx_latency`), what int8 quantization and structured pruning cost and buy (:func:`compression_tradeoffs`)
+and the faithfulness of each attribution method (:func:`attribution_faithfulness`)::
 
     >>> from bigmodels.bench.compare import run_compare
     >>> paths = run_compare(out_dir=Path("reports/compare"), quick=True)   # doctest: +SKIP
@@ -26,7 +27,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["run_compare", "PLANS"]
+__all__ = ["run_compare", "PLANS", "compression_tradeoffs"]
 
 log = logging.getLogger("bigmodels.bench.compare")
 
@@ -83,6 +84,7 @@ def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None,
 
     from ..config import resolve_run_config
     from ..data.batching import fetch_batch
+    from ..evaluate import evaluate_model
     from ..registry import get_spec
     from ..train import Trainer
     from . import count_flops, count_params, measure_latency, peak_memory
@@ -130,6 +132,11 @@ def _measure_one(model_name: str, plan: Plan, quick: bool, budget: float | None,
         row["onnx"] = (onnx_latency(model, one, x) if onnx else
                        {"note": "quick mode times ONNX Runtime for one model per family"})
         row["onnx_seconds"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        row["compression"] = (compression_tradeoffs(model, one, x, lambda m: evaluate_model(
+            m, data.val, trainer.eval_task, transform=data.eval_transform, limit=_COMPRESS_EVAL)) if onnx else
+            {"note": "quick mode compresses one model per family"})
+        row["compression_seconds"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
         row["faithfulness"] = attribution_faithfulness(model, x, getattr(data, "tokenizer", None), quick=quick)
         row["faithfulness_seconds"] = round(time.perf_counter() - started, 2)
@@ -184,6 +191,61 @@ def onnx_latency(model: torch.nn.Module, one: Any, batch: Any) -> dict[str, Any]
             log.warning("ONNX export of %s failed: %s", type(model).__name__, e)
             text = str(e).strip().splitlines()
             return {"error": f"{type(e).__name__}: {text[0] if text else ''}"}
+
+
+_COMPRESS_EVAL = 512  # validation examples each compressed model is scored on
+
+
+def compression_tradeoffs(model: torch.nn.Module, one: Any, batch: Any,
+                          metric: Any = None) -> list[dict[str, Any]] | dict[str, str]:
+    """What compressing a trained ``model`` costs and buys, one row per method: int8 dynamic quantization of its
+    Linear layers (:class:`~bigmodels.compress.Int8DynamicConfig`) and structured pruning of half its heads / FFN
+    units / channels (:func:`~bigmodels.compress.prune_structured_`, L2 importance, no fine-tuning after: the
+    metric lost is the upper bound fine-tuning recovers from). Each row: parameters, FLOPs at batch 1 (pruning),
+    latency at batch 1 (``one``) and on ``batch`` as compressed / original, and ``metric(model)``'s entries as
+    compressed - original; ``{"error": why}`` in a row whose method does not apply. ``{"note": why}`` without
+    torchao (int8 is then left out, pruning still runs)."""
+    import copy
+    import importlib.util
+
+    from ..compress import Int8DynamicConfig, prune_structured_, quantize_
+    from . import count_flops, count_params, measure_latency
+
+    def figures(m: torch.nn.Module, flops: bool) -> dict[str, Any]:
+        runner = _NamedInputs(m).eval()
+        out = {"params": count_params(m),
+               "latency_ms": measure_latency(runner, (one,), **_LATENCY)["latency_ms_median"],
+               "batch_latency_ms": measure_latency(runner, (batch,), **_LATENCY)["latency_ms_median"]}
+        out["flops"] = count_flops(runner, (one,)) if flops else None
+        out["metrics"] = metric(m) if metric is not None else {}
+        return out
+
+    methods = [("structured 0.5", lambda m: prune_structured_(m, 0.5))]
+    if importlib.util.find_spec("torchao") is not None:
+        methods.insert(0, ("int8", lambda m: quantize_(m, Int8DynamicConfig())))
+    base = figures(model, flops=True)
+    rows: list[dict[str, Any]] = []
+    for name, apply in methods:
+        row: dict[str, Any] = {"method": name, "error": None}
+        try:
+            compressed = copy.deepcopy(model)
+            apply(compressed)
+            got = figures(compressed, flops=name != "int8")  # the counter cannot dispatch int8 tensors
+        except Exception as e:  # noqa: BLE001 (a method that does not apply to the family is a cell)
+            text = str(e).strip().splitlines()
+            row["error"] = f"{type(e).__name__}: {text[0] if text else ''}"
+            rows.append(row)
+            continue
+        for key in ("params", "flops", "latency_ms", "batch_latency_ms"):
+            a, b = base[key], got[key]
+            row[f"{key}_ratio"] = b / a if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else None
+        row["metric_delta"] = {k: got["metrics"][k] - v for k, v in base["metrics"].items()
+                               if k != "loss" and isinstance(v, (int, float)) and
+                               isinstance(got["metrics"].get(k), (int, float))}
+        rows.append(row)
+    if not any(r["method"] == "int8" for r in rows):
+        rows.append({"method": "int8", "error": 'torchao not installed (pip install "bigmodels[compress]")'})
+    return rows
 
 
 #: the attribution methods compare scores: the gradient methods, plus occlusion

@@ -159,6 +159,30 @@ def _onnx_table(results: list[dict]) -> Block | None:
             rows, [False, False, True, True, True, True, True, False])
 
 
+def _ratio(value: Any) -> str:
+    return f"{value:.2f}x" if isinstance(value, (int, float)) else MISSING
+
+
+def _compression_table(results: list[dict]) -> Block | None:
+    """One row per model and compression method: size and speed ratios against the original, the metric lost."""
+    rows = []
+    for r in results:
+        c = r.get("compression")
+        if isinstance(c, dict) or not c:  # a note, or an older result without the section
+            continue
+        for m in c:
+            delta = m.get("metric_delta") or {}
+            lost = ", ".join(f"{k} {v:+.4f}" for k, v in delta.items()) or MISSING
+            rows.append([str(r.get("model")), str(r.get("family") or MISSING), str(m.get("method")),
+                         _ratio(m.get("params_ratio")), _ratio(m.get("flops_ratio")), _ratio(m.get("latency_ms_ratio")),
+                         _ratio(m.get("batch_latency_ms_ratio")), lost, _error(m) if m.get("error") else MISSING])
+    if not rows:
+        return None
+    return ("table", ["Model", "Family", "Method", "Parameters", "FLOPs", "Latency b=1", "Latency batch",
+                      "Validation metric change", "Note"],
+            rows, [False, False, False, True, True, True, True, False, False])
+
+
 def _margin(value: Any) -> str:
     return f"{value:+.3f}" if isinstance(value, (int, float)) else MISSING
 
@@ -246,6 +270,16 @@ def _blocks(title: str, groups: dict[str, list[dict]], primaries: dict[str, Prim
                             "PyTorch latency over ONNX Runtime's (above 1: ONNX "
                             "Runtime is faster)."))
         blocks.append(onnx)
+    compression = _compression_table(all_rows)
+    if compression is not None:
+        blocks.append(("h", 2, "Compression"))
+        blocks.append(("p", "Each trained model compressed in two ways and measured beside the original: int8 "
+                            "dynamic quantization of its Linear layers (torchao) and structured pruning of half "
+                            "its attention heads / FFN units / channels (L2 importance) with no fine-tuning after "
+                            "(the metric change is what fine-tuning would have to win back; see `bigmodels "
+                            "compress` and the recipes). Figures are compressed / original: below 1 is smaller "
+                            "or faster."))
+        blocks.append(compression)
     faith = _faithfulness_table(all_rows)
     if faith is not None:
         blocks.append(("h", 2, "Faithfulness of the attributions"))

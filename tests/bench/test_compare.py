@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bigmodels.bench import compare, environment_info, write_report
-from bigmodels.bench.compare import attribution_faithfulness, onnx_latency
+from bigmodels.bench.compare import attribution_faithfulness, compression_tradeoffs, onnx_latency
 from bigmodels.testing import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,6 +45,10 @@ def test_compare_run_reports_onnx_latency_and_faithfulness(run_cli, tmp_path):
     assert onnx["torch_latency_ms"] > 0 and onnx["torch_batch_latency_ms"] > 0  # timed beside ONNX Runtime
     assert f"{onnx['torch_latency_ms']:.2f}" in onnx_line and f"{onnx['latency_ms']:.2f}" in onnx_line
     assert row["onnx_seconds"] > 0 and row["faithfulness_seconds"] > 0
+    compressed = {m["method"]: m for m in row["compression"]}
+    assert set(compressed) == {"int8", "structured 0.5"} and all(m["error"] is None for m in compressed.values())
+    assert compressed["structured 0.5"]["params_ratio"] < 0.6 and compressed["structured 0.5"]["flops_ratio"] < 0.6
+    assert "accuracy" in compressed["int8"]["metric_delta"] and "Compression" in md
 
 
 @needs_onnx
@@ -119,6 +123,55 @@ def test_report_sections_from_rows(tmp_path):
     assert "captum not installed" in md
     assert ("| c | rnn | 1.00 | 0.50 | 2.00x | 3.00 (b=8) | 1.00 | parity 1.0e-06, export 2.0 s; both sides at 16 "
             "tokens: the export fixes the length (nn.RNN unrolled over time) |") in md
+
+
+needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="needs torchao")
+
+
+@needs_torchao
+def test_compression_tradeoffs_measure_int8_and_pruning_against_the_original():
+    torch.manual_seed(0)
+    bert = tiny_model("bert_mini", head="sequence_classification", num_labels=2).eval()
+    ids = torch.randint(5, 60, (4, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    one = {k: v[:1] for k, v in batch.items()}
+    calls = []
+
+    def metric(m):
+        calls.append(m)
+        with torch.no_grad():
+            return {"accuracy": float((m(**batch).argmax(-1) == 1).float().mean()), "loss": 1.0}
+
+    rows = {r["method"]: r for r in compression_tradeoffs(bert, one, batch, metric)}
+    assert set(rows) == {"int8", "structured 0.5"} and len(calls) == 3  # the original once, each method once
+    pruned = rows["structured 0.5"]
+    assert pruned["error"] is None and pruned["params_ratio"] < 1 and pruned["flops_ratio"] < 0.75
+    assert rows["int8"]["flops_ratio"] is None and rows["int8"]["latency_ms_ratio"] > 0
+    assert set(rows["int8"]["metric_delta"]) == {"accuracy"}  # the loss is no metric to compare
+    assert calls[0] is bert and not any(isinstance(p, torch.Tensor) and type(p) is not torch.nn.Parameter
+                                        for p in bert.parameters())  # the original is left as it was
+
+
+@needs_torchao
+def test_compression_of_a_model_a_method_does_not_apply_to_is_a_cell():
+    rnn = tiny_model("char_rnn").eval()
+    ids = torch.randint(1, 20, (2, 8))
+    rows = {r["method"]: r for r in compression_tradeoffs(rnn, ids[:1], ids)}
+    assert all(set(r) >= {"method", "error"} for r in rows.values())
+    assert any(r["error"] for r in rows.values()) or all(r.get("params_ratio") for r in rows.values())
+
+
+def test_compression_table_renders_ratios_and_errors(tmp_path):
+    rows = [{"model": "a", "family": "cnn", "task": "image_classification", "error": None, "latency_ms": 2.0,
+             "metrics": {"test_accuracy": 0.9},
+             "compression": [{"method": "int8", "error": None, "params_ratio": 1.0, "flops_ratio": None,
+                              "latency_ms_ratio": 0.5, "batch_latency_ms_ratio": 0.4,
+                              "metric_delta": {"accuracy": -0.01}},
+                             {"method": "structured 0.5", "error": "PruningError: nothing to prune"}]}]
+    md = write_report(rows, tmp_path, title="t", env=environment_info())["markdown"].read_text()
+    assert "## Compression" in md
+    assert "| a | cnn | int8 | 1.00x | — | 0.50x | 0.40x | accuracy -0.0100 | — |" in md
+    assert "| a | cnn | structured 0.5 | — | — | — | — | — | PruningError: nothing to prune |" in md
 
 
 def test_faithfulness_methods_are_the_gradient_methods_plus_occlusion():
