@@ -6,6 +6,7 @@ Models stay pure (DESIGN.md): nothing here is imported by a model, and nothing h
 """
 
 from .distill import DistillationTask, distillation_task, load_teacher
+from .layout import column_major_linears_, row_major_linears_
 from .lora import LoRAReport, add_lora_, load_lora, merge_lora_, save_lora
 from .prune import (
     SparsityReport,
@@ -34,5 +35,5 @@ __all__ = [
     "Int4WeightOnlyConfig", "Float8DynamicConfig", "QUANT_METHODS", "prune_magnitude_", "prune_structured_",
     "SparsityReport", "StructureReport", "restore_structure", "match_compressed", "save_compressed_weights",
     "load_compressed_weights", "DistillationTask", "distillation_task", "load_teacher", "add_lora_", "merge_lora_",
-    "save_lora", "load_lora", "LoRAReport",
+    "save_lora", "load_lora", "LoRAReport", "column_major_linears_", "row_major_linears_",
 ]

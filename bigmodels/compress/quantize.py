@@ -6,7 +6,10 @@ what it did. Any registered model works through the contract; nothing here knows
 
 - :class:`Int8DynamicConfig` (CPU and GPU): int8 weights, activations quantized to int8 per token at run time,
   int8 x int8 matrix products (torchao ``Int8DynamicActivationInt8WeightConfig``). The CPU choice: measured ~1.8x
-  over fp32 on a stack of Linear layers on 2 CPU threads.
+  over fp32 on a stack of Linear layers on 2 CPU threads. ``kernel="fbgemm"`` swaps each layer for an
+  :class:`Int8DynamicLinear` on PyTorch's own x86 int8 GEMM instead, which is what decoding wants: at 1-32 rows
+  (one token per sequence) torchao's CPU path is slower than fp32, fbgemm's is 3-9x faster (see
+  ``benchmarks/cpu_decode.md``). ``output_layer=True`` quantizes a tied output layer too, as an int8 copy.
 - :class:`Int8WeightOnlyConfig`, :class:`Int4WeightOnlyConfig`, :class:`Float8DynamicConfig`: GPU only (their
   fast kernels are CUDA kernels; int8 weight-only measured *slower* than fp32 on the CPU), refused on a CPU model.
 
@@ -17,7 +20,7 @@ rebuilds the float model, re-applies the recipe to get the same tensor layout, a
 
 >>> import bigmodels
 >>> from bigmodels.testing import tiny_model
->>> model = tiny_model("bert_base")
+>>> model = tiny_model("bert-base")
 >>> report = quantize_(model, Int8DynamicConfig())  # doctest: +SKIP
 >>> report.quantized[:2]  # doctest: +SKIP
 ['encoder.layers.0.attn.q_proj', 'encoder.layers.0.attn.k_proj']
@@ -29,6 +32,7 @@ import dataclasses
 import fnmatch
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,7 +44,8 @@ from ..errors import CheckpointError, ConfigError
 from ..models._contract import ModelInfo, model_device
 
 __all__ = [
-    "QuantConfig", "Int8DynamicConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "Float8DynamicConfig",
+    "QuantConfig", "Int8DynamicConfig", "Int8DynamicLinear", "INT8_KERNELS", "Int8WeightOnlyConfig",
+    "Int4WeightOnlyConfig", "Float8DynamicConfig",
     "QUANT_METHODS", "QuantReport", "quantize_", "is_quantized", "quant_config",
 ]
 
@@ -99,14 +104,100 @@ class QuantConfig:
                 for f in dataclasses.fields(self)}
 
 
+INT8_KERNELS = ("torchao", "fbgemm")
+
+
 @dataclass(frozen=True)
 class Int8DynamicConfig(QuantConfig):
-    """int8 weights (per output channel) and int8 activations (per token, computed at run time): CPU and GPU."""
+    """int8 weights (per output channel) and int8 activations (computed at run time): CPU and GPU.
 
+    ``kernel``: ``"torchao"`` (torchao int8 tensors, activations scaled per token; CPU and GPU) or ``"fbgemm"``
+    (:class:`Int8DynamicLinear`, PyTorch's x86 int8 GEMM, activations scaled per call; CPU only, the fast one for
+    decoding). ``output_layer=True`` also quantizes a Linear whose weight is tied to another module (GPT's
+    ``lm_head``, tied to the token embedding ``wte``) as an int8 copy of its own; the embedding lookup stays float.
+    In an int8 decoding step that output layer is otherwise the biggest matrix product left in fp32.
+
+    >>> Int8DynamicConfig(kernel="fbgemm", output_layer=True).options()
+    {'filter': None, 'skip': [], 'output_layer': True, 'kernel': 'fbgemm'}
+    """
+
+    output_layer: bool = False
+    kernel: str = "torchao"
     method: ClassVar[str] = "int8"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.output_layer, bool):
+            raise ConfigError(f"Int8DynamicConfig.output_layer={self.output_layer!r} must be True or False")
+        if self.kernel not in INT8_KERNELS:
+            raise ConfigError(f"Int8DynamicConfig.kernel={self.kernel!r} is not valid; choose one of "
+                              f"{', '.join(INT8_KERNELS)} (fbgemm: CPU decoding)")
 
     def torchao_config(self) -> Any:
         return _torchao().Int8DynamicActivationInt8WeightConfig()
+
+
+class Int8DynamicLinear(nn.Module):
+    """A Linear with int8 weights on PyTorch's x86 int8 GEMM (fbgemm): y = dequant(q(x) W_q^T) + b, in int32.
+
+    ``weight`` (out, in) int8 with ``weight_scale`` (out,): symmetric, per output channel. Each call quantizes
+    its input to 8 bits with one scale for the call (7 bits, fbgemm's ``reduce_range``, which cannot overflow on
+    CPUs without VNNI). The int8 matrix is packed for the kernel once, when built or loaded. CPU only; built by
+    ``quantize_(model, Int8DynamicConfig(kernel="fbgemm"))``.
+
+    >>> layer = Int8DynamicLinear.from_linear(nn.Linear(64, 32))
+    >>> layer(torch.randn(2, 5, 64)).shape, layer.weight.dtype
+    (torch.Size([2, 5, 32]), torch.int8)
+    """
+
+    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight)  # (out, in) int8
+        self.register_buffer("weight_scale", weight_scale)  # (out,) float32
+        self.register_buffer("bias", bias)  # (out,) or None
+        self._pack()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8DynamicLinear:
+        w = linear.weight.detach().float()  # (out, in)
+        scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)  # (out,)
+        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        return cls(q, scale, bias)
+
+    def _pack(self) -> None:
+        if self.weight.device.type != "cpu":
+            raise ConfigError(f"Int8DynamicLinear runs on the CPU only (fbgemm) and was moved to "
+                              f"{self.weight.device}; quantize with Int8DynamicConfig(kernel='torchao') on a GPU")
+        zeros = torch.zeros(self.out_features, dtype=torch.long)
+        with warnings.catch_warnings():  # a qint8 tensor is the packing op's input format, built and dropped here
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions", category=UserWarning)
+            q = torch._make_per_channel_quantized_tensor(self.weight, self.weight_scale.double(), zeros, 0)
+        self._packed = torch.ops.quantized.linear_prepack(q, self.bias)
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        self._pack()  # the buffers may be new tensors (.to(), .float()): pack what the module now holds
+        return module
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._pack()
+
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy / pickle: the packed matrix is rebuilt
+        return {k: v for k, v in self.__dict__.items() if k != "_packed"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pack()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features).float(), self._packed, True)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)  # (..., out)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 @dataclass(frozen=True)
@@ -218,16 +309,16 @@ def _targets(model: nn.Module, config: QuantConfig) -> tuple[list[str], dict[str
     shared = _shared_weights(model)
     chosen, skipped = [], {}
     for name, m in model.named_modules():
-        if not isinstance(m, nn.Linear):
+        if not isinstance(m, (nn.Linear, Int8DynamicLinear)):
             continue
         if config.filter is not None and not any(fnmatch.fnmatchcase(name, p) for p in config.filter):
             continue
         if any(fnmatch.fnmatchcase(name, p) for p in config.skip):
             skipped[name] = "matches skip"
-        elif is_quantized(m.weight):
+        elif isinstance(m, Int8DynamicLinear) or is_quantized(m.weight):
             skipped[name] = "already quantized"
-        elif id(m.weight) in shared:
-            skipped[name] = "weight tied to another module"
+        elif id(m.weight) in shared and not getattr(config, "output_layer", False):
+            skipped[name] = "weight tied to another module (Int8DynamicConfig(output_layer=True) quantizes a copy)"
         elif not m.weight.is_floating_point():
             skipped[name] = f"weight is {m.weight.dtype}"
         else:
@@ -254,12 +345,19 @@ def quantize_(model: nn.Module, config: QuantConfig, *, modules: list[str] | Non
         raise ConfigError(f"{config.method} quantization ({type(config).__name__}) runs on CUDA GPUs only (its fast "
                           f"kernels are CUDA kernels) and this model is on {device.type}: move it with model.cuda() "
                           "first, or use Int8DynamicConfig (method int8), the CPU choice")
+    fbgemm = getattr(config, "kernel", "torchao") == "fbgemm"
+    if fbgemm and device.type != "cpu":
+        raise ConfigError(f"Int8DynamicConfig(kernel='fbgemm') runs on the CPU and this model is on {device.type}: "
+                          "use kernel='torchao' there, or move the model with model.cpu()")
+    if fbgemm and "fbgemm" not in torch.backends.quantized.supported_engines:
+        raise ConfigError("Int8DynamicConfig(kernel='fbgemm') needs PyTorch's x86 int8 kernels, which this build "
+                          f"lacks (engines: {torch.backends.quantized.supported_engines}); use kernel='torchao'")
     if modules is None:
         chosen, skipped = _targets(model, config)
     else:
         chosen, skipped = list(modules), {}
     if not chosen:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        linears = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Int8DynamicLinear))]
         if linears and config.filter:
             what = (f"no nn.Linear layer matches filter={list(config.filter)!r} (its Linear layers: "
                     f"{', '.join(linears[:6])}{', ...' if len(linears) > 6 else ''})")
@@ -279,9 +377,20 @@ def quantize_(model: nn.Module, config: QuantConfig, *, modules: list[str] | Non
                               "the checkpoint belongs to another model")
     report = QuantReport(config.method, sorted(chosen, key=list(modules_by_name).index), skipped)
     report.float_bytes = sum(_tensor_bytes(modules_by_name[n].weight) for n in chosen)
-    _torchao().quantize_(model, config.torchao_config(),
-                         filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in names)
-    report.quantized_bytes = sum(_tensor_bytes(modules_by_name[n].weight) for n in chosen)
+    if fbgemm:
+        if "" in names:
+            raise ConfigError("Int8DynamicConfig(kernel='fbgemm') swaps Linear layers inside a model, and this model "
+                              "is itself one: wrap it, e.g. nn.Sequential(layer)")
+        for n in chosen:
+            parent, _, child = n.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child,
+                    Int8DynamicLinear.from_linear(modules_by_name[n]))
+    else:
+        _torchao().quantize_(model, config.torchao_config(),
+                             filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in names)
+    report.quantized_bytes = sum(_tensor_bytes(model.get_submodule(n).weight)
+                                 + _tensor_bytes(getattr(model.get_submodule(n), "weight_scale", torch.empty(0)))
+                                 for n in chosen)
     info = getattr(model, "info", None)
     if isinstance(info, ModelInfo):
         record = info.meta.setdefault("compress", {})

@@ -3,7 +3,8 @@
 Decoding is a function that takes a model. The model honours the decoder contract
 (:class:`bigmodels.models._contract.Decoder`): ``model(ids, cache=c)`` returns logits (B, T, V) and
 ``model.new_cache()`` gives an empty decoding state (a :class:`~bigmodels.nn.KVCache` for GPT, the recurrent
-state for the RNN/LSTM/GRU language models). The prompt runs through the model once; then each step feeds only
+state for the RNN/LSTM/GRU language models). The prompt runs through the model once (with ``logits_to_keep=1``
+where the model's forward takes it, so the output layer reads only the last position); then each step feeds only
 the newest token, and the cache carries everything before it.
 
 Prompts of different lengths are left-padded (so every row's next token sits in the last column) and carry
@@ -246,6 +247,7 @@ class _Plan:
     mask: torch.Tensor | None  # (B, T), None when nothing is padded
     config: GenerationConfig
     masks: bool  # whether the model's forward takes an attention_mask (else padded rows decode one by one)
+    last: Mapping[str, int]  # {"logits_to_keep": 1} where the forward takes it: the prompt's last logits only
     stop_ids: torch.Tensor  # (S,)
     pad_id: int | None
     decode: Callable[[list[int]], str] | None
@@ -320,8 +322,10 @@ def _plan(model: nn.Module, input_ids: Prompt, attention_mask: torch.Tensor | No
         )
     generator = c.seed if isinstance(c.seed, torch.Generator) or c.seed is None else (
         torch.Generator(device=device).manual_seed(c.seed))
-    masks = "attention_mask" in inspect.signature(model.forward).parameters
-    return _Plan(ids.to(device=device, dtype=torch.long), mask, c, masks,
+    parameters = inspect.signature(model.forward).parameters
+    masks = "attention_mask" in parameters
+    last = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    return _Plan(ids.to(device=device, dtype=torch.long), mask, c, masks, last,
                  torch.tensor(stops, dtype=torch.long, device=device), pad_id, decode, generator)
 
 
@@ -338,15 +342,15 @@ class _DynamicRun:
     running attention mask grows by one column per step."""
 
     def __init__(self, model: nn.Module, p: _Plan) -> None:
-        self.model, self.mask, self.cache = model, p.mask, model.new_cache()
+        self.model, self.mask, self.cache, self.last = model, p.mask, model.new_cache(), p.last
 
-    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, **last: int) -> torch.Tensor:
         if self.mask is None:  # nothing padded: the plain contract, which recurrent models take too
-            return self.model(ids, cache=self.cache)[:, -1].float()  # (B, V)
-        return self.model(ids, attention_mask=self.mask, cache=self.cache)[:, -1].float()  # (B, V)
+            return self.model(ids, cache=self.cache, **last)[:, -1].float()  # (B, V)
+        return self.model(ids, attention_mask=self.mask, cache=self.cache, **last)[:, -1].float()  # (B, V)
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._forward(ids)
+        return self._forward(ids, **self.last)  # the output layer on the last position only, where it can
 
     def step(self, nxt: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:
@@ -365,7 +369,7 @@ class _StaticRun:
     def __init__(self, model: nn.Module, p: _Plan, decoder: Decoder) -> None:
         B, T = p.ids.shape
         device, dtype = p.ids.device, next(model.parameters()).dtype
-        self.model, self.decoder, self.pooled = model, decoder, None
+        self.model, self.decoder, self.pooled, self.last = model, decoder, None, p.last
         self.step_fn = (decoder.compiled_step(device) if p.config.compile else None) or _decode_step
         length = T + p.config.max_new_tokens
         if self.step_fn is _decode_step:
@@ -381,7 +385,7 @@ class _StaticRun:
         self.graphs = self.step_fn is not _decode_step and device.type == "cuda"
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model(ids, attention_mask=self.mask, cache=self.cache)[:, -1].float()  # (B, V), uncompiled
+        return self.model(ids, attention_mask=self.mask, cache=self.cache, **self.last)[:, -1].float()  # (B, V)
 
     def step(self, nxt: torch.Tensor) -> torch.Tensor:
         if self.graphs:

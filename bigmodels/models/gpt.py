@@ -273,6 +273,7 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         cache: KVCache | StaticKVCache | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, vocab_size): the output layer on :meth:`forward_hidden`.
 
@@ -280,9 +281,15 @@ class GPT(nn.Module):
         positions (with a :class:`~bigmodels.nn.StaticKVCache`: (B, max_length), over its whole buffer).
         ``positions`` (B, T) default to continuing after the cache (or to the mask's running count of real
         tokens). With a ``cache``, ``ids`` are only the new tokens; their keys/values are appended.
+        ``logits_to_keep=n`` > 0: logits (B, n, vocab_size) of the last n positions only (decoding reads the
+        last one: the output layer, GPT-2's largest matrix, then runs on one row per sequence, not T).
         """
-        logits = self.lm_head(self.forward_hidden(ids, attention_mask=attention_mask, positions=positions,
-                                                  cache=cache))  # (B, T, padded V)
+        if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ConfigError(f"logits_to_keep={logits_to_keep!r} must be a whole number >= 0 (0 = every position)")
+        hidden = self.forward_hidden(ids, attention_mask=attention_mask, positions=positions, cache=cache)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]  # (B, n, C)
+        logits = self.lm_head(hidden)  # (B, T | n, padded V)
         V = self.config.vocab_size
         return logits if logits.size(-1) == V else logits[..., :V]  # padded rows are no tokens
 

@@ -134,3 +134,78 @@ def test_config_errors():
         Int4WeightOnlyConfig(group_size=100)
     with pytest.raises(ConfigError, match="QuantConfig"):
         quantize_(nn.Linear(4, 4), "int8")
+
+
+# ---------------------------------------------------------------------------------------------- decoding options
+
+
+@pytest.mark.parametrize("kernel", ["torchao", "fbgemm"])
+def test_output_layer_option_quantizes_a_tied_head_as_an_untied_copy(kernel, tmp_path):
+    model = tiny_model("gpt2").eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fp32 = model(ids)
+    embedding = model.wte.weight.detach().clone()
+    report = quantize_(model, Int8DynamicConfig(kernel=kernel, output_layer=True))
+    assert "lm_head" in report.quantized and "lm_head" not in report.skipped
+    assert model.lm_head.weight is not model.wte.weight
+    assert model.lm_head.weight.dtype == torch.int8 or type(model.lm_head.weight).__name__ == "Int8Tensor"
+    assert type(model.wte.weight) is nn.Parameter and torch.equal(model.wte.weight, embedding)  # lookup stays float
+    with torch.no_grad():
+        int8 = model(ids)
+    assert 0 < ((int8 - fp32).norm() / fp32.norm()).item() < 0.05  # int8 rounding: close, not equal
+    bigmodels.save(model, tmp_path)
+    loaded = bigmodels.load(tmp_path)
+    assert loaded.info.meta["compress"]["quantization"]["options"]["output_layer"] is True
+    assert loaded.lm_head.weight is not loaded.wte.weight
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), int8)
+
+
+def test_fbgemm_kernel_swaps_linears_for_int8_ones_that_round_trip(tmp_path):
+    from bigmodels.compress.quantize import Int8DynamicLinear
+
+    model = tiny_model("bert-base").eval()
+    x = example_inputs(model)
+    with torch.no_grad():
+        y32 = first(call(model, x))
+    report = quantize_(model, Int8DynamicConfig(kernel="fbgemm"))
+    assert report.quantized and report.quantized_bytes < report.float_bytes / 3
+    assert all(isinstance(model.get_submodule(n), Int8DynamicLinear) for n in report.quantized)
+    with torch.no_grad():
+        y8 = first(call(model, x))
+        assert ((y8 - y32).norm() / y32.norm()).item() < 0.05
+        import copy
+
+        assert torch.equal(first(call(copy.deepcopy(model), x)), y8)  # the packed matrix is rebuilt on a copy
+    bigmodels.save(model, tmp_path)
+    loaded = bigmodels.load(tmp_path)
+    assert isinstance(loaded.get_submodule(report.quantized[0]), Int8DynamicLinear)
+    with torch.no_grad():
+        assert torch.equal(first(call(loaded, x)), y8)
+    with pytest.raises(ConfigError, match="already quantized"):
+        quantize_(model, Int8DynamicConfig(kernel="fbgemm"))  # nothing left but int8 layers and the tied head
+
+
+def test_int8_greedy_decoding_stays_close_to_fp32():
+    from bigmodels.infer.generate import generate
+
+    torch.manual_seed(0)
+    model = bigmodels.create_model("gpt2", n_layer=2, n_head=2, n_embd=64, vocab_size=256, block_size=64,
+                                   tie_weights=False).eval()
+    prompts = torch.randint(0, 256, (4, 8), generator=torch.Generator().manual_seed(1))
+    fp32 = generate(model, prompts, max_new_tokens=8, temperature=0)
+    quantize_(model, Int8DynamicConfig(kernel="fbgemm", output_layer=True))
+    int8 = generate(model, prompts, max_new_tokens=8, temperature=0)
+    assert int8.shape == fp32.shape and torch.equal(int8[:, :8], prompts)
+    assert (int8[:, 8:] == fp32[:, 8:]).float().mean() >= 0.75
+
+
+def test_int8_kernel_option_errors():
+    with pytest.raises(ConfigError, match="kernel='onednn' is not valid; choose one of torchao, fbgemm"):
+        Int8DynamicConfig(kernel="onednn")
+    with pytest.raises(ConfigError, match="output_layer='yes' must be True or False"):
+        quant_config("int8", output_layer="yes")
+    with pytest.raises(ConfigError, match=r"is itself one: wrap it, e.g. nn.Sequential\(layer\)"):
+        quantize_(nn.Linear(8, 8), Int8DynamicConfig(kernel="fbgemm"))
+    assert quant_config("int8", kernel="fbgemm", output_layer=True).options()["kernel"] == "fbgemm"

@@ -447,3 +447,24 @@ def test_nothing_module_level_changes_when_decoding(models, caplog):
     seq2seq.translate(bigmodels.create_model("transformer_mini"), [[5, 6, 7]], num_beams=2, max_new_tokens=3)
     assert _module_state(decoding, sampling, seq2seq) == before
     assert decoder._compiled == {"cpu": None}  # what compiling kept lives in the caller's decoder
+
+
+def test_prefill_runs_the_output_layer_on_the_last_position_only(models):
+    ours, _ = models
+    rows = []
+    handle = ours.lm_head.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[1]))
+    try:
+        for cache in ("dynamic", "static"):
+            rows.clear()
+            out = generate(ours, PROMPTS, max_new_tokens=4, temperature=0, pad_token_id=PAD_ID, cache=cache)
+            assert rows == [1, 1, 1, 1], cache  # the prompt's 7 positions: one row through lm_head, then 1 a step
+    finally:
+        handle.remove()
+    # the same tokens as feeding every position through the output layer, step by step without a cache
+    ids, mask = pad_prompts(PROMPTS, PAD_ID)
+    with torch.no_grad():
+        for _ in range(4):
+            logits = ours(ids, attention_mask=mask)[:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    assert torch.equal(out, ids)

@@ -313,3 +313,17 @@ def test_training_a_tiny_gpt_lowers_the_loss(tmp_path):
     assert summary["val"]["loss"] < uniform - 1.0  # measured: 3.19
     model = bigmodels.load(tmp_path)
     assert type(model).__name__ == "GPT" and model.config.vocab_size == trainer.model.config.vocab_size
+
+
+def test_logits_to_keep_gives_the_last_positions_logits(ids):
+    model = create_model("gpt2", **TINY).eval()
+    with torch.no_grad():
+        full = model(ids)
+        assert torch.allclose(model(ids, logits_to_keep=1), full[:, -1:], atol=1e-6)
+        assert model(ids, logits_to_keep=3).shape == (2, 3, 100)
+        cache = model.new_cache()
+        model(ids[:, :6], cache=cache)
+        assert torch.allclose(model(ids[:, 6:], cache=cache, logits_to_keep=1), full[:, -1:], atol=1e-5)
+    for bad in (-1, 1.5):
+        with pytest.raises(ConfigError, match=f"logits_to_keep={bad!r} must be a whole number >= 0"):
+            model(ids, logits_to_keep=bad)

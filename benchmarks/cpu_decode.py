@@ -1,0 +1,258 @@
+"""GPT-2 124M greedy decoding on the CPU: bigmodels against transformers and CTranslate2, from the same weights.
+
+Random GPT-2 124M weights (seeded; no pretrained GPT-2 is needed) are built by bigmodels, written in Hugging Face's
+format (the transformers peer loads that directory) and converted by CTranslate2's own converter (fp32, or int8
+with ``--int8``). The converter wants a tokenizer in the directory: a byte-level BPE GPT2TokenizerFast with
+GPT-2's 50,257 ids is written there (no network). Before timing, the three sides must produce the same tokens
+(greedy); then they run alternately, ``--reps`` times each, and the script prints tokens/s per side and the
+ratios of ours to each peer, per alternating round (their median), which is what to read on a shared CPU.
+
+    python benchmarks/cpu_decode.py --batch 1 --prompt 32 --new 64 --threads 2 --reps 5
+    python benchmarks/cpu_decode.py --batch 8 --int8 --reps 5
+    python benchmarks/cpu_decode.py --profile --threads 1 [--baseline]   # torch.profiler table of our decoding
+    python benchmarks/cpu_decode.py --ppl              # Tiny Shakespeare perplexity, fp32 vs int8
+
+Our side is ``generate(model, ids, temperature=0, max_new_tokens=N)`` after ``column_major_linears_(model)``
+(fp32; ``--baseline`` adds the untransformed model as a side) or, with ``--int8``, after
+``quantize_(model, Int8DynamicConfig(kernel="fbgemm", output_layer=True))``. With
+``--compile``, ours decodes with ``cache="static", compile=True`` and a :class:`Decoder` whose CPU compile options
+freeze the weights into the graph (``CPU_COMPILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import bigmodels
+from bigmodels.compress.layout import column_major_linears_
+from bigmodels.compress.quantize import Int8DynamicConfig, quantize_
+from bigmodels.infer.generate import Decoder, GenerationConfig, generate
+
+CPU_COMPILE = {"fullgraph": True, "options": {"freezing": True}}  # inductor: weights folded, prepacked GEMMs
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare"
+
+
+# ---------------------------------------------------------------------------------------------- building the sides
+
+
+def build_ours(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return bigmodels.create_model("gpt2").eval()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (what byte-level BPE vocabularies are written in)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    cs, n = list(bs), 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def write_tokenizer(directory: Path, vocab_size: int) -> None:
+    """A byte-level BPE tokenizer with ``vocab_size`` ids: the 256 byte symbols, then merges of symbol pairs,
+    the last id GPT-2's <|endoftext|>. Only its vocabulary matters here (CTranslate2 stores it)."""
+    symbols = list(_bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols)}
+    merges = []
+    for a in symbols:
+        for b in symbols:
+            if len(vocab) >= vocab_size - 1:
+                break
+            vocab[a + b] = len(vocab)
+            merges.append(f"{a} {b}")
+    vocab["<|endoftext|>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+               "model_max_length": 1024, "tokenizer_class": "GPT2Tokenizer"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(special), encoding="utf-8")
+
+
+def build_peers(ours: torch.nn.Module, work: Path, int8: bool, threads: int):
+    """(transformers GPT2LMHeadModel, CTranslate2 Generator, its vocabulary) with ``ours``'s weights."""
+    import ctranslate2
+    import transformers
+
+    hf_dir = work / "hf"
+    bigmodels.save(ours, hf_dir, format="hf")
+    write_tokenizer(hf_dir, ours.config.vocab_size)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_dir, attn_implementation="sdpa").float().eval()
+    ct2_dir = work / ("ct2_int8" if int8 else "ct2")
+    ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(str(ct2_dir),
+                                                                      quantization="int8" if int8 else None)
+    gen = ctranslate2.Generator(str(ct2_dir), device="cpu", compute_type="int8" if int8 else "float32",
+                                intra_threads=threads, inter_threads=1)
+    vocab = json.loads((hf_dir / "vocab.json").read_text(encoding="utf-8"))
+    return hf, gen, sorted(vocab, key=vocab.get)
+
+
+# ---------------------------------------------------------------------------------------------- the decoders
+
+
+def decoders(ours, hf, gen, tokens, new: int, compile: bool = False, baseline=None):
+    """name -> (ids (B, T) -> new tokens (B, new))."""
+    index = {t: i for i, t in enumerate(tokens)}
+    greedy = GenerationConfig(max_new_tokens=new, temperature=0)
+    if compile:
+        greedy = GenerationConfig(max_new_tokens=new, temperature=0, cache="static", compile=True)
+    decoder = Decoder(ours, compile_options=CPU_COMPILE) if compile else None
+
+    def run_ours(ids):
+        return generate(ours, ids, greedy, decoder=decoder)[:, ids.size(1):]
+
+    def run_hf(ids):
+        with torch.no_grad():
+            out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                              min_new_tokens=new, do_sample=False, pad_token_id=0)
+        return out[:, ids.size(1):]
+
+    def run_ct2(ids):
+        prompts = [[tokens[i] for i in row] for row in ids.tolist()]
+        results = gen.generate_batch(prompts, max_length=new, min_length=new, beam_size=1, sampling_topk=1,
+                                     include_prompt_in_result=False, end_token=[])
+        return torch.tensor([[index[t] for t in r.sequences[0]] for r in results])
+
+    sides = {"bigmodels": run_ours, "ctranslate2": run_ct2}
+    if baseline is not None:
+        sides["bigmodels-before"] = lambda ids: generate(baseline, ids, greedy)[:, ids.size(1):]
+    if hf is not None:
+        sides["transformers"] = run_hf
+    return sides
+
+
+def check_tokens(sides, ids, reference: str) -> dict[str, float]:
+    """Share of new tokens equal to ``reference``'s, per side (1.0 = identical)."""
+    outs = {name: fn(ids) for name, fn in sides.items()}
+    ref = outs[reference]
+    return {name: float((out[:, :ref.size(1)] == ref).float().mean()) if out.shape == ref.shape else 0.0
+            for name, out in outs.items()}
+
+
+def time_sides(sides, ids, reps: int) -> dict[str, list[float]]:
+    """Seconds per call, per side, the sides alternating (one warm-up call each first)."""
+    for fn in sides.values():
+        fn(ids)
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(reps):
+        order = list(sides) if r % 2 == 0 else list(sides)[::-1]  # alternate the order too
+        for name in order:
+            t0 = time.perf_counter()
+            sides[name](ids)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def report(times, n_tokens: int, ours: str = "bigmodels") -> None:
+    for name, ts in times.items():
+        print(f"  {name:<22} {n_tokens / statistics.median(ts):8.1f} tok/s  (median of {len(ts)}; best "
+              f"{n_tokens / min(ts):.1f})")
+    for name, ts in times.items():
+        if name != ours:
+            ratios = [t / o for o, t in zip(times[ours], ts, strict=True)]  # > 1: ours is faster
+            print(f"  {ours} / {name}: {statistics.median(ratios):.2f}x (median of per-round ratios; "
+                  f"range {min(ratios):.2f}-{max(ratios):.2f})")
+
+
+# ---------------------------------------------------------------------------------------------- profile, perplexity
+
+
+def profile_step(model, ids, new: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    generate(model, ids, max_new_tokens=new, temperature=0)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        generate(model, ids, max_new_tokens=new, temperature=0)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+@torch.no_grad()
+def perplexity(model, ids: torch.Tensor, window: int = 256) -> float:
+    """exp(mean next-token cross-entropy) over ``ids`` (N,) in windows of ``window`` tokens."""
+    nll, count = 0.0, 0
+    for start in range(0, ids.numel() - 1, window):
+        x = ids[start:start + window + 1]
+        if x.numel() < 2:
+            break
+        logits = model(x[None, :-1])[0].float()  # (T, V)
+        nll += torch.nn.functional.cross_entropy(logits, x[1:], reduction="sum").item()
+        count += x.numel() - 1
+    return math.exp(nll / count)
+
+
+def quantized(model):
+    q = copy.deepcopy(model)
+    quantize_(q, Int8DynamicConfig(kernel="fbgemm", output_layer=True))
+    return q
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=1, help="prompts decoded together (1 or 8)")
+    p.add_argument("--prompt", type=int, default=32, help="prompt length in tokens")
+    p.add_argument("--new", type=int, default=64, help="new tokens per prompt")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for every side")
+    p.add_argument("--reps", type=int, default=5, help="timed calls per side, alternating")
+    p.add_argument("--int8", action="store_true", help="ours int8 (quantize_) against CTranslate2 int8")
+    p.add_argument("--compile", action="store_true", help="ours: static cache + compiled step (CPU_COMPILE)")
+    p.add_argument("--baseline", action="store_true", help="also time ours without the transforms (before)")
+    p.add_argument("--no-hf", action="store_true", help="leave transformers out of the timing")
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of our decoding")
+    p.add_argument("--ppl", action="store_true", help="Tiny Shakespeare perplexity of ours, fp32 and int8")
+    p.add_argument("--ppl-chars", type=int, default=8000, help="characters of Tiny Shakespeare for --ppl")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompts")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = build_ours(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    ids = torch.randint(0, model.config.vocab_size - 1, (args.batch, args.prompt), generator=g)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GPT-2 124M random weights, batch "
+          f"{args.batch}, prompt {args.prompt}, {args.new} new tokens, {'int8' if args.int8 else 'fp32'}")
+
+    if args.ppl:
+        text = sorted(SHAKESPEARE.glob("*.txt"))[0].read_text(encoding="utf-8")[: args.ppl_chars]
+        data = torch.tensor(list(text.encode("utf-8")), dtype=torch.long)  # byte-level: ids 0..255 of GPT-2's
+        fp32, int8 = perplexity(model, data), perplexity(quantized(model), data)
+        print(f"perplexity on {data.numel()} bytes of Tiny Shakespeare: fp32 {fp32:.2f}, int8 {int8:.2f} "
+              f"(relative gap {abs(int8 - fp32) / fp32:.4%})")
+        return
+
+    if args.int8:
+        ours = quantized(model)
+    else:
+        ours = copy.deepcopy(model)
+        column_major_linears_(ours)
+    if args.profile:  # --baseline: the model as built, without the transform
+        profile_step(model if args.baseline else ours, ids, args.new)
+        return
+    with tempfile.TemporaryDirectory() as work:
+        hf, gen, tokens = build_peers(model, Path(work), args.int8, args.threads)
+        sides = decoders(ours, None if args.no_hf else hf, gen, tokens, args.new, args.compile,
+                         model if args.baseline else None)
+        if args.int8:  # int8 sides round differently: compare with the fp32 reference
+            ref = decoders(model, None, gen, tokens, args.new)["bigmodels"](ids)
+            same = {name: float((fn(ids) == ref).float().mean()) for name, fn in sides.items()}
+            print("  tokens equal to our fp32 greedy output:", {k: f"{v:.0%}" for k, v in same.items()})
+        else:
+            same = check_tokens(sides, ids, "transformers" if "transformers" in sides else "bigmodels")
+            print("  token identity:", {k: f"{v:.0%}" for k, v in same.items()})
+            if min(same.values()) < 1.0:
+                raise SystemExit("fp32 sides disagree on greedy tokens: not timing them")
+        report(time_sides(sides, ids, args.reps), args.batch * args.new)
+
+
+if __name__ == "__main__":
+    main()
