@@ -85,7 +85,7 @@ def bench(
     device: Annotated[str | None, "cpu, cuda or cuda:N (default: cuda where available)"] = None,
     steps: Annotated[int | None, "timed steps per workload (default: the workload's own)"] = None,
     warmup: Annotated[int | None, "untimed steps before timing (default: the workload's own)"] = None,
-    no_peer: Annotated[bool, "time bigmodels only, not the peer library"] = False,
+    no_peer: Annotated[bool, "time bigmodels only, not the peer library or engines"] = False,
     compile: Annotated[bool, "torch.compile the models (default: on for CUDA)"] = False,
     no_compile: Annotated[bool, "never torch.compile"] = False,
     data: Annotated[str | None, "the STS-B test csv (or its folder) for the embedding workloads"] = None,
@@ -94,9 +94,10 @@ def bench(
 ) -> int:
     """Time bigmodels side by side with the peer libraries on the same weights, as a table and speed.json.
 
-    The peers are transformers, torchvision and sentence-transformers; each row gives throughput, latency, peak
-    memory, MFU and the target it is held to. --tiny runs CPU-sized models; compile is on for CUDA unless
-    --no-compile; --list shows the workloads.
+    The peers are transformers, torchvision and sentence-transformers, and on the CPU rows (*-cpu-*) the
+    engines CTranslate2 and ONNX Runtime, built from the same weights (pip install "bigmodels[ctranslate2]"
+    and "bigmodels[export]"); each row gives throughput, latency, peak memory, MFU and the target it is held
+    to. --tiny runs CPU-sized models; compile is on for CUDA unless --no-compile; --list shows the workloads.
 
     Example: bigmodels bench --tiny --device cpu
     """

