@@ -393,7 +393,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{
             "id": served.name, "object": "model", "created": served.created, "owned_by": "bigmodels",
-            "task": served.task, "endpoints": list(served.pipelines), "context_length": served.context}]}
+            "task": served.task, "endpoints": list(served.pipelines), "context_length": served.context,
+            "explain_methods": state.explainer.methods()}]}
 
     @app.post("/v1/completions", response_model=None, responses={200: {"model": Completion}})
     async def completions(request: CompletionRequest) -> Any:

@@ -98,7 +98,8 @@ class Explainer:
 
     def run(self, inputs: Any, method: str, *, target: int | None, settings: dict[str, Any],
             position: int | None = None, png: bool = True) -> dict[str, Any]:
-        """The JSON body of one explanation (see :func:`explanation_body`); blocks while another runs."""
+        """The JSON body of one explanation (see :func:`explanation_body`; for a PIL image also the heatmap's
+        ``region``, see :func:`_region`); blocks while another runs."""
         from ..explain import explain
 
         self.check(method)
@@ -108,7 +109,28 @@ class Explainer:
             e = explain(self._copy, inputs, method, target, self.tokenizer, position=position, **settings)
         body = explanation_body(e, png=png)
         body["settings"] = {**_defaults(method), **body["settings"]}  # every setting the method ran with
+        from PIL import Image
+
+        if e.modality == "image" and isinstance(inputs, Image.Image):  # an uploaded file, at its own size
+            body["heatmap"]["region"] = _region(self.model, *inputs.size)
         return body
+
+
+def _region(model: nn.Module, width: int, height: int) -> dict[str, float]:
+    """The part of a ``width`` x ``height`` image that the model saw, in its pixels: all of it (resized to the
+    model's size) or the centre crop of ImageNet's resize-then-crop (as ``prepare_image`` cuts it), so that a
+    client can lay the heatmap over the right pixels."""
+    from ..infer.pipelines import image_preprocessing
+    from ..models._contract import model_info
+
+    prep = image_preprocessing(model, model_info(model).meta)
+    if prep.resize is None:
+        return {"left": 0.0, "top": 0.0, "width": float(width), "height": float(height)}
+    crop = prep.size[0]
+    scale = prep.resize / min(width, height)
+    resized_w, resized_h = max(crop, round(width * scale)), max(crop, round(height * scale))
+    return {"left": (resized_w - crop) // 2 / scale, "top": (resized_h - crop) // 2 / scale,
+            "width": crop / scale, "height": crop / scale}
 
 
 def _defaults(method: str) -> dict[str, Any]:

@@ -166,6 +166,7 @@ class ModelCard(BaseModel):
     task: str = Field(description="the registry task, e.g. language_modeling")
     endpoints: list[str] = Field(description="the endpoints this model answers")
     context_length: int | None = None
+    explain_methods: list[str] = Field(default_factory=list, description="the POST /v1/explain methods that apply")
 
 
 class ModelList(BaseModel):

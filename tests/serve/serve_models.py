@@ -1,4 +1,5 @@
-"""Tiny models for the server's tests, a TestClient that shows 500s as answers, and a live uvicorn server."""
+"""Tiny models for the server's tests, a TestClient that shows 500s as answers, a live uvicorn server, and a CSS
+colour reader for the browser tests."""
 
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def slowed(model: torch.nn.Module, seconds: float) -> torch.nn.Module:
     """``model`` with every forward pass ``seconds`` longer (a hook: the model itself is untouched)."""
     model.register_forward_pre_hook(lambda module, args: time.sleep(seconds))
     return model
+
+
+def rgba(css: str) -> tuple[int, int, int, float]:
+    """A colour as Chromium computes it (``rgb(r, g, b)`` or ``rgba(r, g, b, a)``) -> (r, g, b, alpha)."""
+    parts = [float(v) for v in css[css.index("(") + 1 : -1].split(",")]
+    return int(parts[0]), int(parts[1]), int(parts[2]), parts[3] if len(parts) == 4 else 1.0
 
 
 def client(app):

@@ -142,6 +142,7 @@ async function connect() {
     imageClassifier = card.task.includes("image");
     $("cls-text").hidden = imageClassifier;
     $("cls-image-row").hidden = !imageClassifier;
+    explainMethods(card.explain_methods ?? []);
     if (card.context_length) $("gen-max-tokens").max = card.context_length;
     model.dataset.state = "ready";
   } catch (e) {
@@ -269,6 +270,7 @@ function readFile(file) {
 $("cls-image").addEventListener("change", async () => {
   const file = $("cls-image").files[0];
   const preview = $("cls-preview");
+  clearExplanation();
   preview.hidden = !file;
   if (file) preview.src = await readFile(file);
 });
@@ -291,6 +293,163 @@ onSubmit("cls-form", "cls-run", "cls-error", async () => {
   } catch (e) {
     results.replaceChildren();
     results.dataset.state = "error";
+    throw e;
+  }
+});
+
+// ------------------------------------------------------------------------------------------- explain
+
+const METHOD_NAMES = {
+  saliency: "saliency",
+  ig: "integrated gradients",
+  gradcam: "Grad-CAM",
+  occlusion: "occlusion",
+  attention: "attention rollout",
+};
+const FOR = [220, 40, 40]; // red: evidence for the class (the colours of `bigmodels explain`'s report)
+const AGAINST = [40, 90, 220]; // blue: evidence against it
+const MAX_ALPHA = 0.85; // the strongest attribution still lets the word or the image show through
+
+// The methods the server runs for this model (GET v1/models): integrated gradients for a text, Grad-CAM for an
+// image where they apply, else the first.
+function explainMethods(methods) {
+  const select = $("exp-method");
+  select.replaceChildren(...methods.map((m) => new Option(METHOD_NAMES[m] ?? m, m)));
+  const preferred = imageClassifier ? "gradcam" : "ig";
+  select.value = methods.includes(preferred) ? preferred : (methods[0] ?? "");
+  $("exp-form").hidden = !methods.length;
+  clearExplanation();
+}
+
+function clearExplanation() {
+  const output = $("exp-output");
+  output.dataset.state = "idle";
+  $("exp-summary").textContent = "";
+  $("exp-words").replaceChildren();
+  for (const id of ["exp-words", "exp-image", "exp-legend"]) $(id).hidden = true;
+}
+
+// An attribution's colour: red for, blue against, its opacity the value's share of the largest magnitude.
+function shade(value, scale) {
+  const alpha = scale > 0 ? Math.min(Math.abs(value) / scale, 1) * MAX_ALPHA : 0;
+  return [...(value >= 0 ? FOR : AGAINST), alpha];
+}
+
+function largest(values) {
+  return values.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+}
+
+function classOf(index, label) {
+  return label ? `${label} (class ${index})` : `class ${index}`;
+}
+
+function summarise(answer) {
+  const parts = [`${METHOD_NAMES[answer.method] ?? answer.method} for ${classOf(answer.target, answer.target_label)}`];
+  if (answer.predicted >= 0) {
+    const p = answer.score === null ? "" : ` (p = ${answer.score.toFixed(3)})`;
+    parts.push(`predicted ${classOf(answer.predicted, answer.predicted_label)}${p}`);
+  }
+  if (answer.relative_delta !== null) parts.push(`completeness gap ${(100 * answer.relative_delta).toFixed(2)}%`);
+  $("exp-summary").textContent = parts.join(" · ");
+  const name = answer.target_label ?? `class ${answer.target}`;
+  $("exp-legend").textContent = `red: evidence for ${name} · blue: against it · the stronger the colour, the larger the attribution`;
+  $("exp-legend").hidden = false;
+}
+
+// A text: its words (word pieces where the tokenizer gives no words) on backgrounds coloured by attribution.
+function drawWords(answer) {
+  const items = answer.words ?? answer.tokens.filter((t) => !t.special).map((t) => ({ word: t.token, attribution: t.attribution }));
+  const scale = largest(items.map((i) => i.attribution));
+  const spans = items.map(({ word, attribution }) => {
+    const span = document.createElement("span");
+    span.className = "tok";
+    span.textContent = word;
+    span.style.backgroundColor = `rgba(${shade(attribution, scale).join(", ")})`;
+    span.title = `${attribution >= 0 ? "+" : ""}${attribution.toPrecision(4)}`;
+    span.dataset.attribution = String(attribution);
+    return span;
+  });
+  const words = $("exp-words");
+  words.replaceChildren(...spans.flatMap((span, i) => (i ? [" ", span] : [span])));
+  words.hidden = false;
+}
+
+function loadImage(source) {
+  const image = new Image();
+  image.src = source;
+  return image.decode().then(
+    () => image,
+    () => {
+      throw new ApiError(null, "the browser could not decode this image to draw the heatmap over it", null);
+    },
+  );
+}
+
+// An image: the part the model saw (the server's `region`), with the attribution grid laid over it as a
+// translucent layer, scaled up smoothly; hovering shows a cell's value.
+async function drawHeatmap(answer, source) {
+  const heat = answer.heatmap;
+  const image = await loadImage(source);
+  const region = heat.region ?? { left: 0, top: 0, width: image.naturalWidth, height: image.naturalHeight };
+  const zoom = 256 / Math.max(heat.width, heat.height);
+  const [w, h] = [Math.round(heat.width * zoom), Math.round(heat.height * zoom)];
+  const base = $("exp-base");
+  const layer = $("exp-heat");
+  for (const canvas of [base, layer]) {
+    canvas.width = w;
+    canvas.height = h;
+  }
+  const ctx = base.getContext("2d");
+  ctx.imageSmoothingEnabled = region.width > w; // a tiny image stays crisp pixels
+  ctx.drawImage(image, region.left, region.top, region.width, region.height, 0, 0, w, h);
+
+  const values = heat.grid.flat();
+  const scale = largest(values);
+  const cells = new ImageData(heat.width, heat.height);
+  values.forEach((value, i) => {
+    const [r, g, b, a] = shade(value, scale);
+    cells.data.set([r, g, b, Math.round(a * 255)], 4 * i);
+  });
+  const grid = document.createElement("canvas");
+  grid.width = heat.width;
+  grid.height = heat.height;
+  grid.getContext("2d").putImageData(cells, 0, 0);
+  const over = layer.getContext("2d");
+  over.clearRect(0, 0, w, h);
+  over.imageSmoothingEnabled = true;
+  over.drawImage(grid, 0, 0, w, h);
+  layer.onmousemove = (event) => {
+    const x = Math.min(heat.width - 1, Math.floor((event.offsetX / layer.clientWidth) * heat.width));
+    const y = Math.min(heat.height - 1, Math.floor((event.offsetY / layer.clientHeight) * heat.height));
+    layer.title = `(${x}, ${y}): ${heat.grid[y][x].toPrecision(4)}`;
+  };
+  $("exp-image").hidden = false;
+}
+
+onSubmit("exp-form", "exp-run", "exp-error", async () => {
+  const body = { method: $("exp-method").value };
+  const target = number("exp-target", "class", { optional: true });
+  if (target !== undefined) body.target = target;
+  if (imageClassifier) {
+    const file = $("cls-image").files[0];
+    if (!file) throw new ApiError(null, "choose an image file first", null);
+    body.image = await readFile(file);
+    body.png = false; // the page draws the grid itself
+  } else {
+    body.input = $("cls-text").value;
+  }
+  clearExplanation();
+  const output = $("exp-output");
+  output.dataset.state = "running";
+  try {
+    const answer = await post("v1/explain", body);
+    if (answer.modality === "image") await drawHeatmap(answer, body.image);
+    else drawWords(answer);
+    summarise(answer);
+    output.dataset.state = "done";
+  } catch (e) {
+    clearExplanation();
+    output.dataset.state = "error";
     throw e;
   }
 });
