@@ -29,6 +29,16 @@ def _display_image(x: torch.Tensor) -> torch.Tensor:
     return x.permute(1, 2, 0) if x.shape[0] == 3 else x[0]
 
 
+def _png(fig: Any, path: str | Path | None) -> bytes:
+    """A matplotlib figure's PNG bytes, also written to ``path`` when given."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = buf.getvalue()
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
 def heatmap_png(e: Explanation, path: str | Path | None = None, *, dpi: int = 100) -> bytes:
     """The image next to its attributions as a heatmap over it (diverging colours for signed attributions);
     the PNG's bytes, also written to ``path`` when given."""
@@ -50,12 +60,7 @@ def heatmap_png(e: Explanation, path: str | Path | None = None, *, dpi: int = 10
     left.set_title(f"predicted: {e.predicted_label or e.predicted}", fontsize=9)
     right.set_title(f"{e.method} for {e.target_label or e.target}", fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    data = buf.getvalue()
-    if path is not None:
-        Path(path).write_bytes(data)
-    return data
+    return _png(fig, path)
 
 
 def token_png(e: Explanation, path: str | Path | None = None, *, words: bool = True, width: float = 7.0,
@@ -92,12 +97,7 @@ def token_png(e: Explanation, path: str | Path | None = None, *, words: bool = T
     label = e.target_label or e.target
     fig.text(0.1 / width, 1 - 0.25 / height, f"{e.method} for {label} (predicted {e.predicted_label or e.predicted}, "
              f"p={e.score:.3f}); red: for, blue: against", fontsize=9, color="#444")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    data = buf.getvalue()
-    if path is not None:
-        Path(path).write_bytes(data)
-    return data
+    return _png(fig, path)
 
 
 def _items(e: Explanation, words: bool) -> list[tuple[str, float]]:
@@ -123,7 +123,8 @@ def token_html(e: Explanation, *, words: bool = True) -> str:
 
 _STYLE = """body{font-family:sans-serif;margin:2em;max-width:60em}
 .tok{padding:1px 3px;border-radius:3px}.text{line-height:2}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
+table{border-collapse:collapse;display:block;overflow-x:auto;max-width:100%}
+td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}section{margin-bottom:2em}"""
 
 
