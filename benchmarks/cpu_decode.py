@@ -11,12 +11,14 @@ ratios of ours to each peer, per alternating round (their median), which is what
     python benchmarks/cpu_decode.py --batch 8 --int8 --reps 5
     python benchmarks/cpu_decode.py --profile --threads 1 [--baseline]   # torch.profiler table of our decoding
     python benchmarks/cpu_decode.py --ppl              # Tiny Shakespeare perplexity, fp32 vs int8
+    python benchmarks/cpu_decode.py --kernels --batch 8   # one step's Linear products with each CPU kernel
 
-Our side is ``generate(model, ids, temperature=0, max_new_tokens=N)`` after ``column_major_linears_(model)``
-(fp32; ``--baseline`` adds the untransformed model as a side) or, with ``--int8``, after
-``quantize_(model, Int8DynamicConfig(kernel="fbgemm", output_layer=True))``. With
-``--compile``, ours decodes with ``cache="static", compile=True`` and a :class:`Decoder` whose CPU compile options
-freeze the weights into the graph (``CPU_COMPILE``).
+Our side is ``generate(model, ids, temperature=0, max_new_tokens=N, cache=...)`` after
+``prepare_for_cpu_decoding(model)`` (fp32: every Linear's weight packed for oneDNN, ``prepack_linears_``) or
+``prepare_for_cpu_decoding(model, int8=True)`` (``--int8``: ``Int8DynamicConfig(kernel="fbgemm", output_layer=True)``).
+``--baseline`` adds the untransformed model as a side, ``--column-major`` the first round's ``column_major_linears_``
+model. With ``--compile``, ours decodes with ``cache="static", compile=True`` and a :class:`Decoder` whose CPU compile
+options freeze the weights into the graph (``CPU_COMPILE``).
 """
 
 from __future__ import annotations
@@ -33,8 +35,7 @@ from pathlib import Path
 import torch
 
 import bigmodels
-from bigmodels.compress.layout import column_major_linears_
-from bigmodels.compress.quantize import Int8DynamicConfig, quantize_
+from bigmodels.compress.layout import column_major_linears_, prepare_for_cpu_decoding
 from bigmodels.infer.generate import Decoder, GenerationConfig, generate
 
 CPU_COMPILE = {"fullgraph": True, "options": {"freezing": True}}  # inductor: weights folded, prepacked GEMMs
@@ -102,10 +103,11 @@ def build_peers(ours: torch.nn.Module, work: Path, int8: bool, threads: int):
 # ---------------------------------------------------------------------------------------------- the decoders
 
 
-def decoders(ours, hf, gen, tokens, new: int, compile: bool = False, baseline=None):
-    """name -> (ids (B, T) -> new tokens (B, new))."""
+def decoders(ours, hf, gen, tokens, new: int, compile: bool = False, baseline=None, cache: str = "dynamic",
+             others=None):
+    """name -> (ids (B, T) -> new tokens (B, new)); ``others``: more of our models by name, decoded like ours."""
     index = {t: i for i, t in enumerate(tokens)}
-    greedy = GenerationConfig(max_new_tokens=new, temperature=0)
+    greedy = GenerationConfig(max_new_tokens=new, temperature=0, cache=cache)
     if compile:
         greedy = GenerationConfig(max_new_tokens=new, temperature=0, cache="static", compile=True)
     decoder = Decoder(ours, compile_options=CPU_COMPILE) if compile else None
@@ -128,6 +130,8 @@ def decoders(ours, hf, gen, tokens, new: int, compile: bool = False, baseline=No
     sides = {"bigmodels": run_ours, "ctranslate2": run_ct2}
     if baseline is not None:
         sides["bigmodels-before"] = lambda ids: generate(baseline, ids, greedy)[:, ids.size(1):]
+    for name, other in (others or {}).items():
+        sides[name] = lambda ids, other=other: generate(other, ids, greedy)[:, ids.size(1):]
     if hf is not None:
         sides["transformers"] = run_hf
     return sides
@@ -169,13 +173,42 @@ def report(times, n_tokens: int, ours: str = "bigmodels") -> None:
 # ---------------------------------------------------------------------------------------------- profile, perplexity
 
 
-def profile_step(model, ids, new: int) -> None:
+def profile_step(model, ids, new: int, cache: str = "dynamic") -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    generate(model, ids, max_new_tokens=new, temperature=0)  # warm-up
+    generate(model, ids, max_new_tokens=new, temperature=0, cache=cache)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        generate(model, ids, max_new_tokens=new, temperature=0)
+        generate(model, ids, max_new_tokens=new, temperature=0, cache=cache)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+@torch.no_grad()
+def time_kernels(model, rows: int, reps: int) -> None:
+    """The Linear products of one decoding step (``rows`` rows) with each CPU kernel, alternating; prints the
+    median ms and the median per-round ratio to the column-major weights (> 1: faster)."""
+    F = torch.nn.functional
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    ws = [m.weight.detach().contiguous() for m in layers]
+    bs = [None if m.bias is None else m.bias.detach() for m in layers]
+    xs = [torch.randn(rows, w.size(1)) for w in ws]
+    cm = [w.t().contiguous().t() for w in ws]
+    mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in ws]
+    dnn_rows = [torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in ws]
+    dnn = [torch.ops.mkldnn._reorder_linear_weight(w) for w in ws]
+    kernels = {
+        "row-major F.linear": lambda: [F.linear(x, w, b) for x, w, b in zip(xs, ws, bs, strict=True)],
+        "column-major F.linear": lambda: [F.linear(x, w, b) for x, w, b in zip(xs, cm, bs, strict=True)],
+        "mkl::_mkl_linear": lambda: [torch.ops.mkl._mkl_linear(x, p, w, b, rows)
+                                     for x, p, w, b in zip(xs, mkl, ws, bs, strict=True)],
+        "oneDNN packed for M rows": lambda: [torch.ops.mkldnn._linear_pointwise(x, p, b, "none", [], "")
+                                             for x, p, b in zip(xs, dnn_rows, bs, strict=True)],
+        "oneDNN packed (any rows)": lambda: [torch.ops.mkldnn._linear_pointwise(x, p, b, "none", [], "")
+                                             for x, p, b in zip(xs, dnn, bs, strict=True)],
+    }
+    times = time_sides({k: lambda _, f=f: f() for k, f in kernels.items()}, None, reps)
+    for name, ts in times.items():
+        ratios = [c / t for c, t in zip(times["column-major F.linear"], ts, strict=True)]
+        print(f"  {name:<26} {statistics.median(ts) * 1e3:8.1f} ms  ({statistics.median(ratios):.2f}x column-major)")
 
 
 @torch.no_grad()
@@ -193,9 +226,7 @@ def perplexity(model, ids: torch.Tensor, window: int = 256) -> float:
 
 
 def quantized(model):
-    q = copy.deepcopy(model)
-    quantize_(q, Int8DynamicConfig(kernel="fbgemm", output_layer=True))
-    return q
+    return prepare_for_cpu_decoding(copy.deepcopy(model), int8=True)
 
 
 def main() -> None:
@@ -209,8 +240,11 @@ def main() -> None:
     p.add_argument("--int8", action="store_true", help="ours int8 (quantize_) against CTranslate2 int8")
     p.add_argument("--compile", action="store_true", help="ours: static cache + compiled step (CPU_COMPILE)")
     p.add_argument("--baseline", action="store_true", help="also time ours without the transforms (before)")
+    p.add_argument("--column-major", action="store_true", help="also time column_major_linears_ (the first round)")
+    p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic", help="our key/value cache")
     p.add_argument("--no-hf", action="store_true", help="leave transformers out of the timing")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of our decoding")
+    p.add_argument("--kernels", action="store_true", help="time one step's Linear products with each CPU kernel")
     p.add_argument("--ppl", action="store_true", help="Tiny Shakespeare perplexity of ours, fp32 and int8")
     p.add_argument("--ppl-chars", type=int, default=8000, help="characters of Tiny Shakespeare for --ppl")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompts")
@@ -222,6 +256,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GPT-2 124M random weights, batch "
           f"{args.batch}, prompt {args.prompt}, {args.new} new tokens, {'int8' if args.int8 else 'fp32'}")
 
+    if args.kernels:
+        print(f"the {sum(isinstance(m, torch.nn.Linear) for m in model.modules())} Linear products of one step, "
+              f"{args.batch} row(s):")
+        time_kernels(model, args.batch, args.reps)
+        return
     if args.ppl:
         text = sorted(SHAKESPEARE.glob("*.txt"))[0].read_text(encoding="utf-8")[: args.ppl_chars]
         data = torch.tensor(list(text.encode("utf-8")), dtype=torch.long)  # byte-level: ids 0..255 of GPT-2's
@@ -230,18 +269,19 @@ def main() -> None:
               f"(relative gap {abs(int8 - fp32) / fp32:.4%})")
         return
 
-    if args.int8:
-        ours = quantized(model)
-    else:
-        ours = copy.deepcopy(model)
-        column_major_linears_(ours)
-    if args.profile:  # --baseline: the model as built, without the transform
-        profile_step(model if args.baseline else ours, ids, args.new)
+    ours = prepare_for_cpu_decoding(copy.deepcopy(model), int8=args.int8)
+    others = {}
+    if args.column_major:
+        others["bigmodels-column-major"] = copy.deepcopy(model)
+        column_major_linears_(others["bigmodels-column-major"])
+    if args.profile:  # --baseline: the model as built; --column-major: the first round's transform
+        chosen = model if args.baseline else others.get("bigmodels-column-major", ours)
+        profile_step(chosen, ids, args.new, args.cache)
         return
     with tempfile.TemporaryDirectory() as work:
         hf, gen, tokens = build_peers(model, Path(work), args.int8, args.threads)
         sides = decoders(ours, None if args.no_hf else hf, gen, tokens, args.new, args.compile,
-                         model if args.baseline else None)
+                         model if args.baseline else None, args.cache, others)
         if args.int8:  # int8 sides round differently: compare with the fp32 reference
             ref = decoders(model, None, gen, tokens, args.new)["bigmodels"](ids)
             same = {name: float((fn(ids) == ref).float().mean()) for name, fn in sides.items()}

@@ -6,7 +6,14 @@ Models stay pure (DESIGN.md): nothing here is imported by a model, and nothing h
 """
 
 from .distill import DistillationTask, distillation_task, load_teacher
-from .layout import column_major_linears_, row_major_linears_
+from .layout import (
+    PackedLinear,
+    column_major_linears_,
+    prepack_linears_,
+    prepare_for_cpu_decoding,
+    row_major_linears_,
+    unpack_linears_,
+)
 from .lora import LoRAReport, add_lora_, load_lora, merge_lora_, save_lora
 from .prune import (
     SparsityReport,
@@ -35,5 +42,6 @@ __all__ = [
     "Int4WeightOnlyConfig", "Float8DynamicConfig", "QUANT_METHODS", "prune_magnitude_", "prune_structured_",
     "SparsityReport", "StructureReport", "restore_structure", "match_compressed", "save_compressed_weights",
     "load_compressed_weights", "DistillationTask", "distillation_task", "load_teacher", "add_lora_", "merge_lora_",
-    "save_lora", "load_lora", "LoRAReport", "column_major_linears_", "row_major_linears_",
+    "save_lora", "load_lora", "LoRAReport", "column_major_linears_", "row_major_linears_", "PackedLinear",
+    "prepack_linears_", "unpack_linears_", "prepare_for_cpu_decoding",
 ]

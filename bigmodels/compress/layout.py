@@ -20,15 +20,25 @@ work unchanged and the files are the same. :func:`row_major_linears_` undoes it.
     True
     >>> row_major_linears_(model)
     17
+
+:func:`prepack_linears_` goes further: each ``nn.Linear`` becomes a :class:`PackedLinear` that also keeps its weight
+in oneDNN's packed (blocked) layout and multiplies with oneDNN's kernel, what inductor's freezing does for a compiled
+graph, here in eager mode. Per matrix product of GPT-2 124M on this CPU it measured 1.5-1.7x faster than the
+column-major weights at one row and 2.5-3.5x at eight rows, where MKL's sgemm was 6x slower per row than at one.
+:func:`unpack_linears_` undoes it; :func:`prepare_for_cpu_decoding` applies the fastest measured setup, fp32 or int8.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["column_major_linears_", "row_major_linears_"]
+from ..errors import ConfigError
+
+__all__ = ["column_major_linears_", "row_major_linears_", "PackedLinear", "prepack_linears_", "unpack_linears_",
+           "prepare_for_cpu_decoding"]
 
 
 def _plain_weights(model: nn.Module) -> list[nn.Parameter]:
@@ -80,3 +90,147 @@ def row_major_linears_(model: nn.Module) -> int:
                 w.data = w.data.contiguous()
                 changed += 1
     return changed
+
+
+# ------------------------------------------------------------------------------------------------ oneDNN packing
+
+_PACKABLE = (torch.float32, torch.bfloat16)  # dtypes oneDNN's packed linear takes on any x86 CPU
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (out, in) reordered into oneDNN's blocked layout for its linear kernel (an opaque tensor)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach())  # batch_size=None: one layout for any rows
+
+
+class PackedLinear(nn.Module):
+    """An inference-only ``nn.Linear`` that multiplies with a copy of its weight packed for oneDNN.
+
+    It holds the layer's own ``weight`` and ``bias`` Parameters (the same objects: tied weights stay tied, the
+    state dict has the plain layer's keys and values) plus the packed copy, which ``state_dict`` never sees.
+    The packed copy is rebuilt when the weight changes (in place, as ``load_state_dict`` or an optimizer does, or
+    by a new ``.data``, dtype or device) and is dropped by ``copy.deepcopy`` and pickling, which rebuild it. Where
+    it cannot serve (autograd needs the weight's gradient, training mode, a non-CPU tensor, another dtype) the
+    forward is plain ``F.linear``, so results are always the layer's. Built by :func:`prepack_linears_`.
+
+    >>> layer = nn.Linear(16, 4).eval()
+    >>> packed = PackedLinear(layer)
+    >>> x = torch.randn(3, 16)
+    >>> with torch.no_grad():
+    ...     torch.allclose(packed(x), layer(x), atol=1e-6), packed.weight is layer.weight
+    (True, True)
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.training = linear.training
+        self._packed: torch.Tensor | None = None
+        self._packed_from: tuple = ()
+
+    def _key(self) -> tuple:
+        w = self.weight
+        return (w._version, w.data_ptr(), w.dtype, w.device)
+
+    def packed_weight(self) -> torch.Tensor | None:
+        """The oneDNN copy of the current weight (rebuilt if the weight changed); None where it cannot serve."""
+        w = self.weight
+        if w.device.type != "cpu" or w.dtype not in _PACKABLE:
+            self._packed, self._packed_from = None, ()
+            return None
+        key = self._key()
+        if self._packed is None or key != self._packed_from:
+            self._packed, self._packed_from = _pack(w), key
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if self.training or x.dtype != w.dtype or (torch.is_grad_enabled() and w.requires_grad):
+            return F.linear(x, w, self.bias)
+        packed = self.packed_weight()
+        if packed is None or x.device.type != "cpu":
+            return F.linear(x, w, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()  # the opaque oneDNN tensor has no storage to copy: rebuilt on first use
+        state["_packed"], state["_packed_from"] = None, ()
+        return state
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _check_cpu_inference(model: nn.Module, what: str) -> None:
+    if model.training:
+        raise ConfigError(f"{what} is for inference and {type(model).__name__} is in training mode; call "
+                          "model.eval() first (unpack_linears_(model) before training it again)")
+    devices = sorted({p.device.type for p in model.parameters()} - {"cpu"})
+    if devices:
+        raise ConfigError(f"{what} packs weights for oneDNN's CPU kernel and this model has parameters on "
+                          f"{', '.join(devices)}; move it with model.cpu() first (on a GPU, decode as it is)")
+
+
+def prepack_linears_(model: nn.Module) -> int:
+    """Swap every plain float32 / bfloat16 ``nn.Linear`` of an eval-mode CPU ``model`` for a :class:`PackedLinear`
+    (weights packed for oneDNN), in place; returns how many. Outputs equal the plain model's to float rounding;
+    the packed copies add the Linear weights' memory once more. Undo with :func:`unpack_linears_`.
+
+    >>> import bigmodels
+    >>> model = bigmodels.create_model("gpt_mini").eval()
+    >>> prepack_linears_(model), type(model.lm_head).__name__, model.lm_head.weight is model.wte.weight
+    (17, 'PackedLinear', True)
+    >>> unpack_linears_(model), type(model.lm_head).__name__
+    (17, 'Linear')
+    """
+    _check_cpu_inference(model, "prepack_linears_")
+    if not torch.backends.mkldnn.is_available():
+        raise ConfigError("prepack_linears_ needs PyTorch's oneDNN (mkldnn) kernels, which this build lacks "
+                          "(torch.backends.mkldnn.is_available() is False); use column_major_linears_(model)")
+    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if type(child) is nn.Linear and not parametrize.is_parametrized(child)
+             and child.weight.dtype in _PACKABLE]
+    for parent, name, child in swaps:
+        packed = PackedLinear(child)
+        packed.packed_weight()  # pack now, not on the first call
+        setattr(parent, name, packed)
+    return len(swaps)
+
+
+def unpack_linears_(model: nn.Module) -> int:
+    """Undo :func:`prepack_linears_`: every :class:`PackedLinear` back to an ``nn.Linear`` holding the same
+    weight and bias Parameters (the packed copies are freed); returns how many."""
+    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if isinstance(child, PackedLinear)]
+    for parent, name, child in swaps:
+        linear = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+        linear.weight, linear.bias = child.weight, child.bias
+        linear.train(child.training)
+        setattr(parent, name, linear)
+    return len(swaps)
+
+
+def prepare_for_cpu_decoding(model: nn.Module, *, int8: bool = False) -> nn.Module:
+    """Make an eval-mode CPU model decode fast, in place, with the transforms measured fastest on the CPU
+    (``benchmarks/cpu_decode.md``); returns the model.
+
+    fp32 (default): :func:`prepack_linears_`, outputs equal to the plain model's to float rounding (greedy tokens
+    identical). ``int8=True``: ``quantize_(model, Int8DynamicConfig(kernel="fbgemm", output_layer=True))`` (int8
+    weights, activations quantized per call with PyTorch's x86 int8 GEMM; the tied output layer as an int8 copy),
+    then :func:`prepack_linears_` for any float Linear left.
+
+    >>> import bigmodels
+    >>> model = prepare_for_cpu_decoding(bigmodels.create_model("gpt_mini").eval())
+    >>> type(model.blocks[0].mlp.fc).__name__
+    'PackedLinear'
+    """
+    if not isinstance(int8, bool):
+        raise ConfigError(f"prepare_for_cpu_decoding(int8={int8!r}) must be True or False")
+    _check_cpu_inference(model, "prepare_for_cpu_decoding")
+    if int8:
+        from .quantize import Int8DynamicConfig, quantize_
+
+        quantize_(model, Int8DynamicConfig(kernel="fbgemm", output_layer=True))
+    prepack_linears_(model)
+    return model

@@ -56,3 +56,97 @@ def test_docstring_examples_run():
 
     results = [doctest.testmod(module, optionflags=doctest.ELLIPSIS) for module in (layout, quantize)]
     assert sum(r.attempted for r in results) >= 12 and sum(r.failed for r in results) == 0
+
+
+# ------------------------------------------------------------------------------------------------ oneDNN packing
+
+
+def test_prepacked_linears_keep_outputs_tokens_ties_and_files(tmp_path):
+    from bigmodels.compress.layout import PackedLinear, prepack_linears_, unpack_linears_
+
+    model = tiny_gpt()
+    prompts = torch.randint(0, 300, (3, 6), generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        logits = model(prompts)
+    tokens = generate(model, prompts, max_new_tokens=12, temperature=0)
+    static = generate(model, prompts, max_new_tokens=12, temperature=0, cache="static")
+    assert prepack_linears_(model) == 9  # 4 per block + the tied output layer
+    assert all(type(m) is not torch.nn.Linear for m in model.modules())
+    assert isinstance(model.lm_head, PackedLinear) and model.lm_head.weight is model.wte.weight
+    assert dict(model.named_parameters()).keys() == params.keys()
+    assert all(p is params[k] for k, p in model.named_parameters())  # the same Parameter objects
+    with torch.no_grad():
+        assert torch.allclose(model(prompts), logits, atol=1e-5)
+        assert torch.allclose(model(prompts[:1, :1]), logits[:1, :1], atol=1e-5)  # one row, as a decoding step
+    assert torch.equal(generate(model, prompts, max_new_tokens=12, temperature=0), tokens)
+    assert torch.equal(generate(model, prompts, max_new_tokens=12, temperature=0, cache="static"), static)
+    state = model.state_dict()  # the plain model's keys and values: nothing packed is saved
+    assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in state)
+    bigmodels.save(model, tmp_path)
+    loaded = bigmodels.load(tmp_path)
+    assert all(type(m) is not PackedLinear for m in loaded.modules())
+    assert torch.equal(generate(loaded, prompts, max_new_tokens=12, temperature=0), tokens)
+    assert prepack_linears_(model) == 0  # nothing plain is left
+    assert unpack_linears_(model) == 9
+    assert sum(type(m) is torch.nn.Linear for m in model.modules()) == 9 and model.lm_head.weight is model.wte.weight
+    assert all(p is params[k] for k, p in model.named_parameters())
+    with torch.no_grad():
+        assert torch.allclose(model(prompts), logits, atol=1e-5)
+
+
+def test_packed_weights_follow_changes_copies_and_autograd():
+    import copy
+
+    from bigmodels.compress.layout import prepack_linears_
+
+    model, other = tiny_gpt(), tiny_gpt()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    prompts = torch.randint(0, 300, (2, 5), generator=torch.Generator().manual_seed(2))
+    prepack_linears_(model)
+    model.load_state_dict(other.state_dict())  # in place: the packed copies must be rebuilt, not kept stale
+    with torch.no_grad():
+        expected = other(prompts)
+        assert torch.allclose(model(prompts), expected, atol=1e-5)
+        twin = copy.deepcopy(model)  # the opaque packed tensors are not copied but rebuilt
+        assert torch.allclose(twin(prompts), expected, atol=1e-5)
+    out = model(prompts)  # autograd on: plain F.linear, so the weights get gradients
+    out.sum().backward()
+    assert model.blocks[0].mlp.fc.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_prepacking_refuses_training_and_non_cpu_models():
+    from bigmodels.compress.layout import prepack_linears_, prepare_for_cpu_decoding
+    from bigmodels.errors import ConfigError
+
+    model = tiny_gpt().train()
+    with pytest.raises(ConfigError, match=r"training mode; call model\.eval\(\)"):
+        prepack_linears_(model)
+    with pytest.raises(ConfigError, match=r"parameters on meta; move it with model\.cpu\(\)"):
+        prepare_for_cpu_decoding(tiny_gpt().to("meta"))
+    with pytest.raises(ConfigError, match="int8='yes'"):
+        prepare_for_cpu_decoding(tiny_gpt(), int8="yes")
+    assert all(type(m).__name__ != "PackedLinear" for m in model.modules())
+
+
+def test_prepare_for_cpu_decoding_fp32_and_int8():
+    from bigmodels.compress.layout import PackedLinear, prepare_for_cpu_decoding
+    from bigmodels.compress.quantize import Int8DynamicLinear
+
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this PyTorch build has no x86 int8 kernels (fbgemm)")
+    prompts = torch.randint(0, 300, (2, 5), generator=torch.Generator().manual_seed(3))
+    reference = tiny_gpt()
+    tokens = generate(reference, prompts, max_new_tokens=8, temperature=0)
+    fp32 = prepare_for_cpu_decoding(tiny_gpt())
+    assert sum(isinstance(m, PackedLinear) for m in fp32.modules()) == 9
+    assert torch.equal(generate(fp32, prompts, max_new_tokens=8, temperature=0), tokens)
+    int8 = prepare_for_cpu_decoding(tiny_gpt(), int8=True)
+    assert sum(isinstance(m, Int8DynamicLinear) for m in int8.modules()) == 9  # the output layer too
+    assert not any(isinstance(m, (PackedLinear, torch.nn.Linear)) for m in int8.modules())
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(int8(prompts).flatten(), reference(prompts).flatten(), dim=0)
+    assert cos > 0.99

@@ -79,6 +79,21 @@ def test_static_cache_decodes_the_tokens_of_the_dynamic_cache_and_hugging_face(m
     assert torch.equal(torch.stack(steps, 1), sampled[:, -20:])
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_cpu_prepared_model_is_token_identical_to_hugging_face(models, cache):
+    """prepare_for_cpu_decoding (weights packed for oneDNN) changes the kernel, not the tokens."""
+    import copy
+
+    from bigmodels.compress.layout import PackedLinear, prepare_for_cpu_decoding
+
+    ours, hf = models
+    packed = prepare_for_cpu_decoding(copy.deepcopy(ours))
+    assert isinstance(packed.lm_head, PackedLinear)
+    for prompts in ([PROMPT], PROMPTS):
+        out = generate(packed, prompts, temperature=0, max_new_tokens=32, pad_token_id=PAD_ID, cache=cache)
+        assert torch.equal(out, hf_generate(hf, prompts))
+
+
 def test_compiled_static_decoding_is_one_graph_for_every_step_and_call(models, monkeypatch):
     """On CPU with a counting backend (CUDA uses mode="reduce-overhead"): one whole graph, captured once."""
     ours, _ = models
