@@ -76,24 +76,32 @@ def prepare_ours_cpu(model: nn.Module, precision: str) -> tuple[nn.Module, dict[
     """Our model made ready for CPU inference -> (model, the ``generate`` options for a decoder, the settings
     recorded with the row). The one place every CPU workload prepares our side; the model changes in place.
 
-    fp32: eval mode, q/k/v packed into one product per layer (:func:`~bigmodels.nn.attention.pack_qkv_`; GPT-2's
-    attention is fused already). int8: the same, then :func:`~bigmodels.compress.quantize.quantize_` with
-    ``Int8DynamicConfig`` (int8 weights, activations quantized per token at run time; a tied output layer stays
-    fp32). Decoding: greedy with a static (preallocated) key/value cache, not compiled.
+    Every model: eval mode, q/k/v packed into one product per layer (:func:`~bigmodels.nn.attention.pack_qkv_`;
+    GPT-2's attention is fused already), then what
+    :func:`~bigmodels.compress.layout.prepare_for_cpu_decoding` does (``benchmarks/cpu_decode.md``,
+    ``benchmarks/cpu_encoders.md``): int8 swaps every Linear, a tied output layer too (as an untied int8 copy),
+    for PyTorch's x86 int8 GEMM with activations quantized per token at run time (2-2.3x torchao's here); the
+    float Linear layers left (all of them in fp32) multiply with oneDNN-packed weights (1.5-1.9x MKL's sgemm on
+    this CPU). Decoding: greedy with a static (preallocated) key/value cache, not compiled.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    from ..compress.layout import prepack_linears_
+    from ..compress.quantize import Int8DynamicConfig, quantize_
+    from ..models._contract import kind_of
     from ..nn.attention import pack_qkv_
 
     model = model.eval()  # on the device it is on (the CPU rows build on the CPU)
     packed = pack_qkv_(model)
     settings: dict[str, Any] = {"precision": precision, "qkv_packed_modules": packed}
-    if precision == "int8":
-        from ..compress.quantize import Int8DynamicConfig, quantize_
-
-        report = quantize_(model, Int8DynamicConfig())
-        settings["quantize_"] = {"config": "Int8DynamicConfig", "layers": len(report.quantized)}
     options = {"cache": "static", "compile": False}
+    if precision == "int8":  # what prepare_for_cpu_decoding(model, int8=True) does, with the counts recorded
+        report = quantize_(model, Int8DynamicConfig(kernel="fbgemm", output_layer=True))
+        settings["quantize_"] = {"config": "Int8DynamicConfig(kernel='fbgemm', output_layer=True)",
+                                 "layers": len(report.quantized)}
+    settings["prepack_linears_"] = prepack_linears_(model)  # oneDNN-packed float weights
+    if kind_of(model) == "encoder":
+        return model, options, settings
     settings["generate"] = {"call": "bigmodels.infer.generate.generate", "temperature": 0, **options}
     return model, options, settings
 

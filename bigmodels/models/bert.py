@@ -37,7 +37,7 @@ from ..errors import ConfigError, DataError
 from ..nn import LearnedPositionalEmbedding, MultiHeadAttention
 from ..nn.attention import ATTENTION_IMPLS
 from ..nn.attention import attention_mask as additive_mask
-from ..nn.padding import Unpadded
+from ..nn.padding import Unpadded, has_padding
 from ..registry import register_family, register_model
 
 __all__ = ["BertConfig", "Bert", "HEADS"]
@@ -281,13 +281,16 @@ class Bert(nn.Module):
             positions = torch.arange(T, device=input_ids.device)[None]  # (1, T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        u = Unpadded.from_mask(attention_mask) if unpad and attention_mask is not None else None
+        # a batch without padding needs neither the real-token gather nor a mask: an all-zero additive mask only
+        # costs the attention kernel a read and an add per score (the check syncs, so only where unpad does anyway)
+        padded = attention_mask is not None and (not unpad or has_padding(attention_mask))
+        u = Unpadded.from_mask(attention_mask) if unpad and padded else None
         if u is None:
             x = self.embeddings(input_ids, token_type_ids, positions)  # (B, T, H)
         else:  # the real tokens only: (N,) ids -> (N, H)
             x = self.embeddings(u.unpad(input_ids), u.unpad(token_type_ids), u.unpad(positions.expand(B, T)))
         # one additive mask (B, 1, T, T) for every layer: padding keys blocked, all queries kept
-        mask = None if attention_mask is None else additive_mask(T, T, key_padding=attention_mask, dtype=x.dtype)
+        mask = additive_mask(T, T, key_padding=attention_mask, dtype=x.dtype) if padded else None
         for layer in self.layers:
             x = layer(x, mask, u)
         return x if u is None else u.pad(x)  # (B, T, H)

@@ -22,7 +22,22 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Unpadded"]
+__all__ = ["Unpadded", "has_padding"]
+
+
+def has_padding(attention_mask: torch.Tensor | None) -> bool:
+    """Whether a (B, T) mask (1 = token, 0 = padding) blocks any position. True while ``torch.export`` traces (a
+    graph for any batch cannot branch on the mask's values, so it keeps the mask); reads the values otherwise (on
+    a GPU, a synchronisation).
+
+    >>> has_padding(torch.ones(2, 4)), has_padding(torch.tensor([[1, 1, 0]])), has_padding(None)
+    (False, True, False)
+    """
+    if attention_mask is None:
+        return False
+    if torch.compiler.is_exporting():
+        return True
+    return not bool(attention_mask.bool().all())
 
 
 @dataclass(frozen=True)
@@ -38,13 +53,10 @@ class Unpadded:
         """From a (B, T) mask, 1 = token, 0 = padding; None when there is no padding (nothing to gain), and while
         ``torch.export`` traces the model (ONNX export): a graph for any batch cannot branch on the mask's values,
         so it keeps the padded layout, the same layers and the same results to float rounding."""
-        if torch.compiler.is_exporting():
-            return None
-        keep = attention_mask.bool().flatten()  # (B*T,)
-        if bool(keep.all()):
+        if torch.compiler.is_exporting() or not has_padding(attention_mask):
             return None
         B, T = attention_mask.shape
-        return cls(keep.nonzero().squeeze(1), B, T)
+        return cls(attention_mask.bool().flatten().nonzero().squeeze(1), B, T)  # (N,)
 
     @property
     def tokens(self) -> int:

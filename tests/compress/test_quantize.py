@@ -209,3 +209,21 @@ def test_int8_kernel_option_errors():
     with pytest.raises(ConfigError, match=r"is itself one: wrap it, e.g. nn.Sequential\(layer\)"):
         quantize_(nn.Linear(8, 8), Int8DynamicConfig(kernel="fbgemm"))
     assert quant_config("int8", kernel="fbgemm", output_layer=True).options()["kernel"] == "fbgemm"
+
+
+def test_fbgemm_layer_quantizes_activations_to_8_bits_only_with_vnni(monkeypatch):
+    # 7 bits (reduce_range) only where 16-bit intermediate sums could overflow (no VNNI); 8 bits halve the error
+    import bigmodels.compress.quantize as q
+
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 64)
+    layer = q.Int8DynamicLinear.from_linear(linear)
+    x = torch.randn(32, 256)
+    x[:, 0] *= 20  # an outlier channel, as real encoders have: it sets the one scale of the call
+    with torch.no_grad():
+        ref = linear(x)
+        errors = {}
+        for vnni in (False, True):
+            monkeypatch.setattr(q, "_cpu_has_vnni", lambda v=vnni: v)
+            errors[vnni] = float((layer(x) - ref).abs().mean())
+    assert errors[True] < 0.75 * errors[False]

@@ -501,6 +501,25 @@ def test_sentence_heads_skip_padding_with_the_padded_results(head, pooling):
             torch.testing.assert_close(g, gp, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("head", ["embedding", "sequence_classification"])
+def test_sentence_heads_without_padding_skip_the_mask(head, monkeypatch):
+    # a full-length batch (every mask entry 1) gives the no-mask computation exactly: no additive mask, no gather
+    torch.manual_seed(0)
+    model = bigmodels.create_model("bert-base", **TINY, head=head).eval()
+    x = torch.randint(1, 100, (3, 10))
+    seen = []
+    monkeypatch.setattr(model.layers[0].attn, "forward", lambda *a, _f=model.layers[0].attn.forward, **k:
+                        seen.append(k.get("mask")) or _f(*a, **k))
+    with torch.no_grad():
+        full = model(x, attention_mask=torch.ones_like(x))
+        assert seen == [None]  # no (B, 1, T, T) all-zero mask built for the attention kernels
+        assert torch.equal(full, model(x))
+        padded = torch.ones_like(x)
+        padded[0, 6:] = 0
+        model(x, attention_mask=padded)
+        assert seen[-1] is not None and seen[-1].shape == (3, 1, 10, 10)
+
+
 def test_no_grad_and_grad_agree_and_an_in_place_weight_update_is_seen():
     # the same computation in every grad mode (no cached stacked q/k/v); an in-place update is never stale
     torch.manual_seed(0)
