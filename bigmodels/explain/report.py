@@ -95,8 +95,10 @@ def token_png(e: Explanation, path: str | Path | None = None, *, words: bool = T
     for t, tx, ty in placed:
         t.set_position((tx / width, 1 - (title_h + ty + line_h * 0.75) / height))
     label = e.target_label or e.target
+    legend = ("darker: more attended (rollout, the same for every class)" if e.method == "attention"
+              else "red: for, blue: against")
     fig.text(0.1 / width, 1 - 0.25 / height, f"{e.method} for {label} (predicted {e.predicted_label or e.predicted}, "
-             f"p={e.score:.3f}); red: for, blue: against", fontsize=9, color="#444")
+             f"p={e.score:.3f}); {legend}", fontsize=9, color="#444")
     return _png(fig, path)
 
 
