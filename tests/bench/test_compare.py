@@ -156,9 +156,10 @@ def test_compression_tradeoffs_measure_int8_and_pruning_against_the_original():
 def test_compression_of_a_model_a_method_does_not_apply_to_is_a_cell():
     rnn = tiny_model("char_rnn").eval()
     ids = torch.randint(1, 20, (2, 8))
-    rows = {r["method"]: r for r in compression_tradeoffs(rnn, ids[:1], ids)}
-    assert all(set(r) >= {"method", "error"} for r in rows.values())
-    assert any(r["error"] for r in rows.values()) or all(r.get("params_ratio") for r in rows.values())
+    with pytest.warns(UserWarning, match="Unwrapped parameters"):  # torch-pruning meets the nn.RNN weights
+        rows = {r["method"]: r for r in compression_tradeoffs(rnn, ids[:1], ids)}
+    assert rows["int8"]["error"] is None and rows["int8"]["latency_ms_ratio"] > 0  # its Linear layers quantize
+    assert "could be pruned" in rows["structured 0.5"]["error"] and "params_ratio" not in rows["structured 0.5"]
 
 
 def test_compression_table_renders_ratios_and_errors(tmp_path):

@@ -245,7 +245,7 @@ def test_a_text_explanation_draws_as_a_png_of_coloured_words(tmp_path, tokenizer
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "t.png").read_bytes() == data
     image = Image.open(tmp_path / "t.png")
     assert image.width == 400 and image.height > 100  # 4 inches at 100 dpi; 27 words wrap onto several lines
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).reshape(-1, 3).int()
+    pixels = torch.from_numpy(np.array(image.convert("RGB"))).reshape(-1, 3).int()
     reddish = (pixels[:, 0] > pixels[:, 2] + 40).sum()
     bluish = (pixels[:, 2] > pixels[:, 0] + 40).sum()
     strongest = e.word_attributions.abs().argmax()
