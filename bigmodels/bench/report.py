@@ -247,6 +247,28 @@ def _auto_notes(results: list[dict]) -> list[str]:
     return notes
 
 
+# the sections after the per-task tables: (heading, what it measures, the table from the result rows or None)
+_SECTIONS = (
+    ("ONNX Runtime latency",
+     "Each trained model exported with bigmodels.export.export_onnx (parity with PyTorch checked at export) and "
+     "loaded back with bigmodels.load; PyTorch timed again right before it on the same inputs, so both sides see "
+     "the same machine. Speed-up: PyTorch latency over ONNX Runtime's (above 1: ONNX Runtime is faster).",
+     _onnx_table),
+    ("Compression",
+     "Each trained model compressed in two ways and measured beside the original: int8 dynamic quantization of "
+     "its Linear layers (torchao) and structured pruning of half its attention heads / FFN units / channels (L2 "
+     "importance) with no fine-tuning after (the metric change is what fine-tuning would have to win back; see "
+     "`bigmodels compress` and the recipes). Figures are compressed / original: below 1 is smaller or faster.",
+     _compression_table),
+    ("Faithfulness of the attributions",
+     "bigmodels.explain on a few validation inputs of each trained model (the predicted class): deletion and "
+     "insertion curves of the target's probability (units removed or restored most important first), their areas "
+     "against the mean of random orders. Margins: random - deletion and insertion - random; both positive: better "
+     "than chance.",
+     _faithfulness_table),
+)
+
+
 def _blocks(title: str, groups: dict[str, list[dict]], primaries: dict[str, PrimaryMetric | None],
             env: dict, notes: list[str], plots: dict[str, bytes]) -> list[Block]:
     blocks: list[Block] = [("h", 1, title)]
@@ -261,34 +283,10 @@ def _blocks(title: str, groups: dict[str, list[dict]], primaries: dict[str, Prim
     summary = [(name, alt) for name, alt in (("accuracy_vs_params.png", "primary metric vs parameters"),
                                              ("throughput.png", "training throughput")) if name in plots]
     all_rows = [r for rows in groups.values() for r in rows]
-    onnx = _onnx_table(all_rows)
-    if onnx is not None:
-        blocks.append(("h", 2, "ONNX Runtime latency"))
-        blocks.append(("p", "Each trained model exported with bigmodels.export.export_onnx (parity with PyTorch "
-                            "checked at export) and loaded back with bigmodels.load; PyTorch timed again right "
-                            "before it on the same inputs, so both sides see the same machine. Speed-up: "
-                            "PyTorch latency over ONNX Runtime's (above 1: ONNX "
-                            "Runtime is faster)."))
-        blocks.append(onnx)
-    compression = _compression_table(all_rows)
-    if compression is not None:
-        blocks.append(("h", 2, "Compression"))
-        blocks.append(("p", "Each trained model compressed in two ways and measured beside the original: int8 "
-                            "dynamic quantization of its Linear layers (torchao) and structured pruning of half "
-                            "its attention heads / FFN units / channels (L2 importance) with no fine-tuning after "
-                            "(the metric change is what fine-tuning would have to win back; see `bigmodels "
-                            "compress` and the recipes). Figures are compressed / original: below 1 is smaller "
-                            "or faster."))
-        blocks.append(compression)
-    faith = _faithfulness_table(all_rows)
-    if faith is not None:
-        blocks.append(("h", 2, "Faithfulness of the attributions"))
-        blocks.append(("p", "bigmodels.explain on a few validation inputs of each trained model (the predicted "
-                            "class): deletion and insertion curves of the target's probability (units removed or "
-                            "restored most important first), their areas against the mean of random orders. "
-                            "Margins: random - deletion and insertion - random; both positive: better than "
-                            "chance."))
-        blocks.append(faith)
+    for heading, text, table in _SECTIONS:
+        block = table(all_rows)
+        if block is not None:
+            blocks += [("h", 2, heading), ("p", text), block]
     if summary:
         blocks.append(("h", 2, "Plots"))
         blocks += [("img", name, alt) for name, alt in summary]
