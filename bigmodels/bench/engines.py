@@ -86,8 +86,8 @@ def prepare_ours_cpu(model: nn.Module, precision: str) -> tuple[nn.Module, dict[
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    from ..compress.layout import prepack_linears_
-    from ..compress.quantize import Int8DynamicConfig, quantize_
+    from ..compress.layout import PackedLinear, prepare_for_cpu_decoding
+    from ..compress.quantize import Int8DynamicLinear
     from ..models._contract import kind_of
     from ..nn.attention import pack_qkv_
 
@@ -95,11 +95,15 @@ def prepare_ours_cpu(model: nn.Module, precision: str) -> tuple[nn.Module, dict[
     packed = pack_qkv_(model)
     settings: dict[str, Any] = {"precision": precision, "qkv_packed_modules": packed}
     options = {"cache": "static", "compile": False}
-    if precision == "int8":  # what prepare_for_cpu_decoding(model, int8=True) does, with the counts recorded
-        report = quantize_(model, Int8DynamicConfig(kernel="fbgemm", output_layer=True))
+    prepare_for_cpu_decoding(model, int8=precision == "int8")  # the same transforms serve encoders
+
+    def count(kind: type) -> int:
+        return sum(isinstance(m, kind) for m in model.modules())
+
+    if precision == "int8":
         settings["quantize_"] = {"config": "Int8DynamicConfig(kernel='fbgemm', output_layer=True)",
-                                 "layers": len(report.quantized)}
-    settings["prepack_linears_"] = prepack_linears_(model)  # oneDNN-packed float weights
+                                 "layers": count(Int8DynamicLinear)}
+    settings["prepack_linears_"] = count(PackedLinear)  # oneDNN-packed float weights
     if kind_of(model) == "encoder":
         return model, options, settings
     settings["generate"] = {"call": "bigmodels.infer.generate.generate", "temperature": 0, **options}
