@@ -46,10 +46,10 @@ def mnist_images(n: int, data: Path, model) -> list[torch.Tensor]:
     images = []
     for i in range(n):
         x, _ = split[i]
-        x = torch.as_tensor(x).float()
+        x = torch.as_tensor(x)  # uint8 pixels: the transform scales them to 0..1 before normalising
         if bundle.eval_transform is not None:
             x = bundle.eval_transform(x.unsqueeze(0))[0]
-        images.append(x)
+        images.append(x.float())
     return images
 
 
@@ -65,6 +65,7 @@ def score(model, inputs: list, tokenizer, methods: list[str], steps: int, random
                                                            "random_insertion_auc", "deletion_margin",
                                                            "insertion_margin")}
         gaps: list[float] = []
+        steps_used: list[int] = []
         start = time.perf_counter()
         for x in inputs:
             e = explain(model, x, method, tokenizer=tokenizer)
@@ -74,6 +75,7 @@ def score(model, inputs: list, tokenizer, methods: list[str], steps: int, random
                 margins[k].append(f[k])
             if method == "ig":
                 gaps.append(e.relative_delta)
+                steps_used.append(e.settings["steps"])
         row = {"method": method, "inputs": len(inputs), "seconds": time.perf_counter() - start,
                **{k: statistics.fmean(v) for k, v in margins.items()},
                "deletion_below_random": statistics.fmean(margins["deletion_margin"]) > 0,
@@ -82,7 +84,8 @@ def score(model, inputs: list, tokenizer, methods: list[str], steps: int, random
                "inputs_insertion_above": sum(m > 0 for m in margins["insertion_margin"])}
         if gaps:
             row.update(ig_completeness_median=statistics.median(gaps), ig_completeness_max=max(gaps),
-                       ig_completeness_within_1pct=sum(g < 0.01 for g in gaps))
+                       ig_completeness_within_1pct=sum(g < 0.01 for g in gaps),
+                       ig_steps_used={n: steps_used.count(n) for n in sorted(set(steps_used))})
         rows.append(row)
         print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     return rows

@@ -42,29 +42,40 @@ def saliency(s: Subject, target: int) -> dict[str, Any]:
 
 
 @register_method("ig", has_class_logits)
-def integrated_gradients(s: Subject, target: int, *, steps: int = 50, method: str = "gausslegendre",
-                         internal_batch_size: int | None = None, tolerance: float = 0.01) -> dict[str, Any]:
+def integrated_gradients(s: Subject, target: int, *, steps: int = 50, quadrature: str = "gausslegendre",
+                         internal_batch_size: int | None = None, tolerance: float = 0.01,
+                         max_steps: int = 400) -> dict[str, Any]:
     """Integrated gradients from the baseline (a zero image; the text with its non-special tokens blanked)
-    along a straight path of ``steps`` points (``method``: captum's quadrature, Gauss-Legendre by default).
-    Returns the attributions (signed) and the completeness gap."""
+    along a straight path of ``steps`` points (``quadrature``: captum's rule, Gauss-Legendre by default).
+
+    Completeness is checked on every call: while the gap exceeds ``tolerance`` (relative to
+    |f(x) - f(baseline)|) the path is integrated again with twice the points, up to ``max_steps``
+    (``max_steps=steps`` turns this off); the settings report the steps used. Returns the attributions
+    (signed) and the completeness gap."""
     ca = require_captum()
     _positive("steps", steps)
+    _positive("max_steps", max_steps)
     baseline = s.baseline()
-    kwargs = dict(baselines=baseline, target=target, n_steps=steps, method=method,
-                  internal_batch_size=internal_batch_size, return_convergence_delta=True)
-    if s.modality == "image":
-        a, delta = ca.IntegratedGradients(s.forward).attribute(s.x, **kwargs)
-        attributions = a[0].detach()
-    else:
-        layer = ca.LayerIntegratedGradients(s.forward, embedding_module(s.model))
-        a, delta = layer.attribute(s.x, **kwargs)  # (1, T, D)
-        attributions = a[0].detach().sum(-1)
     with torch.no_grad():
         gap = float(s.forward(s.x)[0, target] - s.forward(baseline)[0, target])
-    delta = float(delta.reshape(-1)[0])
-    relative = abs(delta) / max(abs(gap), 1e-12)
+    n = steps
+    while True:
+        kwargs = dict(baselines=baseline, target=target, n_steps=n, method=quadrature,
+                      internal_batch_size=internal_batch_size, return_convergence_delta=True)
+        if s.modality == "image":
+            a, delta = ca.IntegratedGradients(s.forward).attribute(s.x, **kwargs)
+            attributions = a[0].detach()
+        else:
+            layer = ca.LayerIntegratedGradients(s.forward, embedding_module(s.model))
+            a, delta = layer.attribute(s.x, **kwargs)  # (1, T, D)
+            attributions = a[0].detach().sum(-1)
+        delta = float(delta.reshape(-1)[0])
+        relative = abs(delta) / max(abs(gap), 1e-12)
+        if relative <= tolerance or 2 * n > max_steps:
+            break
+        n *= 2
     if relative > tolerance:
-        log.warning("integrated gradients: the attributions miss f(x) - f(baseline) = %.4g by %.2f%% (> %.2f%%); "
-                    "raise steps (now %d)", gap, 100 * relative, 100 * tolerance, steps)
+        log.warning("integrated gradients: the attributions miss f(x) - f(baseline) = %.4g by %.2f%% (> %.2f%%) "
+                    "at %d steps; raise max_steps", gap, 100 * relative, 100 * tolerance, n)
     return {"attributions": attributions, "delta": delta, "relative_delta": relative,
-            "extras": {"f_x_minus_f_baseline": gap}}
+            "extras": {"f_x_minus_f_baseline": gap}, "settings": {"steps": n}}

@@ -75,3 +75,12 @@ class LinearImage(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         raise NotImplementedError
+
+
+class KinkImage(LinearImage):
+    """Logits (relu(sum(w * x) - 1), 0): along integrated gradients' path the gradient jumps from 0 to w, a step
+    that a quadrature of few points integrates badly."""
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        s = torch.relu(feats.sum(1, keepdim=True) - 1.0)
+        return torch.cat([s, torch.zeros_like(s)], dim=1)

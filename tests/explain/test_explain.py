@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from explain_models import LinearImage, PlantedCNN
+from explain_models import KinkImage, LinearImage, PlantedCNN
 from scipy.stats import spearmanr
 
 from bigmodels.data.tokenizers import Tokenizer
@@ -62,6 +62,20 @@ def test_integrated_gradients_completeness_on_a_resnet():
     assert e.relative_delta < 0.01
     assert abs(float(e.attributions.sum()) - e.extras["f_x_minus_f_baseline"]) < 0.01 * abs(
         e.extras["f_x_minus_f_baseline"])
+
+
+def test_integrated_gradients_doubles_its_steps_until_complete(caplog):
+    # a kink on the path: 50 Gauss-Legendre points miss f(x) - f(0) by 1.4%; the default doubles to completeness
+    x = torch.full((1, 4, 4), 0.5)
+    model = KinkImage(torch.full((16,), 2.1 / 8.0))  # sum(w * x) = 2.1: the kink halfway along the path
+    e = explain(model, x, method="ig", target=0)
+    gap = e.extras["f_x_minus_f_baseline"]
+    assert e.settings["steps"] > 50 and e.relative_delta < 0.01
+    assert abs(float(e.attributions.sum()) - gap) <= 0.01 * abs(gap)
+    with caplog.at_level("WARNING", logger="bigmodels.explain.gradients"):
+        fixed = explain(model, x, method="ig", target=0, max_steps=50)  # doubling off: the gap is reported
+    assert fixed.settings["steps"] == 50 and fixed.relative_delta > 0.01
+    assert "raise max_steps" in caplog.text
 
 
 def test_integrated_gradients_is_exact_on_a_linear_model():

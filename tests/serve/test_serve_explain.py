@@ -39,7 +39,7 @@ def test_integrated_gradients_of_a_text_give_tokens_words_and_the_completeness_g
     assert (body["object"], body["modality"], body["method"]) == ("explanation", "text", "ig")
     assert (body["target"], body["target_label"]) == (2, "positive")
     assert body["predicted_label"] in ("negative", "neutral", "positive") and 0 < body["score"] < 1
-    assert body["settings"]["steps"] == 64 and body["settings"]["method"] == "gausslegendre"
+    assert body["settings"]["steps"] == 64 and body["settings"]["quadrature"] == "gausslegendre"
     tokens = body["tokens"]
     assert [t["token"] for t in tokens][0] == "[CLS]" and tokens[0]["special"] and tokens[-1]["special"]
     assert [w["word"] for w in body["words"]] == "the dog runs in the park".split()
