@@ -7,6 +7,7 @@ random: positive margins. Integrated gradients' completeness is checked on every
 
     python benchmarks/explain_faithfulness.py --sst2 runs/sst2_minilm --mnist runs/mnist_resnet
     python benchmarks/explain_faithfulness.py --sst2 runs/sst2_minilm --examples 100 --json out.json
+    python benchmarks/explain_faithfulness.py --sst2 runs/sst2_minilm --mnist runs/mnist_resnet --shap 10
 
 Inputs: the first ``--examples`` SST-2 validation sentences (the dev set), the first ``--examples`` MNIST test
 images. Models: a saved directory or training run (its best checkpoint), e.g. the recipes' runs.
@@ -91,6 +92,25 @@ def score(model, inputs: list, tokenizer, methods: list[str], steps: int, random
     return rows
 
 
+def agreement(model, inputs: list, tokenizer, count: int, samples: int) -> dict:
+    """captum's KernelSHAP against shap's KernelExplainer (exact Shapley values: inputs of at most 12 features,
+    sentences of at most 10 words, images on a 3 x 3 grid) on the first ``count`` such inputs."""
+    from bigmodels.explain import shap_agreement
+
+    picked = [x for x in inputs if not isinstance(x, str) or len(x.split()) <= 10][:count]
+    rhos = []
+    start = time.perf_counter()
+    for x in picked:
+        out = shap_agreement(model, x, tokenizer=tokenizer, samples=samples, segments=3)
+        rhos.append(out["spearman"])
+    row = {"inputs": len(rhos), "kernelshap_samples": samples, "spearman_median": statistics.median(rhos),
+           "spearman_min": min(rhos), "at_least_0.9": sum(r >= 0.9 for r in rhos),
+           "seconds": time.perf_counter() - start}
+    print(json.dumps({"shap_agreement": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}}),
+          flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sst2", help="an SST-2 classifier: saved directory or training run")
@@ -100,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="deletion / insertion steps per curve")
     p.add_argument("--random-orders", type=int, default=5, help="random orders averaged for the baseline")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--shap", type=int, default=0,
+                   help="also compare KernelSHAP with shap's KernelExplainer on this many inputs of each model")
+    p.add_argument("--shap-samples", type=int, default=1024, help="KernelSHAP coalitions for --shap")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     if not (args.sst2 or args.mnist):
@@ -126,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         results["models"][name] = {"checkpoint": str(directory),
                                    "rows": score(model, inputs, tokenizer, list(GRADIENT_METHODS), args.steps,
                                                  args.random_orders)}
+        if args.shap:
+            results["models"][name]["shap_agreement"] = agreement(model, inputs, tokenizer, args.shap,
+                                                                  args.shap_samples)
     print("\n| model | method | deletion AUC (random) | insertion AUC (random) | margins del / ins | faithful |")
     print("|---|---|---|---|---|---|")
     ok = True
@@ -136,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {r['method']} | {r['deletion_auc']:.4f} ({r['random_deletion_auc']:.4f}) | "
                   f"{r['insertion_auc']:.4f} ({r['random_insertion_auc']:.4f}) | {r['deletion_margin']:+.4f} / "
                   f"{r['insertion_margin']:+.4f} | {'yes' if faithful else 'no'} |")
+    for name, m in results["models"].items():
+        if "shap_agreement" in m:
+            a = m["shap_agreement"]
+            ok &= a["spearman_min"] >= 0.9
+            print(f"| {name} | KernelSHAP vs shap (Spearman, {a['inputs']} inputs) | "
+                  f"median {a['spearman_median']:.3f}, min {a['spearman_min']:.3f} | "
+                  f"{a['at_least_0.9']} of {a['inputs']} >= 0.9 |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0 if ok else 1

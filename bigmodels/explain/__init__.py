@@ -38,6 +38,7 @@ from ._core import (
     word_sums,
 )
 from .activations import activation_report, activation_stats, layer_projections, linear_probes
+from .agreement import shap_agreement
 from .faithfulness import faithfulness, infidelity, rank_methods, sensitivity
 from .report import write_report
 
@@ -47,7 +48,7 @@ for _name in ("saliency", "ig", "gradcam", "occlusion", "lime", "shap", "attenti
 
 __all__ = ["explain", "explain_all", "Explanation", "METHODS", "supports", "support_table", "faithfulness",
            "rank_methods", "write_report", "prepare", "infidelity", "sensitivity", "activation_stats",
-           "layer_projections", "linear_probes", "activation_report"]
+           "layer_projections", "linear_probes", "activation_report", "shap_agreement"]
 
 
 def _tokenizer(tokenizer: Any) -> Any:

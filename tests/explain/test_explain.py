@@ -337,3 +337,12 @@ def test_errors_name_the_fix(tokenizer):
         explain(bert_classifier(), "the film", method="ig")
     with pytest.raises(ConfigError, match="position="):
         explain(tiny_model("bert_mini"), torch.arange(1, 6), method="ig")
+
+
+def test_shap_agreement_without_shap_names_the_extra(monkeypatch):
+    import bigmodels.explain.agreement as agreement
+
+    real = agreement.importlib.util.find_spec
+    monkeypatch.setattr(agreement.importlib.util, "find_spec", lambda name: None if name == "shap" else real(name))
+    with pytest.raises(ConfigError, match=r'pip install "bigmodels\[shap\]"'):
+        agreement.shap_agreement(tiny_model("cnn_small").eval(), torch.randn(1, 8, 8), target=0)
