@@ -81,12 +81,24 @@ def attention_mask(
 
 
 # On the CPU the fused kernel loses to two batched matrix products for short keys (sentences): measured
-# 20-25% slower at T = 12..30 (batch 64, 12 heads of 32, 2 threads, torch 2.13). GPUs always fuse.
+# 20-25% slower at T = 12..30 (batch 64, 12 heads of 32, 2 threads, torch 2.13). Without a causal mask it also
+# loses while the score matrix (B, nh, Tq, Tk) is small: 1.3-1.35x slower at one sequence of 64-128 tokens,
+# 1.1x at 256 (heads of 32 and 64, with and without padding; benchmarks/cpu_attention.py). Around 1.5M scores
+# and up (8 x 128, 32 x 64 tokens) the ranking flips from run to run with how the large temporaries of the
+# matrix products are allocated, so those keep the fused kernel. GPUs always fuse.
 _CPU_MATH_MAX_KEYS = 32
+_CPU_MATH_MAX_SCORES = 1 << 20  # non-causal calls: at most this many attention scores
+_CPU_MATH_MAX_KEYS_NONCAUSAL = 256
 
 
-def _math_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
-    return q.device.type == "cpu" and k.size(-2) <= _CPU_MATH_MAX_KEYS
+def _math_is_faster(q: torch.Tensor, k: torch.Tensor, is_causal: bool = False) -> bool:
+    if q.device.type != "cpu":
+        return False
+    keys = k.size(-2)
+    if keys <= _CPU_MATH_MAX_KEYS:
+        return True
+    return (not is_causal and keys <= _CPU_MATH_MAX_KEYS_NONCAUSAL
+            and q.numel() // q.size(-1) * keys <= _CPU_MATH_MAX_SCORES)
 
 
 def scaled_dot_product_attention(
@@ -111,7 +123,7 @@ def scaled_dot_product_attention(
     """
     if impl not in ATTENTION_IMPLS:
         raise ConfigError(f"attention impl {impl!r} is not valid; choose one of {', '.join(ATTENTION_IMPLS)}")
-    if impl == "sdpa" and not return_weights and not _math_is_faster(q, k):
+    if impl == "sdpa" and not return_weights and not _math_is_faster(q, k, is_causal):
         mask = mask.to(q.dtype) if mask is not None else None
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal), None
     if is_causal:

@@ -54,6 +54,7 @@ PADDING = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # row 0 is lef
 def test_reference_and_fused_attention_agree(causal, padding, tq, cpu_math_max_keys, monkeypatch):
     # impl="sdpa" takes the fused kernel, or on the CPU for short keys the matrix-product route: both checked
     monkeypatch.setattr(attention_module, "_CPU_MATH_MAX_KEYS", cpu_math_max_keys)
+    monkeypatch.setattr(attention_module, "_CPU_MATH_MAX_SCORES", 1 << 20 if cpu_math_max_keys else 0)
     q, k, v = qkv(tq, 6)
     mask = attention_mask(tq, 6, causal=causal, key_padding=PADDING if padding else None)
     ref, weights = scaled_dot_product_attention(q, k, v, mask, impl="reference")
@@ -71,6 +72,19 @@ def test_reference_and_fused_attention_agree(causal, padding, tq, cpu_math_max_k
         if tq == 6:
             flagged, _ = scaled_dot_product_attention(q, k, v, is_causal=True, impl="sdpa")
             torch.testing.assert_close(flagged, ref, atol=1e-6, rtol=0)
+
+
+def test_cpu_route_to_matrix_products_follows_the_measured_sizes():
+    def faster(b, t, causal=False, hs=32):
+        x = torch.empty(b, 12, t, hs)
+        return attention_module._math_is_faster(x, x, causal)
+
+    assert faster(64, 30) and faster(1, 30, causal=True)  # short keys: always
+    assert faster(1, 128) and faster(4, 128) and faster(1, 256, hs=64)  # small score matrices
+    assert not faster(8, 128) and not faster(32, 64) and not faster(1, 512)  # larger ones: the fused kernel
+    assert not faster(1, 128, causal=True)  # a causal prefill keeps the fused kernel's own mask
+    assert not attention_module._math_is_faster(torch.empty(1, 12, 8, 32, device="meta"),
+                                                torch.empty(1, 12, 8, 32, device="meta"))
 
 
 def test_causal_mask_with_cached_keys_lets_query_i_see_keys_up_to_its_position():

@@ -1,0 +1,66 @@
+"""The CPU attention kernels, side by side: PyTorch's fused ``scaled_dot_product_attention`` against the library's
+route of two batched matrix products (``bigmodels.nn.attention.scaled_dot_product_attention`` with the routing
+thresholds lifted), for the shapes of sentence encoders (batch x tokens, heads of 32 and 64), without and with a
+padding mask. Prints the medians and the ratio fused / matrix products (> 1: the matrix products are faster); the
+routing thresholds in ``bigmodels/nn/attention.py`` come from this table (``benchmarks/cpu_encoders.md``).
+
+    python benchmarks/cpu_attention.py --threads 2 --reps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = ((1, 64, 32), (1, 128, 32), (8, 128, 32), (32, 64, 32), (32, 128, 32), (1, 128, 64), (1, 256, 64),
+          (1, 512, 64), (32, 128, 64))
+
+
+def _median_us(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--heads", type=int, default=12)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import bigmodels.nn.attention as attention
+
+    attention._CPU_MATH_MAX_KEYS = 1 << 30  # every call takes the matrix products
+    print("| batch x tokens, head size | mask | fused us | matrix products us | fused / products | routed to |")
+    print("|---|---|---|---|---|---|")
+    for b, t, d in SHAPES:
+        q, k, v = (torch.randn(b, args.heads, t, d) for _ in range(3))
+        padding = torch.ones(b, t, dtype=torch.bool)
+        padding[0, t // 2:] = False
+        for mask in (None, attention.attention_mask(t, t, key_padding=padding)):
+            def fused_call(q=q, k=k, v=v, mask=mask):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+            def products_call(q=q, k=k, v=v, mask=mask):
+                return attention.scaled_dot_product_attention(q, k, v, mask)
+
+            with torch.inference_mode():
+                fused, products = _median_us(fused_call, args.reps), _median_us(products_call, args.reps)
+            scores = b * args.heads * t * t
+            routed = "products" if t <= 256 and scores <= 1 << 20 else "fused"
+            print(f"| {b} x {t}, {d} | {'padding' if mask is not None else 'none'} | {fused:.0f} | {products:.0f} | "
+                  f"{fused / products:.2f} | {routed} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
