@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import platform
@@ -139,11 +140,30 @@ class _RawClient:
         self.reader = self.writer = None
 
 
-async def _drive(base: str, bodies: list[dict], clients: int, time_limit: float, kind: str = "httpx") -> dict:
+def _check_answer(payload: bytes, texts: int, reference: np.ndarray | None) -> bool:
+    """Whether a 200's body holds ``texts`` base64 float32 vectors, the first of cosine >= 0.9999 with
+    ``reference`` (the offline pipeline's vector of the same sentence) when one is given."""
+    try:
+        data = json.loads(payload)["data"]
+        vectors = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in data]
+    except (ValueError, KeyError, TypeError):
+        return False
+    if len(vectors) != texts or any(v.shape != vectors[0].shape for v in vectors):
+        return False
+    if reference is None:
+        return True
+    v = vectors[0].astype(np.float64)
+    return float(v @ reference / (np.linalg.norm(v) * np.linalg.norm(reference) + 1e-12)) >= 0.9999
+
+
+async def _drive(base: str, bodies: list[dict], clients: int, time_limit: float, kind: str = "httpx",
+                 references: list[np.ndarray] | None = None) -> dict:
     """``bodies`` POSTed to /v1/embeddings by ``clients`` concurrent clients (``kind``: httpx, or the bare
     :class:`_RawClient`), until all are sent or ``time_limit`` seconds have passed: statuses, latencies of the
-    200s, wall time."""
+    200s, wall time. Every 200 is checked (its vectors decode, one per input); with ``references`` (the
+    offline vector of each body's first sentence) every 16th is also compared with it: ``bad_answers``."""
     statuses: dict[int, int] = {}
+    bad = 0
     latencies: list[float] = []
     errors = 0
     next_index = 0
@@ -151,17 +171,18 @@ async def _drive(base: str, bodies: list[dict], clients: int, time_limit: float,
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
     async def client(http: httpx.AsyncClient) -> None:
-        nonlocal next_index, errors
+        nonlocal next_index, errors, bad
         raw = _RawClient(base) if kind == "raw" else None
         while next_index < len(bodies) and time.monotonic() < deadline:
-            body = bodies[next_index]
+            index, body = next_index, bodies[next_index]
             next_index += 1
             start = time.perf_counter()
             try:
                 if raw is not None:
-                    status, _ = await raw.post("/v1/embeddings", body)
+                    status, payload = await raw.post("/v1/embeddings", body)
                 else:
-                    status = (await http.post("/v1/embeddings", json=body)).status_code
+                    answer = await http.post("/v1/embeddings", json=body)
+                    status, payload = answer.status_code, answer.content
             except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
                 errors += 1
                 if raw is not None:
@@ -170,6 +191,9 @@ async def _drive(base: str, bodies: list[dict], clients: int, time_limit: float,
             statuses[status] = statuses.get(status, 0) + 1
             if status == 200:
                 latencies.append(time.perf_counter() - start)
+                texts = len(body["input"]) if isinstance(body["input"], list) else 1
+                reference = references[index] if references is not None and index % 16 == 0 else None
+                bad += not _check_answer(payload, texts, reference)
         if raw is not None:
             raw.close()
 
@@ -179,6 +203,7 @@ async def _drive(base: str, bodies: list[dict], clients: int, time_limit: float,
         wall = time.perf_counter() - start
     lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return {"sent": next_index, "statuses": {str(k): v for k, v in sorted(statuses.items())}, "errors": errors,
+            "bad_answers": bad,
             "wall_s": wall, "ok": len(latencies), "p50_ms": float(np.percentile(lat, 50)),
             "p90_ms": float(np.percentile(lat, 90)), "p99_ms": float(np.percentile(lat, 99)),
             "timed_out": time.monotonic() >= deadline}
@@ -219,10 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_served(args.model).pipe("/v1/embeddings")
     pipe.embed(sentences[:128])  # warm-up
 
+    vectors: list[np.ndarray] = []
+
     def offline_rate() -> float:
         start = time.perf_counter()
-        pipe.embed(sentences)
-        return len(sentences) / (time.perf_counter() - start)
+        out = pipe.embed(sentences)
+        rate = len(sentences) / (time.perf_counter() - start)
+        vectors[:] = [np.asarray(v, dtype=np.float64) for v in out]
+        return rate
 
     before = offline_rate()
 
@@ -233,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_drive(server.base, bodies[:64], args.clients, args.time_limit, args.client))  # warm-up
         seconds, batches, inputs = (_metric(server.base, f"bigmodels_{m}") for m in (
             "model_seconds_sum", "batch_size_count", "batch_size_sum"))
-        load = asyncio.run(_drive(server.base, bodies, args.clients, args.time_limit, args.client))
+        load = asyncio.run(_drive(server.base, bodies, args.clients, args.time_limit, args.client, vectors))
         load["sentences_per_s"] = load["ok"] / load["wall_s"]
         # the server's own account: how long its model calls took, and how full its batches were
         load["model_seconds"] = _metric(server.base, "bigmodels_model_seconds_sum") - seconds
@@ -265,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     print(f"\noffline embed: {before:,.0f} sentences/s before the load phase, {after:,.0f} after")
     print(f"HTTP, {args.clients} clients: {load['sentences_per_s']:,.0f} sentences/s = {load['vs_offline']:.2f}x "
-          f"offline; statuses {load['statuses']}; p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms")
+          f"offline; statuses {load['statuses']}, bad answers {load['bad_answers']}; p50 {load['p50_ms']:.1f} ms, "
+          f"p99 {load['p99_ms']:.1f} ms")
     print(f"  server: model calls busy {load['model_busy']:.0%} of the time, mean batch {load['mean_batch']:.1f}, "
           f"{load['sentences_per_model_second']:,.0f} sentences per second of model time")
     print(f"overload, {args.clients} clients on --max-concurrency {concurrency}: statuses {over['statuses']}; "
