@@ -98,14 +98,17 @@ def agreement(model, inputs: list, tokenizer, count: int, samples: int) -> dict:
     from bigmodels.explain import shap_agreement
 
     picked = [x for x in inputs if not isinstance(x, str) or len(x.split()) <= 10][:count]
-    rhos = []
+    rhos, exact = [], []
     start = time.perf_counter()
     for x in picked:
         out = shap_agreement(model, x, tokenizer=tokenizer, samples=samples, segments=3)
         rhos.append(out["spearman"])
+        exact.append(2 ** out["features"] <= samples)  # explain's KernelSHAP enumerates too: exact values
+    sampled = [r for r, e in zip(rhos, exact, strict=True) if not e]
     row = {"inputs": len(rhos), "kernelshap_samples": samples, "spearman_median": statistics.median(rhos),
-           "spearman_min": min(rhos), "at_least_0.9": sum(r >= 0.9 for r in rhos),
-           "seconds": time.perf_counter() - start}
+           "spearman_min": min(rhos), "at_least_0.9": sum(r >= 0.9 for r in rhos), "exact_inputs": sum(exact),
+           "sampled_spearman_median": statistics.median(sampled) if sampled else None,
+           "sampled_spearman_min": min(sampled) if sampled else None, "seconds": time.perf_counter() - start}
     print(json.dumps({"shap_agreement": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}}),
           flush=True)
     return row
@@ -122,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--shap", type=int, default=0,
                    help="also compare KernelSHAP with shap's KernelExplainer on this many inputs of each model")
-    p.add_argument("--shap-samples", type=int, default=1024, help="KernelSHAP coalitions for --shap")
+    p.add_argument("--shap-samples", type=int, default=1024,
+                   help="KernelSHAP coalitions for --shap (inputs of at most log2 of it features get exact values)")
+    p.add_argument("--no-faithfulness", action="store_true", help="only the --shap comparison")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     if not (args.sst2 or args.mnist):
@@ -146,9 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = saved_tokenizer(directory) if name == "sst2" else None
         inputs = sst2_sentences(args.examples, data) if name == "sst2" else mnist_images(args.examples, data, model)
         print(f"== {name}: {directory} ({len(inputs)} inputs)", flush=True)
-        results["models"][name] = {"checkpoint": str(directory),
-                                   "rows": score(model, inputs, tokenizer, list(GRADIENT_METHODS), args.steps,
-                                                 args.random_orders)}
+        results["models"][name] = {"checkpoint": str(directory), "rows": [] if args.no_faithfulness else score(
+            model, inputs, tokenizer, list(GRADIENT_METHODS), args.steps, args.random_orders)}
         if args.shap:
             results["models"][name]["shap_agreement"] = agreement(model, inputs, tokenizer, args.shap,
                                                                   args.shap_samples)

@@ -158,21 +158,24 @@ class Subject:
 
     def feature_mask(self, segments: int = 8) -> torch.Tensor:
         """The interpretable features of LIME, KernelSHAP and occlusion: a grid of ``segments`` x ``segments``
-        squares shared by the channels of an image; the words of a text (special tokens one each)."""
+        squares shared by the channels of an image; the words of a text. A text's special tokens never leave the
+        input (the baseline keeps them), so they are no players of their own, which would only add noise to a
+        sampled estimate: each joins the feature of the nearest word before it (the first word for those in
+        front). A text without words keeps one feature per token."""
         if self.modality == "image":
             _, c, h, w = self.x.shape
             rows = (torch.arange(h, device=self.x.device) * segments // h)[:, None]
             cols = (torch.arange(w, device=self.x.device) * segments // w)[None, :]
             return (rows * segments + cols).expand(1, c, h, w).contiguous()
-        groups, next_id, seen = [], 0, {}
+        order = list(dict.fromkeys(w for w in self.word_ids if w is not None))  # words in order of appearance
+        if not order:
+            return torch.arange(len(self.word_ids), device=self.x.device)[None]
+        index = {w: i for i, w in enumerate(order)}
+        groups, current = [], 0
         for wid in self.word_ids:
-            if wid is None:
-                groups.append(next_id)
-                next_id += 1
-            else:
-                if wid not in seen:
-                    seen[wid], next_id = next_id, next_id + 1
-                groups.append(seen[wid])
+            if wid is not None:
+                current = index[wid]
+            groups.append(current)
         return torch.tensor(groups, device=self.x.device)[None]
 
     def label(self, index: int) -> str | None:

@@ -8,6 +8,7 @@ value is shared equally by its pieces, so the pieces of a word add up to the wor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from ..errors import ConfigError
 from ._core import Subject, has_class_logits, register_method, require_captum
 
-__all__ = ["occlusion", "lime", "kernel_shap", "lime_attributions", "shap_attributions"]
+__all__ = ["occlusion", "lime", "kernel_shap", "lime_attributions", "shap_attributions", "exact_shapley"]
 
 
 def _count(name: str, value: Any, minimum: int = 1) -> int:
@@ -25,11 +26,12 @@ def _count(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
-def _share(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-element attributions where every element of a group carries the group's value -> each element its
-    share (value / group size), so that a group's elements add up to its value."""
-    sizes = torch.bincount(mask.reshape(-1)).to(a.dtype)
-    return a / sizes[mask]
+def _share(a: torch.Tensor, mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Per-element attributions where every element of a group carries the group's value -> each real element
+    its share (value / the group's real elements), so that a group's elements add up to its value; the others
+    (a text's special tokens) 0."""
+    sizes = torch.bincount(mask[real].reshape(-1), minlength=int(mask.max()) + 1).clamp_min(1).to(a.dtype)
+    return torch.where(real, a / sizes[mask], torch.zeros_like(a))
 
 
 def lime_attributions(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, target: int,
@@ -62,9 +64,46 @@ def shap_attributions(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.
                                                 n_samples=samples, perturbations_per_eval=batch).detach()
 
 
+def exact_shapley(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, target: int,
+                  feature_mask: torch.Tensor, baseline: torch.Tensor, *, batch: int = 256) -> torch.Tensor:
+    """Exact Shapley values of the features of ``feature_mask`` (absent = ``baseline``) for the target logit: the
+    game is played on all 2^n coalitions, phi_i = sum over S without i of |S|! (n - |S| - 1)! / n! (f(S + i) - f(S)).
+    What KernelSHAP estimates, for few features (``kernel_shap`` uses it when its samples cover every coalition,
+    as shap's KernelExplainer does); every element gets its feature's value, as captum's methods return.
+
+    >>> w = torch.tensor([1.0, -2.0, 3.0])
+    >>> exact_shapley(lambda z: torch.stack([z @ w, -(z @ w)], 1), torch.ones(1, 3), 0, torch.arange(3)[None],
+    ...               torch.zeros(1, 3))
+    tensor([[ 1., -2.,  3.]])
+    """
+    n = int(feature_mask.max()) + 1
+    if n > 20:
+        raise ConfigError(f"exact Shapley values over {n} features need 2^{n} model calls; use KernelSHAP's sampling")
+    coalitions = torch.arange(2**n)
+    present = (coalitions[:, None] >> torch.arange(n)) & 1  # (2^n, n)
+    values = []
+    with torch.no_grad():
+        for chunk in present.split(batch):
+            keep = chunk.bool().to(x.device)[:, feature_mask[0]]  # (b, ...) each element's feature present?
+            values.append(forward(torch.where(keep, x, baseline)).float()[:, target].cpu())
+    f = torch.cat(values).double()  # (2^n,)
+    size = present.sum(1)
+    weight = torch.tensor([math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n) for k in range(n)],
+                          dtype=torch.float64)
+    phi = torch.empty(n, dtype=torch.float64)
+    for i in range(n):
+        without = coalitions[present[:, i] == 0]  # the coalitions S that lack feature i
+        phi[i] = (weight[size[without]] * (f[without | (1 << i)] - f[without])).sum()
+    return phi.float().to(x.device)[feature_mask]
+
+
 def _per_feature(s: Subject, a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """An image keeps the feature's value on every pixel (a map); a text gives each piece its share."""
-    return a[0] if s.modality == "image" else _share(a[0], mask[0])
+    """An image keeps the feature's value on every pixel (a map); a text gives each piece its share (a text
+    without words: each token its own value)."""
+    if s.modality == "image":
+        return a[0]
+    real = torch.tensor([w is not None for w in s.word_ids], device=a.device)
+    return _share(a[0], mask[0], real if bool(real.any()) else torch.ones_like(real))
 
 
 @register_method("occlusion", has_class_logits)
@@ -99,7 +138,14 @@ def lime(s: Subject, target: int, *, samples: int = 256, segments: int = 8, alph
 @register_method("shap", has_class_logits)
 def kernel_shap(s: Subject, target: int, *, samples: int = 256, segments: int = 8, batch: int = 32,
                 seed: int = 0) -> dict[str, Any]:
-    """KernelSHAP over the image's ``segments`` x ``segments`` squares or the text's words."""
+    """KernelSHAP over the image's ``segments`` x ``segments`` squares or the text's words: captum's sampled
+    estimate, or the exact Shapley values when ``samples`` covers every coalition (2^n <= samples, as shap's
+    KernelExplainer enumerates them); the settings say which (``exact``)."""
     mask = s.feature_mask(_count("segments", segments))
-    a = shap_attributions(s.forward, s.x, target, mask, s.baseline(), samples=samples, batch=batch, seed=seed)
-    return {"attributions": _per_feature(s, a, mask)}
+    _count("samples", samples, 2)
+    exact = 2 ** (int(mask.max()) + 1) <= samples
+    if exact:
+        a = exact_shapley(s.forward, s.x, target, mask, s.baseline(), batch=max(batch, 256))
+    else:
+        a = shap_attributions(s.forward, s.x, target, mask, s.baseline(), samples=samples, batch=batch, seed=seed)
+    return {"attributions": _per_feature(s, a, mask), "settings": {"exact": exact}}

@@ -13,7 +13,16 @@ from scipy.stats import spearmanr
 
 from bigmodels.data.tokenizers import Tokenizer
 from bigmodels.errors import ConfigError, DataError
-from bigmodels.explain import METHODS, explain, faithfulness, rank_methods, support_table, supports, write_report
+from bigmodels.explain import (
+    METHODS,
+    explain,
+    faithfulness,
+    prepare,
+    rank_methods,
+    support_table,
+    supports,
+    write_report,
+)
 from bigmodels.explain.attention import rollout
 from bigmodels.explain.perturbation import lime_attributions, shap_attributions
 from bigmodels.explain.report import token_png
@@ -337,6 +346,22 @@ def test_errors_name_the_fix(tokenizer):
         explain(bert_classifier(), "the film", method="ig")
     with pytest.raises(ConfigError, match="position="):
         explain(tiny_model("bert_mini"), torch.arange(1, 6), method="ig")
+
+
+def test_kernel_shap_is_exact_when_its_samples_cover_every_coalition():
+    # a nonlinear text classifier, 8 features: 256 samples enumerate the game, whose values add up to the gap
+    torch.manual_seed(0)
+    model = bert_classifier()
+    ids = torch.randint(5, len(VOCAB), (8,))
+    exact = explain(model, ids, method="shap", target=1, samples=256)
+    assert exact.settings["exact"] is True
+    s = prepare(model, ids)
+    with torch.no_grad():
+        gap = float(s.forward(s.x)[0, 1] - s.forward(s.baseline())[0, 1])
+    assert abs(float(exact.attributions.sum()) - gap) < 1e-4 * max(1.0, abs(gap))  # efficiency, exactly
+    sampled = explain(model, ids, method="shap", target=1, samples=255)  # one short: captum's estimate
+    assert sampled.settings["exact"] is False
+    assert torch.corrcoef(torch.stack([exact.attributions, sampled.attributions]))[0, 1] > 0.8
 
 
 def test_shap_agreement_without_shap_names_the_extra(monkeypatch):
