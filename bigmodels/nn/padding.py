@@ -68,5 +68,5 @@ class Unpadded:
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """(N, ...) -> (B, T, ...), zeros at padding positions (differentiable)."""
-        out = x.new_zeros(self.batch * self.length, *x.shape[1:])
-        return out.index_copy(0, self.index, x).view(self.batch, self.length, *x.shape[1:])
+        out = x.new_zeros(self.batch * self.length, *x.shape[1:])  # fresh, so filling it in place is safe for autograd
+        return out.index_copy_(0, self.index, x).view(self.batch, self.length, *x.shape[1:])
