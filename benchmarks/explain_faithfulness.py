@@ -93,7 +93,7 @@ def score(model, inputs: list, tokenizer, methods: list[str], steps: int, random
 
 
 def agreement(model, inputs: list, tokenizer, count: int, samples: int) -> dict:
-    """captum's KernelSHAP against shap's KernelExplainer (exact Shapley values: inputs of at most 12 features,
+    """The library's KernelSHAP against shap's KernelExplainer (exact Shapley values: inputs of at most 12 features,
     sentences of at most 10 words, images on a 3 x 3 grid) on the first ``count`` such inputs."""
     from bigmodels.explain import shap_agreement
 

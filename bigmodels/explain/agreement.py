@@ -1,4 +1,4 @@
-"""How far ``explain(method="shap")`` (captum's KernelSHAP) agrees with shap's KernelExplainer, the reference
+"""How far ``explain(method="shap")`` (the library's KernelSHAP) agrees with shap's KernelExplainer, the reference
 implementation of KernelSHAP (Lundberg & Lee 2017), on the same model, input, features and baseline.
 
 Both explain the target logit as a game over the same interpretable features (the words of a text, the squares of
@@ -32,8 +32,8 @@ def _require_shap() -> Any:
 def shap_agreement(model: nn.Module, inputs: Any, target: int | None = None, tokenizer: Any = None, *,
                    samples: int = 1024, segments: int = 8, exact_features: int = 12,
                    shap_samples: int = 4096) -> dict[str, Any]:
-    """captum's KernelSHAP (``explain(..., "shap", samples=samples)``) and shap's KernelExplainer on one input:
-    ``{"spearman", "captum", "shap" (one value per feature, as numpy arrays), "features", "exact", "target"}``.
+    """The library's KernelSHAP (``explain(..., "shap", samples=samples)``) and shap's KernelExplainer on one
+    input: ``{"spearman", "ours", "shap" (one value per feature, as numpy arrays), "features", "exact", "target"}``.
     ``spearman`` is the rank correlation of the two, over the features whose value either method moves (a text's
     special tokens never leave the input, so both give them 0).
 
@@ -74,4 +74,4 @@ def shap_agreement(model: nn.Module, inputs: Any, target: int | None = None, tok
     if moved.sum() < 2:
         raise ConfigError("fewer than two features change the target logit: no ranking to compare")
     rho = float(spearmanr(ours[moved], theirs[moved]).statistic)
-    return {"spearman": rho, "captum": ours, "shap": theirs, "features": n, "exact": exact, "target": e.target}
+    return {"spearman": rho, "ours": ours, "shap": theirs, "features": n, "exact": exact, "target": e.target}
