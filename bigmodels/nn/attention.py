@@ -82,23 +82,37 @@ def attention_mask(
 
 # On the CPU the fused kernel loses to two batched matrix products for short keys (sentences): measured
 # 20-25% slower at T = 12..30 (batch 64, 12 heads of 32, 2 threads, torch 2.13). Without a causal mask it also
-# loses while the score matrix (B, nh, Tq, Tk) is small: 1.3-1.35x slower at one sequence of 64-128 tokens,
-# 1.1x at 256 (heads of 32 and 64, with and without padding; benchmarks/cpu_attention.py). Around 1.5M scores
-# and up (8 x 128, 32 x 64 tokens) the ranking flips from run to run with how the large temporaries of the
-# matrix products are allocated, so those keep the fused kernel. GPUs always fuse.
+# loses up to 128 keys, 1.2-1.45x slower (heads of 32 and 64, batch 1 to 32, with and without padding), provided
+# the products run over chunks of the batch whose score matrices stay small (at most 2^18 scores): over a whole
+# batch of 32 x 128 tokens their large temporaries made them 0.5-1.4x from run to run. At 256 keys the two are
+# even (1.03x), at 512 the fused kernel wins by 1.7-2x (benchmarks/cpu_attention.py). GPUs always fuse.
 _CPU_MATH_MAX_KEYS = 32
-_CPU_MATH_MAX_SCORES = 1 << 20  # non-causal calls: at most this many attention scores
-_CPU_MATH_MAX_KEYS_NONCAUSAL = 256
+_CPU_MATH_MAX_KEYS_NONCAUSAL = 128
+_CPU_MATH_CHUNK_SCORES = 1 << 18  # scores per chunk of the batch on the CPU route
 
 
 def _math_is_faster(q: torch.Tensor, k: torch.Tensor, is_causal: bool = False) -> bool:
     if q.device.type != "cpu":
         return False
     keys = k.size(-2)
-    if keys <= _CPU_MATH_MAX_KEYS:
-        return True
-    return (not is_causal and keys <= _CPU_MATH_MAX_KEYS_NONCAUSAL
-            and q.numel() // q.size(-1) * keys <= _CPU_MATH_MAX_SCORES)
+    return keys <= _CPU_MATH_MAX_KEYS or (not is_causal and keys <= _CPU_MATH_MAX_KEYS_NONCAUSAL)
+
+
+def _products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              dropout_p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v as two matrix products, over chunks of the batch of at most
+    ``_CPU_MATH_CHUNK_SCORES`` scores each (one sequence at least)."""
+    per_row = q[0].numel() // q.size(-1) * k.size(-2)  # scores of one sequence
+    step = max(1, _CPU_MATH_CHUNK_SCORES // max(per_row, 1))
+    outs = []
+    for i in range(0, q.size(0), step):
+        scores = (q[i:i + step] @ k[i:i + step].transpose(-2, -1)) / math.sqrt(q.size(-1))  # (b, nh, Tq, Tk)
+        if mask is not None:
+            part = mask[i:i + step] if mask.dim() == 4 and mask.size(0) == q.size(0) > 1 else mask
+            scores = scores + part.to(scores.dtype)
+        weights = scores.float().softmax(dim=-1).to(q.dtype)
+        outs.append((F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights) @ v[i:i + step])
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def scaled_dot_product_attention(
@@ -128,11 +142,13 @@ def scaled_dot_product_attention(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal), None
     if is_causal:
         mask = attention_mask(q.size(-2), k.size(-2), causal=True, dtype=q.dtype, device=q.device)
+    if impl == "sdpa" and not return_weights:  # the CPU route of the matrix products (weights not kept)
+        return _products(q, k, v, mask, dropout_p), None
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, Tq, Tk)
     if mask is not None:
         scores = scores + mask.to(scores.dtype)
     weights = scores.float().softmax(dim=-1).to(q.dtype)  # (B, nh, Tq, Tk)
-    if probs is not None and (impl == "reference" or return_weights):  # not sdpa's short-key CPU route
+    if probs is not None:
         out = probs(weights) @ v  # (B, nh, Tq, hs)
     else:
         out = F.dropout(weights, p=dropout_p) @ v if dropout_p > 0 else weights @ v

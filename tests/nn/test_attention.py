@@ -54,7 +54,7 @@ PADDING = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # row 0 is lef
 def test_reference_and_fused_attention_agree(causal, padding, tq, cpu_math_max_keys, monkeypatch):
     # impl="sdpa" takes the fused kernel, or on the CPU for short keys the matrix-product route: both checked
     monkeypatch.setattr(attention_module, "_CPU_MATH_MAX_KEYS", cpu_math_max_keys)
-    monkeypatch.setattr(attention_module, "_CPU_MATH_MAX_SCORES", 1 << 20 if cpu_math_max_keys else 0)
+    monkeypatch.setattr(attention_module, "_CPU_MATH_MAX_KEYS_NONCAUSAL", 128 if cpu_math_max_keys else 0)
     q, k, v = qkv(tq, 6)
     mask = attention_mask(tq, 6, causal=causal, key_padding=PADDING if padding else None)
     ref, weights = scaled_dot_product_attention(q, k, v, mask, impl="reference")
@@ -80,11 +80,26 @@ def test_cpu_route_to_matrix_products_follows_the_measured_sizes():
         return attention_module._math_is_faster(x, x, causal)
 
     assert faster(64, 30) and faster(1, 30, causal=True)  # short keys: always
-    assert faster(1, 128) and faster(4, 128) and faster(1, 256, hs=64)  # small score matrices
-    assert not faster(8, 128) and not faster(32, 64) and not faster(1, 512)  # larger ones: the fused kernel
+    assert faster(1, 128) and faster(32, 128) and faster(32, 64, hs=64)  # up to 128 keys without a causal mask
+    assert not faster(1, 256) and not faster(4, 512)  # longer: the fused kernel
     assert not faster(1, 128, causal=True)  # a causal prefill keeps the fused kernel's own mask
     assert not attention_module._math_is_faster(torch.empty(1, 12, 8, 32, device="meta"),
                                                 torch.empty(1, 12, 8, 32, device="meta"))
+
+
+@pytest.mark.parametrize("chunk", [1 << 18, 2 * NH * 6 * 6, NH * 6 * 6], ids=["whole", "pairs", "rows"])
+def test_cpu_route_in_chunks_of_the_batch_matches_the_reference(chunk, monkeypatch):
+    monkeypatch.setattr(attention_module, "_CPU_MATH_CHUNK_SCORES", chunk)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(5, NH, 6, HS, generator=g) for _ in range(3))
+    padding = torch.ones(5, 6, dtype=torch.long)
+    padding[1, 4:] = 0
+    padding[3, 2:] = 0
+    for mask in (None, attention_mask(6, 6, key_padding=padding)):
+        ref, _ = scaled_dot_product_attention(q, k, v, mask, impl="reference")
+        out, none = scaled_dot_product_attention(q, k, v, mask, impl="sdpa")
+        assert none is None
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
 
 
 def test_causal_mask_with_cached_keys_lets_query_i_see_keys_up_to_its_position():
