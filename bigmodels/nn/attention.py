@@ -102,17 +102,26 @@ def _products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
               dropout_p: float) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + mask) v as two matrix products, over chunks of the batch of at most
     ``_CPU_MATH_CHUNK_SCORES`` scores each (one sequence at least)."""
+    if torch.compiler.is_compiling():  # traced (torch.export, compile): one chunk, no branch on the batch size
+        return _chunk(q, k, v, mask, dropout_p)
     per_row = q[0].numel() // q.size(-1) * k.size(-2)  # scores of one sequence
     step = max(1, _CPU_MATH_CHUNK_SCORES // max(per_row, 1))
+    if step >= q.size(0):
+        return _chunk(q, k, v, mask, dropout_p)
     outs = []
     for i in range(0, q.size(0), step):
-        scores = (q[i:i + step] @ k[i:i + step].transpose(-2, -1)) / math.sqrt(q.size(-1))  # (b, nh, Tq, Tk)
-        if mask is not None:
-            part = mask[i:i + step] if mask.dim() == 4 and mask.size(0) == q.size(0) > 1 else mask
-            scores = scores + part.to(scores.dtype)
-        weights = scores.float().softmax(dim=-1).to(q.dtype)
-        outs.append((F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights) @ v[i:i + step])
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+        part = mask[i:i + step] if mask is not None and mask.dim() == 4 and mask.size(0) == q.size(0) else mask
+        outs.append(_chunk(q[i:i + step], k[i:i + step], v[i:i + step], part, dropout_p))
+    return torch.cat(outs)
+
+
+def _chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+           dropout_p: float) -> torch.Tensor:
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (b, nh, Tq, Tk)
+    if mask is not None:
+        scores = scores + mask.to(scores.dtype)
+    weights = scores.float().softmax(dim=-1).to(q.dtype)
+    return (F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights) @ v
 
 
 def scaled_dot_product_attention(
