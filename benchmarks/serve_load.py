@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1024, help="requests of the load phase")
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
     parser.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch in the load phase")
+    parser.add_argument("--batch-window", type=float, default=None,
+                        help="the server's --batch-window in milliseconds (default: the server's own)")
     parser.add_argument("--overload-requests", type=int, default=512, help="requests of the overload phase")
     parser.add_argument("--overload-texts", type=int, default=8, help="sentences per request of the overload phase")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds at most per phase")
@@ -235,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sentences = _sentences(args.requests)
     result: dict = {"model": args.model, "clients": args.clients, "client": args.client, "requests": args.requests,
+                    "batch_window_ms": args.batch_window,
                     "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
@@ -257,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. load: every client's request admitted, batched by the server
     bodies = [{"input": s, "encoding_format": "base64"} for s in sentences]
+    window = ("--batch-window", str(args.batch_window)) if args.batch_window is not None else ()
     with Server(args.model, "--max-batch", str(args.max_batch), "--max-concurrency", str(args.clients * 2),
-                "--max-queue", str(args.clients * 4), threads=args.threads) as server:
+                "--max-queue", str(args.clients * 4), *window, threads=args.threads) as server:
         asyncio.run(_drive(server.base, bodies[:64], args.clients, args.time_limit, args.client))  # warm-up
         seconds, batches, inputs = (_metric(server.base, f"bigmodels_{m}") for m in (
             "model_seconds_sum", "batch_size_count", "batch_size_sum"))
@@ -283,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     bodies = [{"input": texts[i:i + args.overload_texts], "encoding_format": "base64"}
               for i in range(0, len(texts), args.overload_texts)]
     with Server(args.model, "--max-batch", str(args.max_batch), "--max-concurrency", str(concurrency),
-                "--max-queue", "0", threads=args.threads) as server:
+                "--max-queue", "0", *window, threads=args.threads) as server:
         over = asyncio.run(_drive(server.base, bodies, args.clients, args.time_limit, args.client))
         over["max_concurrency"] = concurrency
         over["only_200_and_429"] = set(over["statuses"]) <= {"200", "429"} and not over["errors"]

@@ -122,6 +122,7 @@ class ServerState:
     def __init__(self, served: Served, *, max_batch: int, max_concurrency: int, max_queue: int, timeout_s: float,
                  batch_window_s: float) -> None:
         self.served, self.max_batch, self.timeout_s = served, max_batch, timeout_s
+        self.batch_window_s = batch_window_s
         self.metrics = ServerMetrics()
         self.admission = Admission(max_concurrency, max_queue, self.metrics.admission_changed)
         self.executor = _Pool(max_concurrency)

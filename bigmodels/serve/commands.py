@@ -46,6 +46,8 @@ def serve(
     max_queue: Annotated[int, "requests waiting beyond those before 429 Too Many Requests"] = 64,
     timeout: Annotated[float, "seconds a request may take before 504"] = 60.0,
     max_body: Annotated[int, "the largest request body in bytes (413 above it)"] = 4 * 2**20,
+    batch_window: Annotated[float, "milliseconds the first input to an idle model waits for others to batch with "
+                                   "(inputs that arrive while a batch runs go with the next one at once)"] = 5.0,
     cors: Annotated[str | None, "comma-separated origins a browser page may call from (default: none)"] = None,
     log_level: Annotated[str, "uvicorn's log level: critical, error, warning, info, debug"] = "info",
 ) -> int:
@@ -62,6 +64,8 @@ def serve(
     require_serve_extra()
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port} is not a TCP port; give one in 1..65535")
+    if not batch_window >= 0 or batch_window == float("inf"):
+        raise ConfigError(f"--batch-window {batch_window} must be a finite number of milliseconds >= 0, e.g. 5")
     levels = ("critical", "error", "warning", "info", "debug", "trace")
     if log_level not in levels:
         raise ConfigError(f"--log-level {log_level!r} is not one of {', '.join(levels)}")
@@ -73,7 +77,7 @@ def serve(
 
     app = create_app(checkpoint, architecture=model, api_key=key, name=name, max_batch=max_batch,
                      max_concurrency=max_concurrency, max_queue=max_queue, timeout_s=timeout,
-                     max_body_bytes=max_body, cors_origins=origins)
+                     max_body_bytes=max_body, cors_origins=origins, batch_window_s=batch_window / 1000.0)
     if key is None and not _loopback(host):
         log.warning("serving on %s without an API key: anyone who can reach it may use it; pass --api-key or set "
                     "%s", host, API_KEY_ENV)

@@ -230,3 +230,14 @@ def test_a_failing_workload_does_not_stop_the_others(monkeypatch, tmp_path):
     assert rows[1]["ours"]["throughput"] > 0
     assert "error: RuntimeError: out of memory" in format_table(rows)
     assert json.loads(paths["json"].read_text())["rows"][0]["error"].startswith("RuntimeError")
+
+
+def test_alternate_times_each_side_after_its_lead_in_calls():
+    from bigmodels.bench.speed import ENGINE_LEAD_IN, _alternate
+
+    order: list[str] = []
+    calls = {side: (lambda side=side: order.append(side) or side) for side in ("ours", "peer")}
+    timings = _alternate(calls, warmup=1, steps=2, dev=torch.device("cpu"), lead_in=2)
+    # the warm-up repetition alternates plainly; each timed call follows two untimed calls of its own side
+    assert order == ["ours", "peer"] + ["ours"] * 3 + ["peer"] * 3 + ["ours"] * 3 + ["peer"] * 3
+    assert [len(timings[s]["latencies_ms"]) for s in calls] == [2, 2] and ENGINE_LEAD_IN >= 1
