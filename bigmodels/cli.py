@@ -74,7 +74,7 @@ def summary(fn: Callable[..., int]) -> str:
 def _with_default(help_: str | None, default) -> str | None:
     if help_ is None or default in (None, False, inspect.Parameter.empty) or "default" in help_:
         return help_
-    return f"{help_} (default: {default})"
+    return f"{help_} (default: {str(default).replace('%', '%%')})"
 
 
 def _metavar(param: inspect.Parameter) -> str:
@@ -100,6 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         options = []
         for param, tp, help_ in parameters(fn):
+            help_ = help_.replace("%", "%%") if help_ else help_  # argparse formats help with %: a literal % stays one
             flag = "--" + param.name.replace("_", "-")
             if param.kind is param.VAR_POSITIONAL:
                 p.add_argument(param.name, nargs="*", metavar=_metavar(param), help=help_)
