@@ -38,7 +38,7 @@ from ._core import (
     word_sums,
 )
 from .activations import activation_report, activation_stats, layer_projections, linear_probes
-from .agreement import shap_agreement
+from .agreement import _require_shap, agreement_with_shap
 from .faithfulness import faithfulness, infidelity, rank_methods, sensitivity
 from .report import write_report
 
@@ -209,3 +209,23 @@ def explain_all(model: nn.Module, inputs: Any, methods: list[str] | None = None,
                 tokenizer: Any = None, **kwargs: Any) -> list[Explanation]:
     """:func:`explain` with each of ``methods`` (default: every method that applies to the model)."""
     return [explain(model, inputs, m, target, tokenizer, **kwargs) for m in (methods or supports(model))]
+
+
+def shap_agreement(model: nn.Module, inputs: Any, target: int | None = None, tokenizer: Any = None, *,
+                   samples: int = 1024, segments: int = 8, exact_features: int = 12,
+                   shap_samples: int = 4096) -> dict[str, Any]:
+    """The library's KernelSHAP (``explain(..., "shap", samples=samples)``) and shap's KernelExplainer on one
+    input (its exact Shapley values up to ``exact_features`` features, else ``shap_samples`` coalitions):
+    ``{"spearman", "ours", "shap" (one value per feature, as numpy arrays), "features", "exact", "target"}``.
+    ``spearman`` is the rank correlation of the two over the features either one moves. Needs the ``shap`` extra.
+
+    >>> import torch
+    >>> from bigmodels.testing import tiny_model
+    >>> out = shap_agreement(tiny_model("cnn_small").eval(), torch.randn(1, 8, 8), target=3, segments=3)
+    >>> out["features"], out["exact"]
+    (9, True)
+    """
+    _require_shap()  # before the explanation's work
+    e = explain(model, inputs, "shap", target, tokenizer, samples=samples, segments=segments)
+    return agreement_with_shap(e, prepare(model, inputs, tokenizer), segments=segments,
+                               exact_features=exact_features, shap_samples=shap_samples)

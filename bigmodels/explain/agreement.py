@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..errors import ConfigError
+from ._core import Explanation, Subject
 
-__all__ = ["shap_agreement"]
+__all__ = ["agreement_with_shap"]
 
 
 def _require_shap() -> Any:
@@ -29,27 +29,13 @@ def _require_shap() -> Any:
     return shap
 
 
-def shap_agreement(model: nn.Module, inputs: Any, target: int | None = None, tokenizer: Any = None, *,
-                   samples: int = 1024, segments: int = 8, exact_features: int = 12,
-                   shap_samples: int = 4096) -> dict[str, Any]:
-    """The library's KernelSHAP (``explain(..., "shap", samples=samples)``) and shap's KernelExplainer on one
-    input: ``{"spearman", "ours", "shap" (one value per feature, as numpy arrays), "features", "exact", "target"}``.
-    ``spearman`` is the rank correlation of the two, over the features whose value either method moves (a text's
-    special tokens never leave the input, so both give them 0).
-
-    >>> import torch
-    >>> from bigmodels.testing import tiny_model
-    >>> out = shap_agreement(tiny_model("cnn_small").eval(), torch.randn(1, 8, 8), target=3, segments=3)
-    >>> out["features"], out["exact"]
-    (9, True)
-    """
+def agreement_with_shap(e: Explanation, s: Subject, *, segments: int = 8, exact_features: int = 12,
+                        shap_samples: int = 4096) -> dict[str, Any]:
+    """KernelSHAP explanation ``e`` of subject ``s`` (``prepare``-d from the same input) against shap's
+    KernelExplainer on the same game; what :func:`bigmodels.explain.shap_agreement` returns."""
     shap = _require_shap()
     from scipy.stats import spearmanr
 
-    from . import explain, prepare
-
-    e = explain(model, inputs, "shap", target, tokenizer, samples=samples, segments=segments)
-    s = prepare(model, inputs, tokenizer)
     mask, baseline = s.feature_mask(segments), s.baseline()
     n = int(mask.max()) + 1
 

@@ -19,6 +19,7 @@ from bigmodels.explain import (
     faithfulness,
     prepare,
     rank_methods,
+    shap_agreement,
     support_table,
     supports,
     write_report,
@@ -370,4 +371,4 @@ def test_shap_agreement_without_shap_names_the_extra(monkeypatch):
     real = agreement.importlib.util.find_spec
     monkeypatch.setattr(agreement.importlib.util, "find_spec", lambda name: None if name == "shap" else real(name))
     with pytest.raises(ConfigError, match=r'pip install "bigmodels\[shap\]"'):
-        agreement.shap_agreement(tiny_model("cnn_small").eval(), torch.randn(1, 8, 8), target=0)
+        shap_agreement(tiny_model("cnn_small").eval(), torch.randn(1, 8, 8), target=0)
