@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ConfigError
 from ._core import Explanation, Subject
+from .perturbation import _play
 
 __all__ = ["agreement_with_shap"]
 
@@ -40,12 +41,7 @@ def agreement_with_shap(e: Explanation, s: Subject, *, segments: int = 8, exact_
     n = int(mask.max()) + 1
 
     def f(z: np.ndarray) -> np.ndarray:  # (B, n) coalitions -> the target logit of each
-        present = torch.as_tensor(z, dtype=torch.bool)[:, mask[0]]  # (B, ...) each element's feature present?
-        out = []
-        with torch.no_grad():
-            for chunk in present.split(256):
-                out.append(s.forward(torch.where(chunk, s.x, baseline)).float()[:, e.target])
-        return torch.cat(out).numpy().astype(np.float64)
+        return _play(s.forward, s.x, e.target, mask, baseline, torch.as_tensor(z != 0), 256).numpy()
 
     exact = n <= exact_features
     explainer = shap.KernelExplainer(f, np.zeros((1, n)))

@@ -52,6 +52,18 @@ def lime_attributions(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.
                               perturbations_per_eval=batch).detach()
 
 
+def _play(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, target: int, feature_mask: torch.Tensor,
+          baseline: torch.Tensor, present: torch.Tensor, batch: int) -> torch.Tensor:
+    """The target logit of each coalition: ``present`` (S, n) says which features keep ``x``'s values, the others
+    take ``baseline``'s; batches of ``batch`` inputs. -> (S,) float64 on the CPU."""
+    values = []
+    with torch.no_grad():
+        for chunk in present.split(batch):
+            keep = chunk.bool().to(x.device)[:, feature_mask[0]]  # (b, ...) each element's feature present?
+            values.append(forward(torch.where(keep, x, baseline)).float()[:, target].cpu())
+    return torch.cat(values).double()
+
+
 def _kernel_coalitions(n: int, budget: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """KernelSHAP's coalitions of ``n`` features within ``budget`` model calls and their regression weights,
     drawn as shap's KernelExplainer draws them (Lundberg & Lee 2017): the Shapley kernel puts most weight on the
@@ -134,12 +146,7 @@ def shap_attributions(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.
     gen = torch.Generator().manual_seed(seed)
     present, weight = _kernel_coalitions(n, samples - 2, gen)
     everything = torch.cat([torch.zeros(1, n, dtype=torch.bool), torch.ones(1, n, dtype=torch.bool), present])
-    values = []
-    with torch.no_grad():
-        for chunk in everything.split(batch):
-            keep = chunk.to(x.device)[:, feature_mask[0]]  # (b, ...) each element's feature present?
-            values.append(forward(torch.where(keep, x, baseline)).float()[:, target].cpu())
-    f = torch.cat(values).double()
+    f = _play(forward, x, target, feature_mask, baseline, everything, batch)
     total, y = f[1] - f[0], f[2:] - f[0]  # f(x) - f(baseline); each coalition against the baseline
     z = present.double()
     # efficiency: the last value is total - the others; eliminate it and solve for the rest
@@ -167,12 +174,7 @@ def exact_shapley(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
         raise ConfigError(f"exact Shapley values over {n} features need 2^{n} model calls; use KernelSHAP's sampling")
     coalitions = torch.arange(2**n)
     present = (coalitions[:, None] >> torch.arange(n)) & 1  # (2^n, n)
-    values = []
-    with torch.no_grad():
-        for chunk in present.split(batch):
-            keep = chunk.bool().to(x.device)[:, feature_mask[0]]  # (b, ...) each element's feature present?
-            values.append(forward(torch.where(keep, x, baseline)).float()[:, target].cpu())
-    f = torch.cat(values).double()  # (2^n,)
+    f = _play(forward, x, target, feature_mask, baseline, present, batch)  # (2^n,)
     size = present.sum(1)
     weight = torch.tensor([math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n) for k in range(n)],
                           dtype=torch.float64)
