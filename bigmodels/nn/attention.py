@@ -117,11 +117,16 @@ def _products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
 def _chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
            dropout_p: float) -> torch.Tensor:
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (b, nh, Tq, Tk)
+    weights = _weights(q, k, mask)
+    return (F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights) @ v
+
+
+def _weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) over the keys (softmax in float32): (B, nh, Tq, Tk)."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
     if mask is not None:
         scores = scores + mask.to(scores.dtype)
-    weights = scores.float().softmax(dim=-1).to(q.dtype)
-    return (F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights) @ v
+    return scores.float().softmax(dim=-1).to(q.dtype)
 
 
 def scaled_dot_product_attention(
@@ -153,15 +158,12 @@ def scaled_dot_product_attention(
         mask = attention_mask(q.size(-2), k.size(-2), causal=True, dtype=q.dtype, device=q.device)
     if impl == "sdpa" and not return_weights:  # the CPU route of the matrix products (weights not kept)
         return _products(q, k, v, mask, dropout_p), None
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, Tq, Tk)
-    if mask is not None:
-        scores = scores + mask.to(scores.dtype)
-    weights = scores.float().softmax(dim=-1).to(q.dtype)  # (B, nh, Tq, Tk)
+    weights = _weights(q, k, mask)  # the reference path, or weights asked for: they are returned
     if probs is not None:
         out = probs(weights) @ v  # (B, nh, Tq, hs)
     else:
         out = F.dropout(weights, p=dropout_p) @ v if dropout_p > 0 else weights @ v
-    return out, weights if return_weights or impl == "reference" else None
+    return out, weights
 
 
 class KVCache:
