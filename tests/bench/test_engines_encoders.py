@@ -23,12 +23,13 @@ def test_encoder_fp32_is_packed_and_keeps_outputs(overrides):
     x = torch.randint(1, model.config.vocab_size, (3, 12))
     with torch.inference_mode():
         ref = model(x)
-    ours, _, settings = prepare_ours_cpu(model, "fp32")
+    ours, options, settings = prepare_ours_cpu(model, "fp32")
+    assert ours is model and settings["precision"] == "fp32" and options == {"cache": "static", "compile": False}
     linears = [m for m in ours.modules() if isinstance(m, PackedLinear)]
     assert settings["prepack_linears_"] == len(linears) > 0 and settings["qkv_packed_modules"] > 0
     assert not any(type(m) is torch.nn.Linear for m in ours.modules())  # every float Linear is packed
     with torch.inference_mode():
-        torch.testing.assert_close(ours(x), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours(x), ref, atol=1e-5, rtol=1e-5)  # packing q/k/v and weights changes nothing
         padded = torch.ones_like(x)
         padded[1, 7:] = 0  # padding still goes through the unpadded path with the packed layers
         torch.testing.assert_close(ours(x, attention_mask=padded), model(x, attention_mask=padded))
