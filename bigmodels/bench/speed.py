@@ -450,8 +450,9 @@ def _run_model(w: Workload, dev: torch.device, dtype: torch.dtype, steps: int, w
 
 # CPU engines keep their worker threads busy for a while after a call (ONNX Runtime's spinning, OpenMP's wait
 # policy in PyTorch and CTranslate2), taking the cores from whichever side is timed next: measured on MiniLM int8
-# at batch 1, ours 7.2 -> 9.2 ms and CTranslate2 6.7 -> 8.5 ms when timed right after another engine. One untimed
-# call of the same side before each timed one lets every side start from its own steady state.
+# at batch 1, ours 6.6 -> 10.2 ms, CTranslate2 5.5 -> 8.7 ms, ONNX Runtime 5.4 -> 6.0 ms alone -> right after the
+# other engines (`python benchmarks/cpu_micro.py engines`). One untimed call of the same side before each timed
+# one lets every side start from its own steady state.
 ENGINE_LEAD_IN = 1
 
 

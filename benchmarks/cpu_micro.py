@@ -1,0 +1,107 @@
+"""Small CPU measurements behind decisions of the third session (benchmarks/RESULTS.md, cpu_encoders.md):
+
+- ``pad``: ``Unpadded.pad`` filling its fresh zeros in place against the former out-of-place ``index_copy``
+  (a server-sized batch: 16 sentences of 10-23 tokens, 1,152 wide, the packed q/k/v);
+- ``gelu``: fc1 of all-MiniLM (384 -> 1536) with GELU as oneDNN's post-op against fc1 then ``F.gelu``;
+- ``engines``: each side of the MiniLM int8 batch-1 engine row timed alone (ten calls in a row) and timed right
+  after the other engines (one call each in turn), the interference ``ENGINE_LEAD_IN`` removes.
+
+    python benchmarks/cpu_micro.py --threads 2 pad gelu engines
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def _median_us(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(times)
+
+
+def pad(reps: int) -> None:
+    from bigmodels.nn.padding import Unpadded
+
+    mask = torch.ones(16, 24, dtype=torch.long)
+    for i in range(16):
+        mask[i, 10 + i % 14:] = 0
+    u = Unpadded.from_mask(mask)
+    x = torch.randn(u.tokens, 1152)
+
+    def copying() -> torch.Tensor:  # the former pad: zeros, then an out-of-place index_copy (a second copy)
+        return x.new_zeros(u.batch * u.length, 1152).index_copy(0, u.index, x).view(u.batch, u.length, 1152)
+
+    with torch.inference_mode():
+        new, old = _median_us(lambda: u.pad(x), reps), _median_us(copying, reps)
+    print(f"pad: in place {new:.0f} us, out of place {old:.0f} us ({old / new:.1f}x)")
+
+
+def _fc1(x: torch.Tensor, packed: torch.Tensor, b: torch.Tensor, post_op: str = "none") -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, b, post_op, [], "none" if post_op == "gelu" else "")
+
+
+def gelu(reps: int) -> None:
+    for rows in (128, 4096):
+        w, b, x = torch.randn(1536, 384) * 0.05, torch.randn(1536) * 0.1, torch.randn(rows, 384)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+        calls = {"fc1": lambda x=x, p=packed, b=b: _fc1(x, p, b),
+                 "apart": lambda x=x, p=packed, b=b: F.gelu(_fc1(x, p, b)),
+                 "fused": lambda x=x, p=packed, b=b: _fc1(x, p, b, "gelu")}
+        with torch.inference_mode():
+            us = {name: _median_us(fn, reps) for name, fn in calls.items()}
+        print(f"gelu, {rows} rows: fc1 {us['fc1']:.0f} us, fc1 then GELU {us['apart']:.0f} us, fused "
+              f"{us['fused']:.0f} us ({us['apart'] / us['fused']:.2f}x)")
+
+
+def engines(reps: int) -> None:
+    from bigmodels.bench.engines import build_sides
+    from bigmodels.bench.speed import load_minilm
+    from bigmodels.bench.workloads import WORKLOADS, _random_ids
+
+    w = WORKLOADS["minilm-encode-cpu-b1-int8"]
+    ours = load_minilm()[0].eval()
+    ids = _random_ids(ours.config.vocab_size, (w.batch, w.seq), torch.Generator().manual_seed(0))
+    sides = build_sides(w, ours, {"input_ids": ids, "token_type_ids": torch.zeros_like(ids)})
+    try:
+        alone = {side: _median_us(fn, reps) / 1e3 for side, fn in sides.calls.items()}
+        turns: dict[str, list[float]] = {side: [] for side in sides.calls}
+        for _ in range(reps):
+            for side, fn in sides.calls.items():
+                start = time.perf_counter()
+                fn()
+                turns[side].append((time.perf_counter() - start) * 1e3)
+    finally:
+        sides.close()
+    for side in alone:
+        print(f"engines, {w.name}: {side} alone {alone[side]:.2f} ms, right after the others "
+              f"{statistics.median(turns[side]):.2f} ms")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", nargs="*", help="pad, gelu and/or engines (default: all three)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=20)
+    args = p.parse_args(argv)
+    runs = {"pad": pad, "gelu": gelu, "engines": engines}
+    unknown = sorted(set(args.what) - set(runs))
+    if unknown:
+        p.error(f"unknown measurement {', '.join(unknown)}: choose from pad, gelu, engines")
+    torch.set_num_threads(args.threads)
+    for name in args.what or runs:
+        runs[name](args.reps)
+
+
+if __name__ == "__main__":
+    main()
