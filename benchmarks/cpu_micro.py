@@ -17,17 +17,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-
-def _median_us(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e6)
-    return statistics.median(times)
+from cpu_attention import _median_us  # this folder's timing helper (run as a script: the folder is on sys.path)
 
 
 def pad(reps: int) -> None:
