@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -64,6 +65,8 @@ def compress(
     batch_size: Annotated[int, "the batched latency's batch size, and the metric's"] = 32,
     seq_len: Annotated[int, "text models: tokens per example of the latency inputs"] = 64,
     iters: Annotated[int, "timed forward passes per latency figure"] = 10,
+    taylor_batches: Annotated[int, "structured --importance taylor: training batches (of --batch-size, drawn at "
+                                   "random with a fixed seed) whose gradients rank the units"] = 32,
 ) -> int:
     """Quantize or prune a saved model, save it to --out, and write its trade-off table against the original.
 
@@ -81,7 +84,8 @@ def compress(
         raise ConfigError("--out is required: the directory to write the compressed model and its table to")
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
-    for option, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--iters", iters)):
+    for option, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--iters", iters),
+                          ("--taylor-batches", taylor_batches)):
         if value < 1:
             raise ConfigError(f"{option} {value} must be >= 1")
     if limit is not None and limit < 1:
@@ -103,7 +107,7 @@ def compress(
         if importance == "taylor":
             if metric is None:
                 raise ConfigError("--importance taylor needs gradients of the task loss: give --data (or use l2)")
-            batches, loss_fn = _taylor_batches(directory, data, data_path, batch_size)
+            batches, loss_fn = _taylor_batches(directory, data, data_path, batch_size, taylor_batches)
         report = prune_structured_(model, ratio, importance=importance, batches=batches, loss_fn=loss_fn)
     save(model, out, tokenizer=saved_tokenizer(directory))
     description = {"checkpoint": str(directory), "method": method, "report": report.as_dict(),
@@ -116,8 +120,9 @@ def compress(
     return 0
 
 
-def _taylor_batches(directory: Path, data: str, data_path: str | None, batch_size: int, count: int = 8):
-    """A few training batches of ``data`` and the task's loss, for first-order Taylor importance."""
+def _taylor_batches(directory: Path, data: str, data_path: str | None, batch_size: int, count: int):
+    """``count`` batches of ``data``'s training split, drawn at random (seed 0) across the whole split, and the
+    task's loss, for first-order Taylor importance."""
     from ..config import DataConfig
     from ..data import build_data
     from ..data.batching import iterate_batches
@@ -127,7 +132,8 @@ def _taylor_batches(directory: Path, data: str, data_path: str | None, batch_siz
     bundle = build_data(DataConfig(name=data, path=data_path), tokenizer=saved_tokenizer(directory))
     task = get_task(bundle.task, bundle.meta)
     n = min(len(bundle.train), count * batch_size)
-    ranges = (range(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
+    order = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(0))[:n].tolist()
+    ranges = (order[i:i + batch_size] for i in range(0, n, batch_size))
     batches = [(bundle.eval_transform(x) if bundle.eval_transform else x, y)
                for x, y in iterate_batches(bundle.train, ranges, 0)]
     return batches, lambda model, batch: task.loss(model, *batch)[0]

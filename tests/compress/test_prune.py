@@ -81,6 +81,27 @@ def test_taylor_importance_uses_gradients():
         prune_structured_(tiny_model("bert-base"), 0.5, importance="taylor")
 
 
+
+def test_taylor_scores_add_each_batch_absolute_effect():
+    """Taylor importance is |sum w * dL/dw| per batch, added over batches: two batches whose gradients are
+    opposite (loss +L then -L on the same input) score each unit twice one batch's score, where summing the
+    gradients first would score every unit zero."""
+    from bigmodels.compress.prune import _transformer_scores
+
+    model = tiny_model("bert-base")
+    ids = example_inputs(model)
+
+    def loss_fn(m, sign):
+        return sign * first(call(m, ids)).float().pow(2).mean()
+
+    once = _transformer_scores(model, "taylor", [1.0], loss_fn)
+    twice = _transformer_scores(model, "taylor", [1.0, -1.0], loss_fn)
+    assert set(once) == set(twice) and any("attn" in n or "attention" in n for n in once)
+    for name in once:
+        assert once[name].gt(0).all()
+        torch.testing.assert_close(twice[name], 2 * once[name])
+    assert all(p.grad is None for p in model.parameters())
+
 def test_pruned_model_fine_tunes_from_init_and_keeps_accuracy(tmp_path):
     from bigmodels.train.trainer import build_model_for_data
 
@@ -139,3 +160,9 @@ def test_compress_command_writes_model_and_tradeoff_table(tmp_path, capsys):
     assert bigmodels.load(out).info.meta["compress"]["structure"]
     assert main(["compress", str(tmp_path / "cnn"), "--method", "int9", "--out", str(out)]) == 2
     assert "--method 'int9' is not known" in capsys.readouterr().err
+    taylor = ["compress", str(tmp_path / "cnn"), "--method", "structured", "--importance", "taylor", "--data",
+              "digits", "--out", str(tmp_path / "taylor"), "--iters", "1", "--batch-size", "16"]
+    assert main([*taylor, "--taylor-batches", "0"]) == 2
+    assert "--taylor-batches 0 must be >= 1" in capsys.readouterr().err
+    assert main([*taylor, "--taylor-batches", "3"]) == 0
+    assert bigmodels.load(tmp_path / "taylor").info.meta["compress"]["pruning"][0]["importance"] == "taylor"
