@@ -3,8 +3,9 @@
 - ``pad``: ``Unpadded.pad`` filling its fresh zeros in place against the former out-of-place ``index_copy``
   (a server-sized batch: 16 sentences of 10-23 tokens, 1,152 wide, the packed q/k/v);
 - ``gelu``: fc1 of all-MiniLM (384 -> 1536) with GELU as oneDNN's post-op against fc1 then ``F.gelu``;
-- ``engines``: each side of the MiniLM int8 batch-1 engine row timed alone (ten calls in a row) and timed right
-  after the other engines (one call each in turn), the interference ``ENGINE_LEAD_IN`` removes.
+- ``engines``: each side of the MiniLM int8 batch-1 engine row timed alone (calls in a row) and in turn with
+  the other engines: right after them, after one untimed call of its own (``ENGINE_LEAD_IN``), after 300 ms of
+  idle cores and that call, and ``ENGINE_BLOCK`` calls in a row after that call (what the bench does).
 
     python benchmarks/cpu_micro.py --threads 2 pad gelu engines
 """
@@ -56,6 +57,7 @@ def gelu(reps: int) -> None:
 
 def engines(reps: int) -> None:
     from bigmodels.bench.engines import build_sides
+    from bigmodels.bench.speed import ENGINE_BLOCK
     from bigmodels.bench.speed import load_minilm
     from bigmodels.bench.workloads import WORKLOADS, _random_ids
 
@@ -63,19 +65,28 @@ def engines(reps: int) -> None:
     ours = load_minilm()[0].eval()
     ids = _random_ids(ours.config.vocab_size, (w.batch, w.seq), torch.Generator().manual_seed(0))
     sides = build_sides(w, ours, {"input_ids": ids, "token_type_ids": torch.zeros_like(ids)})
+    # (untimed calls of its own first, idle seconds first, timed calls in a row) per turn
+    variants = {"right after the others": (0, 0.0, 1), "after a lead-in call": (1, 0.0, 1),
+                "after 300 ms idle and a lead-in call": (1, 0.3, 1),
+                f"{ENGINE_BLOCK} in a row after a lead-in call": (1, 0.0, ENGINE_BLOCK)}
     try:
         alone = {side: _median_us(fn, reps) / 1e3 for side, fn in sides.calls.items()}
-        turns: dict[str, list[float]] = {side: [] for side in sides.calls}
-        for _ in range(reps):
-            for side, fn in sides.calls.items():
-                start = time.perf_counter()
-                fn()
-                turns[side].append((time.perf_counter() - start) * 1e3)
+        turns = {v: {side: [] for side in sides.calls} for v in variants}
+        for variant, (lead_in, idle, block) in variants.items():
+            for _ in range(max(1, reps // block)):
+                for side, fn in sides.calls.items():
+                    time.sleep(idle)
+                    for _ in range(lead_in):
+                        fn()
+                    for _ in range(block):
+                        start = time.perf_counter()
+                        fn()
+                        turns[variant][side].append((time.perf_counter() - start) * 1e3)
     finally:
         sides.close()
     for side in alone:
-        print(f"engines, {w.name}: {side} alone {alone[side]:.2f} ms, right after the others "
-              f"{statistics.median(turns[side]):.2f} ms")
+        print(f"engines, {w.name}: {side} alone {alone[side]:.2f} ms; "
+              + "; ".join(f"{v} {statistics.median(t[side]):.2f} ms" for v, t in turns.items()))
 
 
 def main(argv: list[str] | None = None) -> None:

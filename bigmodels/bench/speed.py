@@ -448,45 +448,59 @@ def _run_model(w: Workload, dev: torch.device, dtype: torch.dtype, steps: int, w
     return out
 
 
-# CPU engines keep their worker threads busy for a while after a call (ONNX Runtime's spinning, OpenMP's wait
-# policy in PyTorch and CTranslate2), taking the cores from whichever side is timed next: measured on MiniLM int8
-# at batch 1, ours 6.6 -> 10.2 ms, CTranslate2 5.5 -> 8.7 ms, ONNX Runtime 5.4 -> 6.0 ms alone -> right after the
-# other engines (`python benchmarks/cpu_micro.py engines`). One untimed call of the same side before each timed
-# one lets every side start from its own steady state.
+# CPU engines interfere with each other in one process: timed in turn, one call each, an engine whose threads
+# are OpenMP's (ours, CTranslate2) is much slower than when it runs alone, ONNX Runtime's own pool hardly; neither
+# one untimed call of the same side first (ENGINE_LEAD_IN) nor 300 ms of idle cores undoes it, calls in a row do.
+# MiniLM int8, batch 1, 2 threads (`python benchmarks/cpu_micro.py engines`, ms, alone / in turn after a lead-in
+# call / five in a row after it): ours 7.1 / 9.4 / 8.1, CTranslate2 6.1 / 8.5 / 8.5, ONNX Runtime 5.8 / 5.8 / 5.6;
+# that machine's noise moved single figures by 30% between runs. So each side's turn is a lead-in call, then
+# calls in a row for about ENGINE_BLOCK_S (at most ENGINE_BLOCK; a long call, such as a whole decode, is one),
+# and the turn's median is its time: each side is timed close to how it runs on its own, as users run it.
 ENGINE_LEAD_IN = 1
+ENGINE_BLOCK = 5
+ENGINE_BLOCK_S = 0.05
 
 
 def _alternate(calls: dict[str, Callable[[], Any]], warmup: int, steps: int, dev: torch.device,
                check: Callable[[dict[str, Any]], None] | None = None,
-               lead_in: int = 0) -> dict[str, dict[str, Any]]:
-    """The sides in turn, one call each per repetition (so a busy machine slows them alike): ``warmup`` untimed
+               lead_in: int = 0, block_s: float = 0.0, block: int = 1) -> dict[str, dict[str, Any]]:
+    """The sides in turn, one turn each per repetition (so a busy machine slows them alike): ``warmup`` untimed
     repetitions, then ``steps`` timed ones. ``check`` gets the first repetition's outputs before anything is timed
-    (with ``warmup=0`` that takes one extra untimed repetition). ``lead_in``: untimed calls of the same side
-    right before each timed one (CPU engines: see :data:`ENGINE_LEAD_IN`). -> timing per side, as
-    :func:`_time_steps`."""
+    (with ``warmup=0`` that takes one extra untimed repetition). A timed turn: ``lead_in`` untimed calls, then
+    as many timed calls in a row as fill ``block_s`` seconds (from the side's last untimed call; at least one, at
+    most ``block``), whose median is the turn's latency (CPU engines: see :data:`ENGINE_LEAD_IN`). -> timing per
+    side, as :func:`_time_steps`."""
     times: dict[str, list[float]] = {s: [] for s in calls}
     warm = dict.fromkeys(calls, 0.0)
+    last = dict.fromkeys(calls, float("inf"))
     first: dict[str, float] = {}
     mem: dict[str, tuple[int | None, str]] = {}
     outputs: dict[str, Any] = {}
     untimed = max(warmup, 1 if check is not None else 0)
     for rep in range(untimed + steps):
         for side, fn in calls.items():
-            if rep >= untimed:
+            timed = rep >= untimed
+            if timed:
                 for _ in range(lead_in):
                     fn()
-            with peak_memory(dev) as m:
-                t0 = time.perf_counter()
-                outputs[side] = fn()
-                _sync(dev)
-                dt = time.perf_counter() - t0
+            in_a_row = max(1, min(block, int(block_s / last[side]))) if timed and block_s > 0 else 1
+            turn = []
+            for _ in range(in_a_row):
+                with peak_memory(dev) as m:
+                    t0 = time.perf_counter()
+                    outputs[side] = fn()
+                    _sync(dev)
+                    turn.append(time.perf_counter() - t0)
+                if timed:
+                    before = mem.get(side, (None, m.kind))[0]
+                    mem[side] = (max(filter(None, (before, m.bytes)), default=m.bytes), m.kind)
+            dt = statistics.median(turn)
             first.setdefault(side, dt)
-            if rep < untimed:
+            if not timed:
                 warm[side] += dt
+                last[side] = dt
             else:
                 times[side].append(dt * 1e3)
-                before = mem.get(side, (None, m.kind))[0]
-                mem[side] = (max(filter(None, (before, m.bytes)), default=m.bytes), m.kind)
         if rep == 0 and check is not None:
             check(dict(outputs))
     return {side: {"total_s": sum(times[side]) / 1e3, "latencies_ms": times[side], "warmup_s": warm[side],
@@ -579,7 +593,7 @@ def _run_engines(w: Workload, dev: torch.device, steps: int, warmup: int, peer: 
         check = sides.check
         timings = _alternate(sides.calls, warmup, steps, dev,
                              check=None if check is None else lambda outs: parity.update(check(outs)),
-                             lead_in=ENGINE_LEAD_IN)
+                             lead_in=ENGINE_LEAD_IN, block_s=ENGINE_BLOCK_S, block=ENGINE_BLOCK)
     finally:
         sides.close()
     out: dict[str, Any] = {"flops_per_unit": flops, "peak_flops": None, "parity": parity,

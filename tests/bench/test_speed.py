@@ -232,12 +232,20 @@ def test_a_failing_workload_does_not_stop_the_others(monkeypatch, tmp_path):
     assert json.loads(paths["json"].read_text())["rows"][0]["error"].startswith("RuntimeError")
 
 
-def test_alternate_times_each_side_after_its_lead_in_calls():
-    from bigmodels.bench.speed import ENGINE_LEAD_IN, _alternate
+def test_alternate_times_each_side_in_a_row_after_its_lead_in_calls(monkeypatch):
+    from bigmodels.bench import speed
+    from bigmodels.bench.speed import ENGINE_BLOCK, ENGINE_BLOCK_S, ENGINE_LEAD_IN, _alternate
 
     order: list[str] = []
+    clock = iter(range(10_000))  # every perf_counter reading 1 s after the last: each call takes 1 s
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: float(next(clock)))
     calls = {side: (lambda side=side: order.append(side) or side) for side in ("ours", "peer")}
-    timings = _alternate(calls, warmup=1, steps=2, dev=torch.device("cpu"), lead_in=2)
-    # the warm-up repetition alternates plainly; each timed call follows two untimed calls of its own side
-    assert order == ["ours", "peer"] + ["ours"] * 3 + ["peer"] * 3 + ["ours"] * 3 + ["peer"] * 3
-    assert [len(timings[s]["latencies_ms"]) for s in calls] == [2, 2] and ENGINE_LEAD_IN >= 1
+    timings = _alternate(calls, warmup=1, steps=2, dev=torch.device("cpu"), lead_in=2, block_s=3.5, block=5)
+    # the warm-up repetition alternates plainly; each timed turn is two untimed calls of its own side, then
+    # block_s / the last untimed call's time = 3 timed calls in a row, whose median is the turn's latency
+    assert order == ["ours", "peer"] + ["ours"] * 5 + ["peer"] * 5 + ["ours"] * 5 + ["peer"] * 5
+    assert [timings[s]["latencies_ms"] for s in calls] == [[1000.0, 1000.0]] * 2
+    order.clear()
+    _alternate(calls, warmup=1, steps=1, dev=torch.device("cpu"), lead_in=0, block_s=100.0, block=4)
+    assert order == ["ours", "peer"] + ["ours"] * 4 + ["peer"] * 4  # at most ``block`` in a row
+    assert ENGINE_LEAD_IN >= 1 and ENGINE_BLOCK > 1 and ENGINE_BLOCK_S > 0
