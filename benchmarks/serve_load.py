@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", choices=("httpx", "raw"), default="httpx",
                         help="the load generator: httpx (as applications call), or a bare HTTP/1.1 client that "
                              "leaves more of a small machine's CPU to the server")
+    parser.add_argument("--model-process", action="store_true",
+                        help="serve with --model-process (the batches in a process of their own)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sentences = _sentences(args.requests)
     result: dict = {"model": args.model, "clients": args.clients, "client": args.client, "requests": args.requests,
-                    "batch_window_ms": args.batch_window,
+                    "batch_window_ms": args.batch_window, "model_process": args.model_process,
                     "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
@@ -261,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. load: every client's request admitted, batched by the server
     bodies = [{"input": s, "encoding_format": "base64"} for s in sentences]
     window = ("--batch-window", str(args.batch_window)) if args.batch_window is not None else ()
+    window += ("--model-process",) if args.model_process else ()
     with Server(args.model, "--max-batch", str(args.max_batch), "--max-concurrency", str(args.clients * 2),
                 "--max-queue", str(args.clients * 4), *window, threads=args.threads) as server:
         asyncio.run(_drive(server.base, bodies[:64], args.clients, args.time_limit, args.client))  # warm-up

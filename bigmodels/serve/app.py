@@ -21,8 +21,9 @@ Limits: the request body (413), prompt + max_tokens against the model's context 
 concurrency and queue length (429 with Retry-After), a per-request timeout (504), an optional API key (401);
 CORS is off unless ``cors_origins`` are given. Bad JSON and wrong types are 400 with an OpenAI-style message.
 Models run off the event loop in a thread pool of ``max_concurrency`` threads; concurrent embedding and
-classification requests are batched together (:mod:`bigmodels.serve.batching`); each completion decodes with
-state of its own.
+classification requests are batched together (:mod:`bigmodels.serve.batching`), in the server's process or, with
+``model_process=True``, in a child process of their own whose GIL the event loop does not share
+(:mod:`bigmodels.serve.worker`); each completion decodes with state of its own.
 
     >>> import bigmodels
     >>> from fastapi.testclient import TestClient
@@ -42,6 +43,7 @@ import base64
 import binascii
 import concurrent.futures
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -71,6 +73,7 @@ from .explaining import Explainer
 from .limits import Admission, Guard
 from .loading import ENDPOINT_TASKS, Served, embed_encoded, encode_for_embedding, load_served
 from .metrics import MetricsMiddleware, ServerMetrics
+from .worker import BATCHED_ENDPOINTS, ModelProcess
 from .schemas import (
     MAX_INPUTS,
     APIError,
@@ -120,7 +123,7 @@ class ServerState:
     """What one app holds: the served model, the admission, the thread pool, the batchers and the metrics."""
 
     def __init__(self, served: Served, *, max_batch: int, max_concurrency: int, max_queue: int, timeout_s: float,
-                 batch_window_s: float) -> None:
+                 batch_window_s: float, model_process: ModelProcess | None = None) -> None:
         self.served, self.max_batch, self.timeout_s = served, max_batch, timeout_s
         self.batch_window_s = batch_window_s
         self.metrics = ServerMetrics()
@@ -131,14 +134,14 @@ class ServerState:
         self.unexpected_errors = 0  # 500s: bugs, never a client's mistake (a test keeps this at 0)
         self.explainer = Explainer(served.model, served.tokenizer)
         self.batchers: dict[str, Batcher] = {}
-        for endpoint in ("/v1/embeddings", "/v1/classify"):
-            pipe = served.pipe(endpoint)
-            if pipe is not None:
-                fn = _embed_rows(pipe) if endpoint == "/v1/embeddings" else _classify_rows(pipe)
-                histogram = self.metrics.batch_size.labels(endpoint)
-                self.batchers[endpoint] = Batcher(self.metrics.timed(endpoint, fn), max_batch=max_batch,
-                                                  executor=self.batch_executor,
-                                                  window_s=batch_window_s, on_batch=histogram.observe)
+        self.model_process = model_process
+        for endpoint, fn in _batch_functions(served).items():
+            if model_process is not None:  # the same function, run by the model's own process
+                fn = functools.partial(model_process.call, endpoint)
+            histogram = self.metrics.batch_size.labels(endpoint)
+            self.batchers[endpoint] = Batcher(self.metrics.timed(endpoint, fn), max_batch=max_batch,
+                                              executor=self.batch_executor, window_s=batch_window_s,
+                                              on_batch=histogram.observe)
 
     # -- checks
 
@@ -207,6 +210,16 @@ class ServerState:
     async def in_pool(self, fn: Callable[[], Any]) -> Any:
         """A short job (decoding images) in the pool, for a request that holds no slot yet."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+
+def _batch_functions(served: Served) -> dict[str, Callable[[list, dict], list]]:
+    """The batch function (``fn(items, options) -> results``) of each batched endpoint the model answers."""
+    functions = {}
+    for endpoint in BATCHED_ENDPOINTS:
+        pipe = served.pipe(endpoint)
+        if pipe is not None:
+            functions[endpoint] = _embed_rows(pipe) if endpoint == "/v1/embeddings" else _classify_rows(pipe)
+    return functions
 
 
 def _embed_rows(pipe) -> Callable[[list, dict], list]:
@@ -300,7 +313,7 @@ def create_app(model_or_path: nn.Module | str | os.PathLike, *, api_key: str | N
                max_concurrency: int = 4, max_queue: int = 64, timeout_s: float = 60.0,
                max_body_bytes: int = 4 * 2**20, cors_origins: Sequence[str] | None = None,
                architecture: str | None = None, tokenizer: Any = None, name: str | None = None,
-               batch_window_s: float = 0.005) -> FastAPI:
+               batch_window_s: float = 0.005, model_process: bool = False) -> FastAPI:
     """The FastAPI app serving one model (see the module docstring for the endpoints and limits).
 
     ``model_or_path``: an ``nn.Module`` (text models with ``tokenizer=``), a bigmodels or Hugging Face directory,
@@ -312,20 +325,27 @@ def create_app(model_or_path: nn.Module | str | os.PathLike, *, api_key: str | N
     ``cors_origins``: the origins allowed to call from a browser (none by default). ``name``: the model id
     clients send (default: the directory's or the model's name). ``batch_window_s``: how long the first input to
     reach an idle model waits for others (a busy model's next batch takes everything waiting when it frees up).
+    ``model_process``: run the batches of /v1/embeddings and /v1/classify in a child process that loads the model
+    from the same path (:mod:`bigmodels.serve.worker`: the model no longer waits for the event loop's GIL).
     """
     _check_sizes(max_batch, max_concurrency, max_queue, timeout_s, max_body_bytes, batch_window_s)
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
         raise ConfigError("api_key is empty; give the key clients must send, or None to serve without one")
     served = load_served(model_or_path, architecture=architecture, tokenizer=tokenizer, name=name,
                          batch_size=max(max_batch, 1))
+    worker = None
+    if model_process and _batch_functions(served):
+        worker = ModelProcess(model_or_path, architecture=architecture, batch_size=max(max_batch, 1))
     state = ServerState(served, max_batch=max_batch, max_concurrency=max_concurrency, max_queue=max_queue,
-                        timeout_s=float(timeout_s), batch_window_s=float(batch_window_s))
+                        timeout_s=float(timeout_s), batch_window_s=float(batch_window_s), model_process=worker)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         state.executor.shutdown(wait=False, cancel_futures=True)
         state.batch_executor.shutdown(wait=False, cancel_futures=True)
+        if state.model_process is not None:
+            state.model_process.close()
 
     app = FastAPI(title="bigmodels", summary=f"serving {served.name}", lifespan=lifespan)
     app.state.server = state

@@ -49,6 +49,9 @@ def serve(
     batch_window: Annotated[float, "milliseconds the first input to an idle model waits for others to batch with "
                                    "(inputs that arrive while a batch runs go with the next one at once)"] = 5.0,
     cors: Annotated[str | None, "comma-separated origins a browser page may call from (default: none)"] = None,
+    model_process: Annotated[bool, "run the batches of /v1/embeddings and /v1/classify in a process of their own "
+                                   "(the model loaded twice; its thread no longer waits for the event loop's "
+                                   "GIL)"] = False,
     log_level: Annotated[str, "uvicorn's log level: critical, error, warning, info, debug"] = "info",
 ) -> int:
     """Serve a model over an OpenAI-compatible HTTP API.
@@ -77,7 +80,8 @@ def serve(
 
     app = create_app(checkpoint, architecture=model, api_key=key, name=name, max_batch=max_batch,
                      max_concurrency=max_concurrency, max_queue=max_queue, timeout_s=timeout,
-                     max_body_bytes=max_body, cors_origins=origins, batch_window_s=batch_window / 1000.0)
+                     max_body_bytes=max_body, cors_origins=origins, batch_window_s=batch_window / 1000.0,
+                     model_process=model_process)
     if key is None and not _loopback(host):
         log.warning("serving on %s without an API key: anyone who can reach it may use it; pass --api-key or set "
                     "%s", host, API_KEY_ENV)
