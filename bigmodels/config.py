@@ -223,6 +223,9 @@ class DistillConfig:
     alpha: float = 0.5  # weight of the soft-target term; 1 - alpha weighs the hard-label loss
     hidden_weight: float = 0.0  # hidden-state transfer (MSE through a learned projection when widths differ)
     attention_weight: float = 0.0  # attention-map transfer (KL between attention distributions)
+    augment: int = 0  # text: augmented copies of each batch, learnt from the teacher's soft targets alone
+    mask_prob: float = 0.1  # augmentation: each token of a copy becomes the mask token with this probability
+    ngram_prob: float = 0.25  # augmentation: a copy's sentence becomes one of its n-grams (n = 1..5) instead
 
     def __post_init__(self) -> None:
         check_positive("distill", "temperature", self.temperature)
@@ -230,6 +233,12 @@ class DistillConfig:
             raise ConfigError(f"distill.alpha={self.alpha!r} must be in [0, 1], e.g. 0.5")
         for key in ("hidden_weight", "attention_weight"):
             check_positive("distill", key, getattr(self, key), allow_zero=True)
+        if isinstance(self.augment, bool) or not isinstance(self.augment, int) or self.augment < 0:
+            raise ConfigError(f"distill.augment={self.augment!r} must be a whole number >= 0: the augmented copies "
+                              "of each batch, e.g. 1 (0: none)")
+        for key in ("mask_prob", "ngram_prob"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"distill.{key}={getattr(self, key)!r} must be a probability in [0, 1]")
 
 
 @dataclass

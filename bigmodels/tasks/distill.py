@@ -6,7 +6,11 @@ The loss on a batch (Hinton et al. 2015, "Distilling the Knowledge in a Neural N
     L = (1 - alpha) * L_hard(student, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))
         + hidden_weight * MSE(W h_s, h_t) + attention_weight * KL(A_t || A_s)
 
-The T^2 factor keeps the soft term's gradients on the scale of the hard one's as T changes (sec. 2.1). The last
+The T^2 factor keeps the soft term's gradients on the scale of the hard one's as T changes (sec. 2.1). With
+``augment=k`` (text), the student also learns the teacher's soft targets on k augmented copies of each batch
+(:func:`augment_tokens`: tokens masked, or the sentence cut to one of its n-grams; Tang et al. 2019 sec. 3.2;
+TinyBERT's data augmentation): the teacher labels inputs it was not trained on, where its outputs carry more
+than the training labels (on its own training sentences a fine-tuned teacher is nearly one-hot). The last
 two terms transfer intermediate knowledge between uniformly mapped layers (student layer m reads teacher layer
 m * L_t / L_s, as TinyBERT's g(m), Jiao et al. 2020): hidden states through a learned projection W when the widths
 differ (TinyBERT eq. 7), and attention distributions as a KL divergence (MiniLM, Wang et al. 2020, eq. 4), read
@@ -42,7 +46,7 @@ from ..nn.attention import AttentionProbs, attention_modules, reference_attentio
 from .base import IGNORE_INDEX, Task, call
 
 __all__ = ["DistillationTask", "soft_target_loss", "attention_kl", "layer_map", "transformer_blocks",
-           "check_teacher", "check_vocabulary"]
+           "check_teacher", "check_vocabulary", "augment_tokens"]
 
 log = logging.getLogger("bigmodels.compress")
 
@@ -136,6 +140,55 @@ def check_vocabulary(teacher_tokenizer, student_tokenizer, where: str) -> None:
         )
 
 
+def augment_tokens(x: dict[str, torch.Tensor], *, mask_id: int | None, pad_id: int, mask_prob: float = 0.1,
+                   ngram_prob: float = 0.25, max_n: int = 5,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """An augmented copy of a right-padded token batch (``input_ids``, ``attention_mask``, optional
+    ``token_type_ids``), row by row, as Tang et al. 2019 (sec. 3.2) augment for distillation: with probability
+    ``ngram_prob`` the sentence becomes one of its n-grams (n uniform in 1..``max_n``, the first and last token,
+    [CLS] and [SEP], kept around it), else each other token becomes ``mask_id`` with probability ``mask_prob``.
+
+    >>> x = {"input_ids": torch.tensor([[101, 7, 8, 9, 102, 0]]), "attention_mask": torch.tensor([[1] * 5 + [0]])}
+    >>> y = augment_tokens(x, mask_id=103, pad_id=0, mask_prob=1.0, ngram_prob=0.0)
+    >>> y["input_ids"].tolist(), y["attention_mask"].tolist()
+    ([[101, 103, 103, 103, 102, 0]], [[1, 1, 1, 1, 1, 0]])
+    """
+    ids, mask = x["input_ids"], x["attention_mask"]
+    types = x.get("token_type_ids")
+    new_ids, new_mask = ids.clone(), mask.clone()
+    new_types = types.clone() if types is not None else None
+    lengths = mask.sum(1).tolist()
+    rand = torch.rand(len(lengths), generator=generator).tolist()
+    for b, length in enumerate(lengths):
+        inner = length - 2  # the tokens between the first and the last
+        if inner >= 2 and rand[b] < ngram_prob:
+            n = int(torch.randint(1, min(max_n, inner) + 1, (), generator=generator))
+            start = 1 + int(torch.randint(0, inner - n + 1, (), generator=generator))
+            keep = torch.cat([torch.tensor([0]), torch.arange(start, start + n), torch.tensor([length - 1])])
+            new_ids[b, : n + 2] = ids[b, keep]
+            new_ids[b, n + 2 :] = pad_id
+            new_mask[b, : n + 2], new_mask[b, n + 2 :] = 1, 0
+            if new_types is not None:
+                new_types[b, : n + 2] = types[b, keep]
+                new_types[b, n + 2 :] = 0
+        elif mask_id is not None and mask_prob > 0 and inner > 0:
+            hit = torch.rand(inner, generator=generator) < mask_prob
+            new_ids[b, 1 : length - 1] = ids[b, 1 : length - 1].masked_fill(hit.to(ids.device), mask_id)
+    out = {**x, "input_ids": new_ids, "attention_mask": new_mask}
+    if new_types is not None:
+        out["token_type_ids"] = new_types
+    return out
+
+
+def _mask_token_id(*tokenizers: Any) -> int | None:
+    for tokenizer in tokenizers:
+        vocab = tokenizer.get_vocab() if tokenizer is not None and hasattr(tokenizer, "get_vocab") else {}
+        for token in ("[MASK]", "<mask>"):
+            if token in vocab:
+                return int(vocab[token])
+    return None
+
+
 def _first_tensor(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else next(o for o in out if isinstance(o, torch.Tensor))
 
@@ -198,8 +251,15 @@ class DistillationTask(Task):
 
     def __init__(self, base: Task, teacher: nn.Module, student: nn.Module, *, temperature: float = 2.0,
                  alpha: float = 0.5, hidden_weight: float = 0.0, attention_weight: float = 0.0,
+                 augment: int = 0, mask_prob: float = 0.1, ngram_prob: float = 0.25, mask_id: int | None = None,
                  teacher_name: str = "the teacher") -> None:
-        DistillConfig(teacher_name, temperature, alpha, hidden_weight, attention_weight)  # the same checks
+        DistillConfig(teacher_name, temperature, alpha, hidden_weight, attention_weight, augment, mask_prob,
+                      ngram_prob)  # the same checks
+        if augment and mask_prob > 0 and mask_id is None:
+            raise ConfigError("distill.augment masks tokens with the tokenizer's mask token ([MASK] or <mask>), which "
+                              "this tokenizer lacks; set distill.mask_prob=0 (n-grams only) or distill.augment=0")
+        self.augment, self.mask_prob, self.ngram_prob, self.mask_id = int(augment), mask_prob, ngram_prob, mask_id
+        self.pad_id = int(getattr(getattr(student, "config", None), "pad_token_id", None) or 0)
         check_teacher(teacher, student, teacher_name)
         self.base, self.teacher = base, teacher.eval().requires_grad_(False)
         self.name, self.unit, self.metric_names = base.name, base.unit, base.metric_names
@@ -235,16 +295,19 @@ class DistillationTask(Task):
         where = f"distill.teacher={cfg.teacher}"
         check_vocabulary(teacher_tokenizer, tokenizer, where)
         task = cls(base, teacher, student, temperature=cfg.temperature, alpha=cfg.alpha,
-                   hidden_weight=cfg.hidden_weight, attention_weight=cfg.attention_weight, teacher_name=where)
+                   hidden_weight=cfg.hidden_weight, attention_weight=cfg.attention_weight, augment=cfg.augment,
+                   mask_prob=cfg.mask_prob, ngram_prob=cfg.ngram_prob,
+                   mask_id=_mask_token_id(tokenizer, teacher_tokenizer), teacher_name=where)
         log.info("distilling from %s (%s, %d parameters): T=%g, alpha=%g, hidden %g, attention %g over layer "
-                 "pairs %s", cfg.teacher, model_info(teacher).name, sum(p.numel() for p in teacher.parameters()),
-                 cfg.temperature, cfg.alpha, cfg.hidden_weight, cfg.attention_weight, task.pairs or "-")
+                 "pairs %s, %d augmented copies", cfg.teacher, model_info(teacher).name,
+                 sum(p.numel() for p in teacher.parameters()), cfg.temperature, cfg.alpha, cfg.hidden_weight,
+                 cfg.attention_weight, task.pairs or "-", cfg.augment)
         return task
 
     # ---------------------------------------------------------------- the loss
     def losses(self, model: nn.Module, x: Any, y: Any) -> tuple[dict[str, torch.Tensor], Any]:
-        """Each term of the loss by name (``hard``, ``soft``, ``hidden``, ``attention``), and the student's
-        output."""
+        """Each term of the loss by name (``hard``, ``soft``, ``hidden``, ``attention``, ``augmented``), and the
+        student's output."""
         attend = reference_attention if self.attention_weight else _no_change
         with attend(model), self._student_rec.recording() as s_rec:
             out = call(model, x)
@@ -264,6 +327,18 @@ class DistillationTask(Task):
                                         "skipped its AttentionProbs; set distill.attention_weight=0")
             s_maps, t_maps = _per_block(s_rec.maps, self.pairs), _per_block(t_rec.maps, self.pairs, teacher=True)
             terms["attention"] = sum(attention_kl(s, t) for s, t in zip(s_maps, t_maps, strict=True)) / len(s_maps)
+        if self.augment:
+            if not (isinstance(x, dict) and "input_ids" in x and "attention_mask" in x):
+                raise ConfigError("distill.augment augments token batches (input_ids and attention_mask); this "
+                                  "task's inputs are not: set distill.augment=0")
+            soft = []
+            for _ in range(self.augment):
+                x_aug = augment_tokens(x, mask_id=self.mask_id, pad_id=self.pad_id, mask_prob=self.mask_prob,
+                                       ngram_prob=self.ngram_prob)
+                with torch.no_grad():
+                    t_aug = _first_tensor(call(self.teacher, x_aug))
+                soft.append(soft_target_loss(_first_tensor(call(model, x_aug)), t_aug, self.temperature))
+            terms["augmented"] = sum(soft) / len(soft)
         return terms, out
 
     def loss(self, model, x, y):
@@ -273,6 +348,8 @@ class DistillationTask(Task):
             loss = loss + self.hidden_weight * terms["hidden"]
         if self.attention_weight:
             loss = loss + self.attention_weight * terms["attention"]
+        if self.augment:
+            loss = loss + self.alpha * terms["augmented"]
         return loss, out
 
     # ---------------------------------------------------------------- what the base task does

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import bigmodels
 from bigmodels.compress.distill import DistillationTask, layer_map, transformer_blocks
+from bigmodels.tasks.distill import augment_tokens
 from bigmodels.config import resolve_run_config
 from bigmodels.errors import ConfigError
 from bigmodels.tasks import get_task
@@ -104,6 +105,59 @@ def test_hidden_and_attention_transfer_are_finite_and_decrease():
     assert {m.impl for m in student.modules() if hasattr(m, "impl")} == {"sdpa"}
 
 
+def _token_batch() -> dict[str, torch.Tensor]:
+    ids = torch.tensor([[101, 11, 12, 13, 14, 15, 16, 102], [101, 21, 22, 102, 0, 0, 0, 0],
+                        [101, 31, 102, 0, 0, 0, 0, 0]])
+    mask = (ids != 0).long()
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def test_augmented_copies_mask_tokens_or_keep_an_ngram_between_the_first_and_last():
+    x = _token_batch()
+    masked = augment_tokens(x, mask_id=103, pad_id=0, mask_prob=1.0, ngram_prob=0.0)
+    assert masked["input_ids"].tolist() == [[101] + [103] * 6 + [102], [101, 103, 103, 102, 0, 0, 0, 0],
+                                            [101, 103, 102, 0, 0, 0, 0, 0]]
+    assert torch.equal(masked["attention_mask"], x["attention_mask"]) and x["input_ids"][0, 1] == 11  # a copy
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        cut = augment_tokens(x, mask_id=103, pad_id=0, mask_prob=0.0, ngram_prob=1.0, generator=g)
+        row, mask = cut["input_ids"][0], cut["attention_mask"][0]
+        n = int(mask.sum()) - 2
+        assert 1 <= n <= 5 and row[0] == 101 and row[n + 1] == 102 and (row[n + 2:] == 0).all()
+        inner = row[1 : n + 1].tolist()
+        assert inner == list(range(inner[0], inner[0] + n)) and 11 <= inner[0] and inner[-1] <= 16  # contiguous
+        assert cut["input_ids"][1].tolist()[:4] != [101, 102, 0, 0]  # 2 inner tokens: an n-gram of them
+        assert torch.equal(cut["input_ids"][2], x["input_ids"][2])  # one inner token: nothing to cut or mask
+    same = [augment_tokens(x, mask_id=103, pad_id=0, generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert torch.equal(same[0]["input_ids"], same[1]["input_ids"])
+
+
+def test_augmented_copies_add_a_soft_target_term_for_token_batches_only():
+    teacher, student = tiny_bert(2, 16, 0), tiny_bert(1, 16, 1)
+    base = get_task("sequence_classification")
+    task = DistillationTask(base, teacher, student, alpha=0.5, augment=2, mask_id=3)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 96, (8, 12), generator=g)
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    y = torch.randint(0, 2, (8,), generator=g)
+    terms, _ = task.losses(student, x, y)
+    assert set(terms) == {"hard", "soft", "augmented"} and terms["augmented"] > 0
+    loss, _ = task.loss(student, x, y)
+    loss.backward()  # the augmented term reaches the student's weights
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    plain = DistillationTask(base, teacher, student, alpha=0.5)
+    assert "augmented" not in plain.losses(student, x, y)[0]
+    with pytest.raises(ConfigError, match="mask token.*distill.mask_prob=0"):
+        DistillationTask(base, teacher, student, augment=1)
+    images = DistillationTask(get_task("image_classification"), bigmodels.create_model("mlp_small"),
+                              bigmodels.create_model("mlp_small"), augment=1, mask_prob=0.0)
+    with pytest.raises(ConfigError, match="token batches.*distill.augment=0"):
+        images.loss(images.teacher, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]))
+    for bad in ("distill.augment=-1", "distill.augment=0.5", "distill.mask_prob=2"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            resolve_run_config(None, [bad])
+
+
 def test_a_teacher_with_other_classes_vocabulary_or_task_is_refused(tmp_path):
     student = bigmodels.create_model("mlp_small", num_classes=10)
     task = get_task("image_classification")
@@ -157,6 +211,11 @@ def test_the_recipes_parse_and_start(tmp_path):
     with Trainer(resolve_run_config(RECIPES / "sst2_distill_bert3.yaml",
                                     [*short, f"distill.teacher={teacher}", f"train.out_dir={tmp_path / 'd'}"])) as t:
         assert len(t.model.layers) == 3 and t.task.pairs == [(0, 1), (1, 3), (2, 5)]
+        assert t.fit()["status"] == "completed"
+    with Trainer(resolve_run_config(RECIPES / "sst2_distill_bert3.yaml",
+                                    [*short, f"distill.teacher={teacher}", "distill.augment=1",
+                                     f"train.out_dir={tmp_path / 'a'}"])) as t:
+        assert t.task.augment == 1 and t.task.mask_id == 103  # all-MiniLM's [MASK]
         assert t.fit()["status"] == "completed"
     with Trainer(resolve_run_config(RECIPES / "sst2_distill_bert3.yaml",
                                     [*short, "distill.teacher=null", f"train.out_dir={tmp_path / 'p'}"])) as t:
