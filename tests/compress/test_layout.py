@@ -150,3 +150,58 @@ def test_prepare_for_cpu_decoding_fp32_and_int8():
     with torch.no_grad():
         cos = torch.nn.functional.cosine_similarity(int8(prompts).flatten(), reference(prompts).flatten(), dim=0)
     assert cos > 0.99
+
+
+def test_fused_gelu_keeps_outputs_tokens_gradients_and_unpacks():
+    from bigmodels.compress.layout import FusedActivation, fuse_activations_, prepack_linears_, unpack_linears_
+    from bigmodels.testing import tiny_model
+
+    prompts = torch.randint(0, 300, (2, 5), generator=torch.Generator().manual_seed(3))
+    reference = tiny_gpt()
+    tokens = generate(reference, prompts, max_new_tokens=8, temperature=0)
+    model = tiny_gpt()
+    prepack_linears_(model)
+    assert fuse_activations_(model) == 2  # one fc -> GELU per block
+    assert model.blocks[0].mlp.fc.activation == "gelu_tanh" and isinstance(model.blocks[0].mlp.act, FusedActivation)
+    with torch.no_grad():
+        torch.testing.assert_close(model(prompts), reference(prompts), rtol=1e-4, atol=1e-4)
+    assert torch.equal(generate(model, prompts, max_new_tokens=8, temperature=0), tokens)
+    # with gradients the layer takes the plain path, and still applies its GELU
+    x = torch.randn(3, 64, requires_grad=True)
+    fc = model.blocks[0].mlp.fc
+    y = fc(x)
+    torch.testing.assert_close(y, torch.nn.functional.gelu(x @ fc.weight.t() + fc.bias, approximate="tanh"))
+    y.sum().backward()
+    assert x.grad is not None
+    assert unpack_linears_(model) == 9 and type(model.blocks[0].mlp.act) is torch.nn.GELU
+    with torch.no_grad():
+        torch.testing.assert_close(model(prompts), reference(prompts), rtol=1e-4, atol=1e-4)
+    # BERT's exact (erf) GELU, in an encoder
+    bert = tiny_model("bert-base", head="sequence_classification", num_labels=2).eval()
+    ids = torch.randint(0, bert.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = bert(ids)
+    prepack_linears_(bert)
+    assert fuse_activations_(bert) == bert.config.num_hidden_layers
+    assert {m.activation for m in bert.modules() if getattr(m, "activation", None)} == {"gelu"}
+    with torch.no_grad():
+        torch.testing.assert_close(bert(ids), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_gelu_that_also_reads_another_input_is_not_fused(monkeypatch):
+    from bigmodels.compress.layout import fuse_activations_, prepack_linears_
+    from bigmodels.models import _contract
+
+    class Shared(torch.nn.Module):  # one GELU module after the layer and on the raw input: fusing would skip one
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act = torch.nn.Linear(8, 8), torch.nn.GELU()
+
+        def forward(self, x):
+            return self.act(self.fc(x)) + self.act(x)
+
+    model = Shared().eval()
+    prepack_linears_(model)
+    monkeypatch.setattr(_contract, "example_inputs", lambda m, **kw: torch.randn(4, 8))  # not a registered model
+    assert fuse_activations_(model) == 0
+    assert model.fc.activation is None and type(model.act) is torch.nn.GELU
