@@ -57,8 +57,7 @@ def gelu(reps: int) -> None:
 
 def engines(reps: int) -> None:
     from bigmodels.bench.engines import build_sides
-    from bigmodels.bench.speed import ENGINE_BLOCK
-    from bigmodels.bench.speed import load_minilm
+    from bigmodels.bench.speed import ENGINE_BLOCK, load_minilm
     from bigmodels.bench.workloads import WORKLOADS, _random_ids
 
     w = WORKLOADS["minilm-encode-cpu-b1-int8"]

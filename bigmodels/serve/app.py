@@ -71,9 +71,8 @@ from .batching import Batcher
 from .completions import plan_completion, run_completion
 from .explaining import Explainer
 from .limits import Admission, Guard
-from .loading import ENDPOINT_TASKS, Served, embed_encoded, encode_for_embedding, load_served
+from .loading import ENDPOINT_TASKS, Served, batch_functions, encode_for_embedding, load_served
 from .metrics import MetricsMiddleware, ServerMetrics
-from .worker import BATCHED_ENDPOINTS, ModelProcess
 from .schemas import (
     MAX_INPUTS,
     APIError,
@@ -87,6 +86,7 @@ from .schemas import (
     TranslateRequest,
     error_body,
 )
+from .worker import ModelProcess
 
 __all__ = ["create_app", "ServerState"]
 
@@ -135,7 +135,7 @@ class ServerState:
         self.explainer = Explainer(served.model, served.tokenizer)
         self.batchers: dict[str, Batcher] = {}
         self.model_process = model_process
-        for endpoint, fn in _batch_functions(served).items():
+        for endpoint, fn in batch_functions(served).items():
             if model_process is not None:  # the same function, run by the model's own process
                 fn = functools.partial(model_process.call, endpoint)
             histogram = self.metrics.batch_size.labels(endpoint)
@@ -210,32 +210,6 @@ class ServerState:
     async def in_pool(self, fn: Callable[[], Any]) -> Any:
         """A short job (decoding images) in the pool, for a request that holds no slot yet."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
-
-
-def _batch_functions(served: Served) -> dict[str, Callable[[list, dict], list]]:
-    """The batch function (``fn(items, options) -> results``) of each batched endpoint the model answers."""
-    functions = {}
-    for endpoint in BATCHED_ENDPOINTS:
-        pipe = served.pipe(endpoint)
-        if pipe is not None:
-            functions[endpoint] = _embed_rows(pipe) if endpoint == "/v1/embeddings" else _classify_rows(pipe)
-    return functions
-
-
-def _embed_rows(pipe) -> Callable[[list, dict], list]:
-    pad_id = pipe.model.config.pad_token_id
-
-    def run(rows: list, options: dict) -> list:  # texts tokenized by the handler: the worker only runs the model
-        return embed_encoded(pipe.model, rows, pad_id)
-
-    return run
-
-
-def _classify_rows(pipe) -> Callable[[list, dict], list]:
-    def run(prepared: list, options: dict) -> list:
-        return pipe.run(prepared, **options)
-
-    return run
 
 
 def _texts(value: str | list[str], field: str) -> list[str]:
@@ -334,7 +308,7 @@ def create_app(model_or_path: nn.Module | str | os.PathLike, *, api_key: str | N
     served = load_served(model_or_path, architecture=architecture, tokenizer=tokenizer, name=name,
                          batch_size=max(max_batch, 1))
     worker = None
-    if model_process and _batch_functions(served):
+    if model_process and batch_functions(served):
         worker = ModelProcess(model_or_path, architecture=architecture, batch_size=max(max_batch, 1))
     state = ServerState(served, max_batch=max_batch, max_concurrency=max_concurrency, max_queue=max_queue,
                         timeout_s=float(timeout_s), batch_window_s=float(batch_window_s), model_process=worker)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from ..infer.pipelines import FeatureExtractionPipeline, Pipeline, model_task, p
 from ..models._contract import model_device
 from ..nn.attention import pack_qkv_
 
-__all__ = ["Served", "load_served", "ENDPOINT_TASKS", "encode_for_embedding", "embed_encoded"]
+__all__ = ["Served", "load_served", "ENDPOINT_TASKS", "encode_for_embedding", "embed_encoded", "batch_functions",
+           "BATCHED_ENDPOINTS"]
 
 # endpoint -> the pipeline tasks that answer it (the first the model runs)
 ENDPOINT_TASKS: dict[str, tuple[str, ...]] = {
@@ -190,3 +191,33 @@ def embed_encoded(model: nn.Module, rows: Sequence[Encoded], pad_id: int) -> lis
     for k, i in enumerate(order):
         out[i] = vectors[k]
     return out
+
+
+BATCHED_ENDPOINTS = ("/v1/embeddings", "/v1/classify")  # concurrent requests share model calls
+
+
+def batch_functions(served: Served) -> dict[str, Callable[[list, dict], list]]:
+    """The batch function (``fn(items, options) -> results``) of each batched endpoint the model answers: what the
+    server's batcher runs, in its own process or in the model's (:mod:`bigmodels.serve.worker`)."""
+    functions = {}
+    for endpoint in BATCHED_ENDPOINTS:
+        pipe = served.pipe(endpoint)
+        if pipe is not None:
+            functions[endpoint] = _embed_rows(pipe) if endpoint == "/v1/embeddings" else _classify_rows(pipe)
+    return functions
+
+
+def _embed_rows(pipe) -> Callable[[list, dict], list]:
+    pad_id = pipe.model.config.pad_token_id
+
+    def run(rows: list, options: dict) -> list:  # texts tokenized by the handler: the worker only runs the model
+        return embed_encoded(pipe.model, rows, pad_id)
+
+    return run
+
+
+def _classify_rows(pipe) -> Callable[[list, dict], list]:
+    def run(prepared: list, options: dict) -> list:
+        return pipe.run(prepared, **options)
+
+    return run

@@ -29,11 +29,10 @@ import torch
 from ..errors import ConfigError
 from .schemas import APIError
 
-__all__ = ["ModelProcess", "BATCHED_ENDPOINTS"]
+__all__ = ["ModelProcess"]
 
 log = logging.getLogger(__name__)
 
-BATCHED_ENDPOINTS = ("/v1/embeddings", "/v1/classify")
 _START_TIMEOUT_S = 300.0
 
 
@@ -141,11 +140,10 @@ def _portable(error: BaseException) -> BaseException:
 def _child_main(conn, source: str, architecture: str | None, batch_size: int, threads: int) -> None:
     torch.set_num_threads(threads)
     try:
-        from .app import _batch_functions
-        from .loading import load_served
+        from .loading import batch_functions, load_served
 
         served = load_served(source, architecture=architecture, batch_size=batch_size)
-        functions = _batch_functions(served)
+        functions = batch_functions(served)
     except BaseException as e:  # noqa: BLE001 (the server reports why the child could not start)
         conn.send(("error", _portable(e)))
         return

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 import bigmodels
 from bigmodels.compress.distill import DistillationTask, layer_map, transformer_blocks
-from bigmodels.tasks.distill import augment_tokens
 from bigmodels.config import resolve_run_config
 from bigmodels.errors import ConfigError
 from bigmodels.tasks import get_task
+from bigmodels.tasks.distill import augment_tokens
 from bigmodels.testing import tiny_model
 from bigmodels.train import Trainer
 
