@@ -65,6 +65,8 @@ def compress(
     batch_size: Annotated[int, "the batched latency's batch size, and the metric's"] = 32,
     seq_len: Annotated[int, "text models: tokens per example of the latency inputs"] = 64,
     iters: Annotated[int, "timed forward passes per latency figure"] = 10,
+    ffn_ratio: Annotated[float | None, "structured, Transformer families: the fraction of FFN units removed, where "
+                                       "it should differ from --ratio (then the heads' fraction)"] = None,
     taylor_batches: Annotated[int, "structured --importance taylor: training batches (of --batch-size, drawn at "
                                    "random with a fixed seed) whose gradients rank the units"] = 32,
 ) -> int:
@@ -91,6 +93,9 @@ def compress(
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit} must be >= 1")
     patterns = [p.strip() for p in filter.split(",") if p.strip()] if filter else None
+    if ffn_ratio is not None and method != "structured":
+        raise ConfigError(f"--ffn-ratio sets the FFN units structured pruning removes; --method {method} has none: "
+                          "drop --ffn-ratio or use --method structured")
     if patterns is not None and method == "structured":
         raise ConfigError("--filter selects layers for int8 and magnitude; structured pruning prunes every "
                           "attention module, FFN and convolution: drop --filter")
@@ -108,10 +113,12 @@ def compress(
             if metric is None:
                 raise ConfigError("--importance taylor needs gradients of the task loss: give --data (or use l2)")
             batches, loss_fn = _taylor_batches(directory, data, data_path, batch_size, taylor_batches)
-        report = prune_structured_(model, ratio, importance=importance, batches=batches, loss_fn=loss_fn)
+        report = prune_structured_(model, ratio, importance=importance, batches=batches, loss_fn=loss_fn,
+                                   ffn_ratio=ffn_ratio)
     save(model, out, tokenizer=saved_tokenizer(directory))
     description = {"checkpoint": str(directory), "method": method, "report": report.as_dict(),
-                   **({"ratio": ratio} if method != "int8" else {})}
+                   **({"ratio": ratio} if method != "int8" else {}),
+                   **({"ffn_ratio": ffn_ratio} if ffn_ratio is not None else {})}
     table = tradeoff(original, model, batch=batch_size, seq_len=seq_len, iters=iters, metric=metric,
                      description=description)
     paths = write_tradeoff(table, out)

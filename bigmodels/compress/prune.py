@@ -238,15 +238,20 @@ def prune_structured_(
     importance: str = "l2",
     batches: _Batches | None = None,
     loss_fn: _LossFn | None = None,
+    ffn_ratio: float | None = None,
 ) -> StructureReport:
     """Remove the ``ratio`` fraction of attention heads and FFN units (Transformer families) or of channels
     (convolutional nets) of ``model``, least important first, rewriting the layers' shapes in place.
 
     ``importance``: ``"l2"`` (the norm of each unit's weights) or ``"taylor"`` (|sum of w * dL/dw| over the
     unit's weights, accumulated over ``batches`` with ``loss_fn(model, batch) -> loss``). Every layer keeps at
-    least one head / unit / channel. Fine-tune afterwards (``init=`` the saved pruned model in a recipe).
+    least one head / unit / channel. ``ffn_ratio``: Transformer families, the fraction of FFN units removed when
+    it should differ from the heads' ``ratio`` (FFN units hold about two thirds of a block's FLOPs). Fine-tune
+    afterwards (``init=`` the saved pruned model in a recipe).
     """
     _check_ratio("ratio", ratio)
+    if ffn_ratio is not None:
+        _check_ratio("ffn_ratio", ffn_ratio)
     if importance not in IMPORTANCES:
         raise ConfigError(f"importance={importance!r} is not known; choose one of {', '.join(IMPORTANCES)}")
     if importance == "taylor" and (batches is None or loss_fn is None):
@@ -259,7 +264,7 @@ def prune_structured_(
         if attention:
             scores = _transformer_scores(model, importance, batches, loss_fn)
             with torch.no_grad():
-                _prune_transformer(model, ratio, scores, report)
+                _prune_transformer(model, ratio, scores, report, ffn_ratio=ratio if ffn_ratio is None else ffn_ratio)
         else:  # torch-pruning traces the graph through autograd and reads the accumulated gradients
             if importance == "taylor":
                 _accumulate_grads(model, batches, loss_fn)
@@ -449,7 +454,7 @@ def _transformer_scores(model: nn.Module, importance: str, batches: _Batches | N
 
 
 def _prune_transformer(model: nn.Module, ratio: float, scores: dict[str, torch.Tensor],
-                       report: StructureReport) -> None:
+                       report: StructureReport, ffn_ratio: float) -> None:
     pairs = _ffn_pairs(model)
     for name, m in model.named_modules():
         if isinstance(m, MultiHeadAttention):
@@ -461,7 +466,7 @@ def _prune_transformer(model: nn.Module, ratio: float, scores: dict[str, torch.T
             report.kept[name] = (f"{type(m).__name__} is not bigmodels.nn.MultiHeadAttention (its heads are "
                                  "kept; its FFN is pruned)")
     for name, up, down in pairs:
-        units = _keep(scores[name], ratio)
+        units = _keep(scores[name], ffn_ratio)
         report.ffn[name] = (up.out_features, len(units))
         _new_linear(up, rows=units)
         _new_linear(down, cols=units)

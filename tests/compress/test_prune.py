@@ -69,6 +69,15 @@ def test_structured_heads_and_ffn_units_round_trip(name, tmp_path):
         assert torch.equal(first(call(loaded, x)), y)
 
 
+def test_heads_and_ffn_units_take_their_own_ratios():
+    model = tiny_model("bert-base").eval()
+    report = prune_structured_(model, 0.5, ffn_ratio=0.25)
+    assert all(after == before // 2 for before, after in report.heads.values())
+    assert all(after == before - before // 4 for before, after in report.ffn.values())
+    with pytest.raises(ConfigError, match=r"ffn_ratio=1.0 must be a fraction in \(0, 1\)"):
+        prune_structured_(tiny_model("bert-base"), 0.5, ffn_ratio=1.0)
+
+
 def test_taylor_importance_uses_gradients():
     model = tiny_model("bert-base")
     ids = example_inputs(model)
@@ -162,6 +171,8 @@ def test_compress_command_writes_model_and_tradeoff_table(tmp_path, capsys):
     assert "--method 'int9' is not known" in capsys.readouterr().err
     taylor = ["compress", str(tmp_path / "cnn"), "--method", "structured", "--importance", "taylor", "--data",
               "digits", "--out", str(tmp_path / "taylor"), "--iters", "1", "--batch-size", "16"]
+    assert main(["compress", str(tmp_path / "cnn"), "--method", "int8", "--ffn-ratio", "0.5", "--out", str(out)]) == 2
+    assert "--ffn-ratio sets the FFN units structured pruning removes" in capsys.readouterr().err
     assert main([*taylor, "--taylor-batches", "0"]) == 2
     assert "--taylor-batches 0 must be >= 1" in capsys.readouterr().err
     assert main([*taylor, "--taylor-batches", "3"]) == 0
