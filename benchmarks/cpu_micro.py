@@ -3,11 +3,13 @@
 - ``pad``: ``Unpadded.pad`` filling its fresh zeros in place against the former out-of-place ``index_copy``
   (a server-sized batch: 16 sentences of 10-23 tokens, 1,152 wide, the packed q/k/v);
 - ``gelu``: fc1 of all-MiniLM (384 -> 1536) with GELU as oneDNN's post-op against fc1 then ``F.gelu``;
+- ``fused``: whole MiniLM / BERT-base forward passes (fp32, as the bench prepares ours) with and without GELU
+  fused into fc1 (``fuse_activations_``);
 - ``engines``: each side of the MiniLM int8 batch-1 engine row timed alone (calls in a row) and in turn with
   the other engines: right after them, after one untimed call of its own (``ENGINE_LEAD_IN``), after 300 ms of
   idle cores and that call, and ``ENGINE_BLOCK`` calls in a row after that call (what the bench does).
 
-    python benchmarks/cpu_micro.py --threads 2 pad gelu engines
+    python benchmarks/cpu_micro.py --threads 2 pad gelu fused engines
 """
 
 from __future__ import annotations
@@ -55,6 +57,39 @@ def gelu(reps: int) -> None:
               f"{us['fused']:.0f} us ({us['apart'] / us['fused']:.2f}x)")
 
 
+def fused(reps: int) -> None:
+    """Whole forward passes, fp32, as the bench prepares ours, with and without ``fuse_activations_``."""
+    import copy
+
+    import bigmodels
+    from bigmodels.bench.engines import prepare_ours_cpu
+    from bigmodels.bench.speed import load_minilm
+    from bigmodels.compress.layout import prepack_linears_, unpack_linears_
+
+    bert = bigmodels.create_model("bert-base", head="sequence_classification", num_labels=2).eval()
+    for name, model in (("minilm", load_minilm()[0].eval()), ("bert-base", bert)):
+        fused_model, _, _ = prepare_ours_cpu(copy.deepcopy(model), "fp32")  # prepares with the fusion
+        plain = copy.deepcopy(fused_model)
+        unpack_linears_(plain)  # undoes the fusion too; then pack again without it
+        prepack_linears_(plain)
+        for batch in (1, 32):
+            ids = torch.randint(1000, 20000, (batch, 128), generator=torch.Generator().manual_seed(0))
+            x = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids)}
+            times: dict[str, list[float]] = {"plain": [], "fused": []}
+            with torch.inference_mode():
+                cos = F.cosine_similarity(plain(**x).flatten(1), fused_model(**x).flatten(1)).min().item()
+                for _ in range(max(1, reps // (4 if batch == 1 else 10))):
+                    for side, m in (("plain", plain), ("fused", fused_model)):
+                        m(**x)
+                        for _ in range(3 if batch == 1 else 1):
+                            start = time.perf_counter()
+                            m(**x)
+                            times[side].append((time.perf_counter() - start) * 1e3)
+            a, b = statistics.median(times["plain"]), statistics.median(times["fused"])
+            print(f"fused, {name} {batch} x 128: unfused {a:.2f} ms, GELU fused {b:.2f} ms ({a / b:.3f}x), "
+                  f"min cosine {cos:.7f}")
+
+
 def engines(reps: int) -> None:
     from bigmodels.bench.engines import build_sides
     from bigmodels.bench.speed import ENGINE_BLOCK, load_minilm
@@ -90,14 +125,14 @@ def engines(reps: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", nargs="*", help="pad, gelu and/or engines (default: all three)")
+    p.add_argument("what", nargs="*", help="pad, gelu, fused and/or engines (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
-    runs = {"pad": pad, "gelu": gelu, "engines": engines}
+    runs = {"pad": pad, "gelu": gelu, "fused": fused, "engines": engines}
     unknown = sorted(set(args.what) - set(runs))
     if unknown:
-        p.error(f"unknown measurement {', '.join(unknown)}: choose from pad, gelu, engines")
+        p.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(runs)}")
     torch.set_num_threads(args.threads)
     for name in args.what or runs:
         runs[name](args.reps)
