@@ -376,8 +376,11 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": served.name, "in_flight": state.admission.in_flight,
+        body = {"status": "ok", "model": served.name, "in_flight": state.admission.in_flight,
                 "queued": state.admission.queued}
+        if state.model_process is not None:  # a dead one restarts with the next batch
+            body["model_process"] = {"pid": state.model_process.pid, "alive": state.model_process.alive}
+        return body
 
     @app.get("/metrics")
     async def metrics() -> Response:

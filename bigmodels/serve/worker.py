@@ -85,6 +85,10 @@ class ModelProcess:
                            headers={"Retry-After": "1"}) from None
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 

@@ -49,12 +49,13 @@ def test_a_dead_model_process_is_restarted_by_the_next_batch(embedder_dir):
     worker = app.state.server.model_process
     with client(app) as c:
         first = _vectors(c, TEXTS[:2])
-        pid = worker._process.pid
+        pid = worker.pid
+        assert c.get("/health").json()["model_process"] == {"pid": pid, "alive": True}
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while worker.alive and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not worker.alive
+        assert not worker.alive and c.get("/health").json()["model_process"] == {"pid": pid, "alive": False}
         torch.testing.assert_close(_vectors(c, TEXTS[:2]), first, rtol=0, atol=1e-6)
         assert worker.alive and worker._process.pid != pid
         assert app.state.server.unexpected_errors == 0
