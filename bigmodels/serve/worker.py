@@ -1,14 +1,16 @@
 """The model of the batched endpoints in a process of its own (``bigmodels serve --model-process``).
 
-In one process the model's thread and the event loop take turns holding Python's GIL: the forward pass is
-hundreds of operator calls, each of which needs the GIL to start, and a busy event loop (parsing requests,
-writing responses) holds it much of the time. Measured here (all-MiniLM-L6-v2, batches of 16, one torch thread,
-the other core free): a Python thread busy 30% / 60% of the time slows the model to 0.88-0.93x / 0.77-0.81x of
-its speed alone, and in the server under 32 concurrent clients the model ran at 0.78-0.84x its offline speed
-even with a core to itself. With ``model_process`` the batches of /v1/embeddings and /v1/classify run in a
-child process that loads the same model the same way (:func:`~bigmodels.serve.loading.load_served`): the
-server sends it tokenized inputs and gets the results back through a pipe, and the child's GIL is its own.
-(Separate engine and API processes are what vLLM's V1 engine does for the same reason.)
+In one process the model's thread and the event loop take turns holding Python's GIL: the forward pass is hundreds
+of operator calls, each of which needs the GIL to start, and a busy event loop (parsing requests, writing
+responses) holds it much of the time. Measured here (all-MiniLM-L6-v2, batches of 16, one torch thread, the other
+core free): a Python thread busy 30% / 60% of the time slows the model to 0.88-0.93x / 0.77-0.81x of its speed
+alone (`python benchmarks/cpu_micro.py --threads 1 gil`), and in the server under 32 concurrent clients the model
+ran at 0.78-0.84x its offline speed even with a core to itself. With ``model_process`` the batches of
+/v1/embeddings and /v1/classify run in a child process that loads the same model the same way
+(:func:`~bigmodels.serve.loading.load_served`): the server sends it tokenized inputs and gets the results back
+through a pipe, and the child's GIL is its own. (Separate engine and API processes are what vLLM's V1 engine does
+for the same reason.) Through HTTP under that load (`benchmarks/serve_load.py`): 0.76-0.86x the offline throughput
+over four runs, against 0.75-0.77x in one process.
 
 The child is spawned (not forked: the parent's threads and OpenMP pools do not survive a fork), starts with the
 server and stops with it; a batch that finds it dead starts a new one. An error raised by the model in the child
