@@ -30,6 +30,8 @@ column-major weights at one row and 2.5-3.5x at eight rows, where MKL's sgemm wa
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -233,10 +235,10 @@ def unpack_linears_(model: nn.Module) -> int:
     return len(swaps)
 
 
-def _feeds(model: nn.Module) -> list[tuple[str, str, str]]:
+def _feeds(model: nn.Module, x: Any) -> list[tuple[str, str, str]]:
     """(packed layer, GELU module, activation) for each :class:`PackedLinear` whose output a ``nn.GELU`` module
-    takes as its input in a forward pass on the model's example inputs."""
-    from ..models._contract import call, example_inputs
+    takes as its input in a forward pass on ``x``."""
+    from ..models._contract import call
 
     made: dict[int, str] = {}  # id of an output tensor -> the packed layer that made it
     pairs: dict[str, tuple[str, str]] = {}
@@ -255,8 +257,7 @@ def _feeds(model: nn.Module) -> list[tuple[str, str, str]]:
     handles += [m.register_forward_pre_hook(takes) for m in model.modules() if type(m) is nn.GELU]
     try:
         with torch.no_grad():
-            out = call(model, example_inputs(model, batch=2, seq_len=8))
-        del out
+            call(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -264,12 +265,12 @@ def _feeds(model: nn.Module) -> list[tuple[str, str, str]]:
 
 
 def fuse_activations_(model: nn.Module) -> int:
-    """Let each :class:`PackedLinear` followed by a GELU compute the GELU itself, as oneDNN's post-op (in the
-    same pass over the output, while it is in cache), and make the ``nn.GELU`` module an ``nn.Identity``, in
-    place; returns how many. Pairs are found by running the model once (a GELU whose input is a packed layer's
-    output); each fusion is kept only if the model's output is unchanged (to 1e-4 relative: the post-op's GELU
-    rounds differently) -- a layer output that something else also reads, or a GELU module shared with another
-    input, would change it. Apply after :func:`prepack_linears_`.
+    """Let each :class:`PackedLinear` followed by a GELU compute the GELU itself, as oneDNN's post-op (in the same
+    pass over the output, while it is in cache), and put a :class:`FusedActivation` (a pass-through) where the
+    ``nn.GELU`` module was, in place; returns how many. Pairs are found by running the model once (a GELU whose
+    input is a packed layer's output); each fusion is kept only if the model's output is unchanged (to 1e-4
+    relative: the post-op's GELU rounds differently) -- a layer output that something else also reads, or a GELU
+    module shared with another input, would change it. Apply after :func:`prepack_linears_`.
     ``benchmarks/cpu_micro.py gelu``: all-MiniLM's fc1 + GELU 1.06-1.08x faster at 4,096 rows.
 
     >>> import bigmodels
@@ -292,7 +293,7 @@ def fuse_activations_(model: nn.Module) -> int:
 
     reference = output()
     fused = 0
-    for layer, gelu, kind in _feeds(model):
+    for layer, gelu, kind in _feeds(model, x):
         packed, parent_name, _, attr = model.get_submodule(layer), *gelu.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         act = getattr(parent, attr)

@@ -10,9 +10,8 @@
   modules): whole heads of every :class:`~bigmodels.nn.MultiHeadAttention` (Michel et al. 2019, "Are Sixteen Heads
   Really Better than One?") and hidden units of every feed-forward pair (Linear C -> F, activation, Linear F -> C),
   ranked per layer by weight norm or first-order Taylor score |w * dL/dw| (taken per batch, then added up).
-  Convolutional nets: output channels of
-  every convolution, coupled through residual additions and batch norms by torch-pruning's dependency graph
-  (Fang et al. 2023, DepGraph); the classifier keeps its outputs.
+  Convolutional nets: output channels of every convolution, coupled through residual additions and batch norms
+  by torch-pruning's dependency graph (Fang et al. 2023, DepGraph); the classifier keeps its outputs.
 
 The new shapes (and changed attributes such as ``num_heads``) go into ``model.info.meta["compress"]["structure"]``:
 the config still describes the model before pruning (one head count for all layers cannot say that layer 3 kept 5
@@ -244,7 +243,8 @@ def prune_structured_(
     (convolutional nets) of ``model``, least important first, rewriting the layers' shapes in place.
 
     ``importance``: ``"l2"`` (the norm of each unit's weights) or ``"taylor"`` (|sum of w * dL/dw| over the
-    unit's weights, accumulated over ``batches`` with ``loss_fn(model, batch) -> loss``). Every layer keeps at
+    unit's weights, taken on each of ``batches`` with ``loss_fn(model, batch) -> loss`` and added up; convolutional
+    nets: torch-pruning's group Taylor score of the summed gradients). Every layer keeps at
     least one head / unit / channel. ``ffn_ratio``: Transformer families, the fraction of FFN units removed when
     it should differ from the heads' ``ratio`` (FFN units hold about two thirds of a block's FLOPs). Fine-tune
     afterwards (``init=`` the saved pruned model in a recipe).
@@ -262,9 +262,11 @@ def prune_structured_(
     report = StructureReport("transformer" if attention else "depgraph", ratio, importance, _count(model))
     try:
         if attention:
-            scores = _transformer_scores(model, importance, batches, loss_fn)
+            pairs = _ffn_pairs(model)  # found by a forward pass: once, for the scores and the pruning
+            scores = _transformer_scores(model, pairs, importance, batches, loss_fn)
             with torch.no_grad():
-                _prune_transformer(model, ratio, scores, report, ffn_ratio=ratio if ffn_ratio is None else ffn_ratio)
+                _prune_transformer(model, pairs, ratio, scores, report,
+                                   ffn_ratio=ratio if ffn_ratio is None else ffn_ratio)
         else:  # torch-pruning traces the graph through autograd and reads the accumulated gradients
             if importance == "taylor":
                 _accumulate_grads(model, batches, loss_fn)
@@ -429,8 +431,8 @@ def _ffn_pairs(model: nn.Module) -> list[tuple[str, nn.Linear, nn.Linear]]:
     return pairs
 
 
-def _transformer_scores(model: nn.Module, importance: str, batches: _Batches | None,
-                        loss_fn: _LossFn | None) -> dict[str, torch.Tensor]:
+def _transformer_scores(model: nn.Module, pairs: list[tuple[str, nn.Linear, nn.Linear]], importance: str,
+                        batches: _Batches | None, loss_fn: _LossFn | None) -> dict[str, torch.Tensor]:
     """The importance of each head (per attention module) and hidden unit (per FFN pair, under the up
     projection's name). Taylor: |sum over a unit's weights of w * dL/dw| taken batch by batch and added up (the
     expected absolute effect of removing the unit, Michel et al. 2019 sec. 4.1; Molchanov et al. 2019): summing
@@ -440,7 +442,7 @@ def _transformer_scores(model: nn.Module, importance: str, batches: _Batches | N
     for name, m in model.named_modules():
         if isinstance(m, MultiHeadAttention) and not getattr(m, "qkv_packed", False):
             units[name] = lambda m=m: _head_parts(m)
-    for name, up, down in _ffn_pairs(model):
+    for name, up, down in pairs:
         units[name] = lambda up=up, down=down: _ffn_parts(up, down)
     if importance != "taylor":
         return {name: _score(parts(), importance) for name, parts in units.items()}
@@ -453,9 +455,8 @@ def _transformer_scores(model: nn.Module, importance: str, batches: _Batches | N
     return totals
 
 
-def _prune_transformer(model: nn.Module, ratio: float, scores: dict[str, torch.Tensor],
-                       report: StructureReport, ffn_ratio: float) -> None:
-    pairs = _ffn_pairs(model)
+def _prune_transformer(model: nn.Module, pairs: list[tuple[str, nn.Linear, nn.Linear]], ratio: float,
+                       scores: dict[str, torch.Tensor], report: StructureReport, ffn_ratio: float) -> None:
     for name, m in model.named_modules():
         if isinstance(m, MultiHeadAttention):
             if getattr(m, "qkv_packed", False):

@@ -69,7 +69,13 @@ class ModelProcess:
             self.close()
             raise ConfigError(f"the model process did not load {self.source} within {_START_TIMEOUT_S:g} s; serve "
                               "without --model-process, or check that the model loads (bigmodels evaluate)")
-        kind, payload = self._receive()
+        try:
+            kind, payload = self._receive()
+        except APIError:  # the pipe closed: the child died while loading
+            code = process.exitcode
+            self.close()
+            raise ConfigError(f"the model process exited (exit code {code}) while loading {self.source}; serve "
+                              "without --model-process, or check that the model loads (bigmodels evaluate)") from None
         if kind == "error":
             self.close()
             raise payload

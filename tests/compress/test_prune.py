@@ -95,7 +95,7 @@ def test_taylor_scores_add_each_batch_absolute_effect():
     """Taylor importance is |sum w * dL/dw| per batch, added over batches: two batches whose gradients are
     opposite (loss +L then -L on the same input) score each unit twice one batch's score, where summing the
     gradients first would score every unit zero."""
-    from bigmodels.compress.prune import _transformer_scores
+    from bigmodels.compress.prune import _ffn_pairs, _transformer_scores
 
     model = tiny_model("bert-base")
     ids = example_inputs(model)
@@ -103,8 +103,9 @@ def test_taylor_scores_add_each_batch_absolute_effect():
     def loss_fn(m, sign):
         return sign * first(call(m, ids)).float().pow(2).mean()
 
-    once = _transformer_scores(model, "taylor", [1.0], loss_fn)
-    twice = _transformer_scores(model, "taylor", [1.0, -1.0], loss_fn)
+    pairs = _ffn_pairs(model)
+    once = _transformer_scores(model, pairs, "taylor", [1.0], loss_fn)
+    twice = _transformer_scores(model, pairs, "taylor", [1.0, -1.0], loss_fn)
     assert set(once) == set(twice) and any("attn" in n or "attention" in n for n in once)
     for name in once:
         assert once[name].gt(0).all()
