@@ -9,15 +9,20 @@
   ``serve --model-process`` exists);
 - ``engines``: each side of the MiniLM int8 batch-1 engine row timed alone (calls in a row) and in turn with
   the other engines: right after them, after one untimed call of its own (``ENGINE_LEAD_IN``), after 300 ms of
-  idle cores and that call, and ``ENGINE_BLOCK`` calls in a row after that call (what the bench does).
+  idle cores and that call, and ``ENGINE_BLOCK`` calls in a row after that call (what the bench does);
+- ``allocator``: whole forward passes as the bench prepares ours (MiniLM and BERT-base, fp32 and int8, 1 x 128 and
+  32 x 128) in fresh processes, with and without ``retain_freed_memory`` (glibc keeping freed memory for reuse:
+  process-wide, so each side gets its own process; sides alternate, twice each).
 
-    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines
+    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines allocator
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -180,13 +185,54 @@ def engines(reps: int) -> None:
               + "; ".join(f"{v} {statistics.median(t[side]):.2f} ms" for v, t in turns.items()))
 
 
+_ALLOCATOR_ROWS = (("minilm-l6-h384", "int8", 32), ("minilm-l6-h384", "fp32", 32), ("bert-base", "int8", 32),
+                   ("bert-base", "fp32", 32), ("minilm-l6-h384", "int8", 1), ("bert-base", "int8", 1))
+
+
+def _allocator_forward(retain: str, name: str, precision: str, batch: str, reps: str) -> None:
+    """One side of ``allocator``, in its own process: prints the median forward time in ms."""
+    from bigmodels.bench.engines import prepare_ours_cpu
+    from bigmodels.compress import layout
+    from bigmodels.registry import create_model
+
+    if retain == "off":
+        layout._RETAINED = False  # as if already decided, without applying: prepare_for_cpu_decoding leaves it
+    torch.manual_seed(0)
+    head = {"head": "embedding"} if name.startswith("minilm") else {"head": "sequence_classification",
+                                                                      "num_labels": 2}
+    model, _, _ = prepare_ours_cpu(create_model(name, **head), precision)
+    ids = torch.randint(1000, 20000, (int(batch), 128))
+    with torch.inference_mode():
+        print(_median_us(lambda: model(ids), int(reps)) / 1e3)
+
+
+def allocator(reps: int) -> None:
+    for name, precision, batch in _ALLOCATOR_ROWS:
+        ms: dict[str, list[float]] = {"off": [], "on": []}
+        for _ in range(2):
+            for side in ms:
+                out = subprocess.run([sys.executable, __file__, "--threads", str(torch.get_num_threads()),
+                                      "_allocator_forward", side, name, precision, str(batch),
+                                      str(max(reps // 2, 6) if batch > 1 else reps * 2)],
+                                     capture_output=True, text=True, check=True)
+                ms[side].append(float(out.stdout.split()[-1]))
+        off, on = statistics.median(ms["off"]), statistics.median(ms["on"])
+        print(f"allocator, {name} {precision} {batch} x 128: freed memory returned {off:.1f} ms, retained "
+              f"{on:.1f} ms ({off / on:.2f}x)")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "_allocator_forward" in argv:  # a side of ``allocator``
+        at = argv.index("_allocator_forward")
+        torch.set_num_threads(int(argv[argv.index("--threads") + 1]) if "--threads" in argv else 2)
+        return _allocator_forward(*argv[at + 1:at + 6])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", nargs="*", help="pad, gelu, fused, gil and/or engines (default: all)")
+    p.add_argument("what", nargs="*", help="pad, gelu, fused, gil, engines and/or allocator (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
-    runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines}
+    runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines, "allocator": allocator}
     unknown = sorted(set(args.what) - set(runs))
     if unknown:
         p.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(runs)}")
