@@ -477,7 +477,8 @@ def _prune_depgraph(model: nn.Module, ratio: float, importance: str, report: Str
     try:
         import torch_pruning as tp
     except ImportError:
-        raise ConfigError('structured pruning of convolutional nets needs torch-pruning: pip install '
+        raise ConfigError('structured pruning of convolutional and MLP nets (channels, hidden units) needs '
+                          'torch-pruning: pip install '
                           '"bigmodels[compress]"') from None
     order = _last_layers(model)
     ignored = [order[-1][1]] if order else []  # the classifier keeps one output per class
