@@ -114,12 +114,10 @@ def load_served(source: nn.Module | str | os.PathLike, *, architecture: str | No
         runs = tuple(t for t in runs if t in getattr(module, "pipeline_tasks", ()))
     elif owned and "feature-extraction" in runs:
         pack_qkv_(module)  # the server's own copy: one q/k/v matrix product per attention, the same vectors
-        if model_device(module).type == "cpu":  # oneDNN-packed weights: ~1.9x the sentences/s of MKL's here
-            from ..compress.layout import fuse_activations_, prepack_linears_, retain_freed_memory
+        if model_device(module).type == "cpu":  # oneDNN-packed weights (~1.9x the sentences/s of MKL's here),
+            from ..compress.layout import prepare_for_cpu_decoding  # GELU fused into fc1, freed memory reused
 
-            prepack_linears_(module)
-            fuse_activations_(module)  # GELU as the packed fc1's post-op
-            retain_freed_memory()  # batches reuse freed pages instead of faulting in new ones
+            prepare_for_cpu_decoding(module)
     pipes: dict[str, Pipeline] = {}
     for endpoint, tasks in ENDPOINT_TASKS.items():
         task_name = next((t for t in tasks if t in runs), None)
