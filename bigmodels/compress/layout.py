@@ -326,11 +326,12 @@ def retain_freed_memory() -> bool:
     with a fresh ``mmap`` and unmaps it on free, and returns heap memory above 128 KB at the top to the OS: at a
     batch of 32 x 128 tokens every feed-forward activation (6-50 MB) is new memory each call, and the page faults
     of writing it cost as much as the GELU itself. With ``M_MMAP_MAX=0`` (no mmap) and a 1 GB trim threshold, freed
-    blocks stay in the heap and are reused: measured here (2 threads, 32 x 128 tokens, median of 12 forwards)
-    all-MiniLM-L6-v2 int8 170 -> 142 ms, fp32 257 -> 244 ms, BERT-base int8 964 -> 725 ms; batch 1 unchanged
-    (``python benchmarks/cpu_micro.py allocator``). ONNX Runtime gets the same from its own arena, and jemalloc or
-    tcmalloc (``LD_PRELOAD``) from their caches. The cost: the process keeps up to its peak memory (plus 1 GB of
-    freed top) instead of returning it. Process-wide and once; a no-op (False) where the C library is not glibc.
+    blocks stay in the heap and are reused: measured here (2 threads, 32 x 128 tokens, fresh processes alternating,
+    ``python benchmarks/cpu_micro.py --threads 2 --reps 20 allocator``) all-MiniLM-L6-v2 int8 170 -> 143 ms, fp32
+    261 -> 244 ms, BERT-base int8 1033 -> 752 ms, fp32 1782 -> 1635 ms; batch 1 unchanged. ONNX Runtime gets the
+    same from its own arena, and jemalloc or tcmalloc (``LD_PRELOAD``) from their caches. The cost: the process
+    keeps up to its peak memory (plus 1 GB of freed top) instead of returning it. Process-wide and once; a no-op
+    (False) where the C library is not glibc.
     """
     global _RETAINED
     if _RETAINED is None:
@@ -355,8 +356,8 @@ def prepare_for_cpu_decoding(model: nn.Module, *, int8: bool = False) -> nn.Modu
     the plain model's to float rounding (greedy tokens identical). ``int8=True``: ``quantize_(model,
     Int8DynamicConfig(kernel="fbgemm", output_layer=True))`` (int8 weights, activations quantized per call with
     PyTorch's x86 int8 GEMM; the tied output layer as an int8 copy), then the same for any float Linear left.
-    Either way the process keeps freed memory for reuse (:func:`retain_freed_memory`: 1.05x fp32, 1.2-1.3x int8
-    at 32 x 128 tokens).
+    Either way the process keeps freed memory for reuse (:func:`retain_freed_memory`: 1.07-1.09x fp32,
+    1.19-1.37x int8 at 32 x 128 tokens).
 
     >>> import bigmodels
     >>> model = prepare_for_cpu_decoding(bigmodels.create_model("gpt_mini").eval())
