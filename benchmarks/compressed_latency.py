@@ -13,22 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from cpu_attention import _median_us  # this folder's timing helper (run as a script: the folder is on sys.path)
 
 import bigmodels
-
-
-def _median_ms(model, ids: torch.Tensor, reps: int) -> float:
-    for _ in range(3):
-        model(ids)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        model(ids)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         for _ in range(args.rounds):
             for name, model in models.items():
-                times[name].append(_median_ms(model, ids, args.reps))
+                times[name].append(_median_us(lambda m=model: m(ids), args.reps) / 1e3)
     base = statistics.median(times[args.original])
     print(f"{args.batch} x {args.seq} tokens, {args.threads} threads, {args.rounds} alternating rounds of "
           f"{args.reps}: {args.original} {base:.2f} ms")
