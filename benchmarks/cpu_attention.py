@@ -16,8 +16,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-SHAPES = ((1, 64, 32), (1, 128, 32), (8, 128, 32), (32, 64, 32), (32, 128, 32), (1, 128, 64), (32, 128, 64),
-          (1, 256, 64), (16, 256, 64), (1, 512, 64), (4, 512, 64))
+SHAPES = ((64, 16, 32), (64, 30, 32), (32, 40, 32), (32, 48, 32), (1, 48, 32), (1, 64, 32), (1, 128, 32),
+          (8, 128, 32), (32, 64, 32), (32, 128, 32), (1, 128, 64), (32, 128, 64), (1, 256, 64), (16, 256, 64),
+          (1, 512, 64), (4, 512, 64))
 
 
 def _median_us(fn, reps: int) -> float:
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     import bigmodels.nn.attention as attention
 
+    routes = {(b, t, d): "products" if attention._math_is_faster(torch.empty(b, args.heads, t, d),
+                                                                  torch.empty(b, args.heads, t, d)) else "fused"
+              for b, t, d in SHAPES}  # where the library sends each shape on this CPU
     attention._CPU_MATH_MAX_KEYS = 1 << 30  # every call takes the matrix products
     print("| batch x tokens, head size | mask | fused us | matrix products us | fused / products | routed to |")
     print("|---|---|---|---|---|---|")
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
             with torch.inference_mode():
                 fused, products = _median_us(fused_call, args.reps), _median_us(products_call, args.reps)
-            routed = "products" if t <= 128 else "fused"
+            routed = routes[b, t, d]
             print(f"| {b} x {t}, {d} | {'padding' if mask is not None else 'none'} | {fused:.0f} | {products:.0f} | "
                   f"{fused / products:.2f} | {routed} |", flush=True)
 

@@ -16,9 +16,12 @@
   dynamic batches cost sentences/s (fifth session);
 - ``allocator``: whole forward passes as the bench prepares ours (MiniLM and BERT-base, fp32 and int8, 1 x 128 and
   32 x 128) in fresh processes, with and without ``retain_freed_memory`` (glibc keeping freed memory for reuse:
-  process-wide, so each side gets its own process; sides alternate, twice each).
+  process-wide, so each side gets its own process; sides alternate, twice each);
+- ``int8``: one dynamic int8 Linear (``quantized::linear_dynamic``) packed for fbgemm and for oneDNN, at 1-4,096
+  rows and the shapes of BERT-base's feed-forward and GPT-2's output layer: where oneDNN, which uses AMX int8 tiles
+  on CPUs that have them, overtakes fbgemm (``Int8DynamicLinear.onednn_min_rows``; sixth session).
 
-    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator
+    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator int8
 """
 
 from __future__ import annotations
@@ -252,6 +255,24 @@ def allocator(reps: int) -> None:
               f"{on:.1f} ms ({off / on:.2f}x)")
 
 
+def int8(reps: int) -> None:
+    from bigmodels.compress.quantize import Int8DynamicLinear, _cpu_has_amx_int8, _prepack
+
+    print(f"int8: AMX int8 tiles {'present' if _cpu_has_amx_int8() else 'absent'}; ms per call, fbgemm / oneDNN")
+    for k, n in ((768, 3072), (3072, 768), (768, 50257)):
+        layer = Int8DynamicLinear.from_linear(torch.nn.Linear(k, n))
+        q = torch._make_per_channel_quantized_tensor(layer.weight, layer.weight_scale.double(),
+                                                     torch.zeros(n, dtype=torch.long), 0)
+        packed = {engine: _prepack(q, layer.bias, engine) for engine in ("fbgemm", "onednn")}
+        cells = []
+        for rows in (1, 8, 16, 32, 64, 128, 4096):
+            x = torch.randn(rows, k)
+            ms = {engine: _median_us(lambda p=p, x=x: torch.ops.quantized.linear_dynamic(x, p, False), reps) / 1e3
+                  for engine, p in packed.items()}
+            cells.append(f"{rows}: {ms['fbgemm']:.3f} / {ms['onednn']:.3f}")
+        print(f"int8 {k} -> {n}: " + ", ".join(cells))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if "_allocator_forward" in argv:  # a side of ``allocator``
@@ -259,12 +280,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(int(argv[argv.index("--threads") + 1]) if "--threads" in argv else 2)
         return _allocator_forward(*argv[at + 1:at + 6])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", nargs="*", help="pad, gelu, fused, gil, engines, batches and/or allocator (default: all)")
+    p.add_argument("what", nargs="*",
+                   help="pad, gelu, fused, gil, engines, batches, allocator and/or int8 (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
     runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines, "batches": batches,
-            "allocator": allocator}
+            "allocator": allocator, "int8": int8}
     unknown = sorted(set(args.what) - set(runs))
     if unknown:
         p.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(runs)}")

@@ -80,14 +80,26 @@ def attention_mask(
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+def _cpu_is_amd() -> bool:
+    """Whether this is an AMD x86 CPU (its vendor_id in /proc/cpuinfo); False where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return "AuthenticAMD" in f.read(4096)
+    except OSError:
+        return False
+
+
 # On the CPU the fused kernel loses to two batched matrix products for short keys (sentences): measured
-# 20-25% slower at T = 12..30 (batch 64, 12 heads of 32, 2 threads, torch 2.13). Without a causal mask it also
-# loses up to 128 keys, 1.2-1.45x slower (heads of 32 and 64, batch 1 to 32, with and without padding), provided
-# the products run over chunks of the batch whose score matrices stay small (at most 2^18 scores): over a whole
-# batch of 32 x 128 tokens their large temporaries made them 0.5-1.4x from run to run. At 256 keys the two are
-# even (1.03x), at 512 the fused kernel wins by 1.7-2x (benchmarks/cpu_attention.py). GPUs always fuse.
+# 20-25% slower at T = 12..30 (batch 64, 12 heads of 32, 2 threads, torch 2.13) on an AMD EPYC, 1.1-1.75x at
+# T = 16..40 (batch 32-64) on an Intel Xeon with AMX. Without a causal mask, on the AMD EPYC it also loses up to
+# 128 keys, 1.2-1.45x slower (heads of 32 and 64, batch 1 to 32, with and without padding), provided the products
+# run over chunks of the batch whose score matrices stay small (at most 2^18 scores): over a whole batch of
+# 32 x 128 tokens their large temporaries made them 0.5-1.4x from run to run. At 256 keys the two are even
+# (1.03x), at 512 the fused kernel wins by 1.7-2x. On the Intel Xeon the fused kernel wins from 48 keys on
+# (1.1-1.8x at 48-128 keys, batch 1 to 32), so there the route stops at 40 (benchmarks/cpu_attention.py, which
+# prints where this CPU routes each shape). GPUs always fuse.
 _CPU_MATH_MAX_KEYS = 32
-_CPU_MATH_MAX_KEYS_NONCAUSAL = 128
+_CPU_MATH_MAX_KEYS_NONCAUSAL = 128 if _cpu_is_amd() else 40
 _CPU_MATH_CHUNK_SCORES = 1 << 18  # scores per chunk of the batch on the CPU route
 
 

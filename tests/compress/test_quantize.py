@@ -216,6 +216,7 @@ def test_fbgemm_layer_quantizes_activations_to_8_bits_only_with_vnni(monkeypatch
     import bigmodels.compress.quantize as q
 
     torch.manual_seed(0)
+    monkeypatch.setattr(q.Int8DynamicLinear, "onednn_min_rows", 1 << 30)  # fbgemm at any size, AMX CPU or not
     linear = nn.Linear(256, 64)
     layer = q.Int8DynamicLinear.from_linear(linear)
     x = torch.randn(32, 256)
@@ -227,3 +228,34 @@ def test_fbgemm_layer_quantizes_activations_to_8_bits_only_with_vnni(monkeypatch
             monkeypatch.setattr(q, "_cpu_has_vnni", lambda v=vnni: v)
             errors[vnni] = float((layer(x) - ref).abs().mean())
     assert errors[True] < 0.75 * errors[False]
+
+
+@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines,
+                    reason="this PyTorch build has no oneDNN quantized engine")
+def test_int8_layer_runs_large_calls_on_onednn_where_the_cpu_has_amx(monkeypatch):
+    # AMX CPUs: a second packing for oneDNN, taken from onednn_min_rows rows on; fewer rows stay on fbgemm
+    import copy
+
+    import bigmodels.compress.quantize as q
+
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 48)
+    monkeypatch.setattr(q, "_cpu_has_amx_int8", lambda: False)
+    assert q.Int8DynamicLinear.from_linear(linear)._packed_onednn is None  # other CPUs: fbgemm alone
+    monkeypatch.setattr(q, "_cpu_has_amx_int8", lambda: True)  # oneDNN runs without AMX too, only slower
+    layer = q.Int8DynamicLinear.from_linear(linear)
+    few, many = torch.randn(q.Int8DynamicLinear.onednn_min_rows - 1, 96), torch.randn(64, 96)
+    vnni = q._cpu_has_vnni()
+    with torch.no_grad():
+        assert torch.equal(layer(few), torch.ops.quantized.linear_dynamic(few, layer._packed, not vnni))
+        onednn = torch.ops.quantized.linear_dynamic(many, layer._packed_onednn, False)
+        assert torch.equal(layer(many), onednn)
+        fbgemm = torch.ops.quantized.linear_dynamic(many, layer._packed, not vnni)
+        ref = linear(many)
+        assert (onednn - fbgemm).norm() / ref.norm() < 0.01  # the same int8 arithmetic, another kernel
+        assert (onednn - ref).norm() / ref.norm() < 0.02
+        clone = copy.deepcopy(layer)  # both packed matrices are rebuilt on a copy
+        assert clone._packed_onednn is not None and torch.equal(clone(many), onednn)
+        loaded = q.Int8DynamicLinear.from_linear(nn.Linear(96, 48))
+        loaded.load_state_dict(layer.state_dict())
+        assert torch.equal(loaded(many), onednn)  # repacked from the loaded int8 weights
