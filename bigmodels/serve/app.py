@@ -309,7 +309,8 @@ def create_app(model_or_path: nn.Module | str | os.PathLike, *, api_key: str | N
                          batch_size=max(max_batch, 1))
     worker = None
     if model_process and batch_functions(served):
-        worker = ModelProcess(model_or_path, architecture=architecture, batch_size=max(max_batch, 1))
+        worker = ModelProcess(model_or_path, architecture=architecture, batch_size=max(max_batch, 1),
+                              tokenizer=tokenizer)
     state = ServerState(served, max_batch=max_batch, max_concurrency=max_concurrency, max_queue=max_queue,
                         timeout_s=float(timeout_s), batch_window_s=float(batch_window_s), model_process=worker)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -45,12 +46,21 @@ class ModelProcess:
     the server's own batch functions. Thread-safe (one batch at a time); ``close`` stops the child."""
 
     def __init__(self, source: str | os.PathLike, *, architecture: str | None = None, batch_size: int = 64,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, tokenizer: Any = None) -> None:
         if not isinstance(source, str | os.PathLike):
             raise ConfigError("model_process=True loads the model again in a child process, which needs the "
                                f"model's path, not a {type(source).__name__}; pass the path the model was loaded "
                                "from, or model_process=False")
+        if tokenizer is not None:  # the child gets the server's tokenizer, sent through the pipe as a pickle
+            try:
+                pickle.dumps(tokenizer)
+            except Exception as e:  # noqa: BLE001 (whatever pickle raises for it)
+                raise ConfigError(f"the tokenizer given to the server ({type(tokenizer).__name__}) cannot be sent to "
+                                  f"the model process ({type(e).__name__}: {e}); save it beside the model "
+                                  "(bigmodels.save(model, dir, tokenizer=tok)) and serve the directory without "
+                                  "tokenizer=, or serve without model_process") from None
         self.source, self.architecture, self.batch_size = str(source), architecture, batch_size
+        self.tokenizer = tokenizer
         self.threads = threads or torch.get_num_threads()
         self._lock = threading.Lock()
         self._process: Any = None
@@ -62,7 +72,8 @@ class ModelProcess:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         process = context.Process(target=_child_main, name="bigmodels-model", daemon=True,
-                                  args=(child, self.source, self.architecture, self.batch_size, self.threads))
+                                  args=(child, self.source, self.architecture, self.batch_size, self.threads,
+                                        self.tokenizer))
         process.start()
         child.close()
         self._process, self._conn = process, parent
@@ -150,12 +161,13 @@ def _portable(error: BaseException) -> BaseException:
         return RuntimeError(f"{type(error).__name__}: {error}")
 
 
-def _child_main(conn, source: str, architecture: str | None, batch_size: int, threads: int) -> None:
+def _child_main(conn, source: str, architecture: str | None, batch_size: int, threads: int,
+                tokenizer: Any = None) -> None:
     torch.set_num_threads(threads)
     try:
         from .loading import batch_functions, load_served
 
-        served = load_served(source, architecture=architecture, batch_size=batch_size)
+        served = load_served(source, architecture=architecture, tokenizer=tokenizer, batch_size=batch_size)
         functions = batch_functions(served)
     except BaseException as e:  # noqa: BLE001 (the server reports why the child could not start)
         conn.send(("error", _portable(e)))

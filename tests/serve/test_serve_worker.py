@@ -84,6 +84,31 @@ def test_model_process_needs_a_path_and_a_generator_needs_none(wordpiece, chars,
     assert app.state.server.model_process is None
 
 
+def test_model_process_gets_the_tokenizer_given_to_the_server(wordpiece, tmp_path):
+    # a directory saved without its tokenizer, served with tokenizer=: the child must classify with that one too
+    directory = bigmodels.save(text_classifier(wordpiece), tmp_path / "clf")
+    assert bigmodels.io.saved_tokenizer(directory) is None
+    body = {"input": TEXTS[:3], "top_k": 2}
+    with client(create_app(directory, tokenizer=wordpiece)) as c:
+        expected = c.post("/v1/classify", json=body).json()["data"]
+    app = create_app(directory, tokenizer=wordpiece, model_process=True)
+    assert app.state.server.model_process.endpoints == ["/v1/classify"]
+    with client(app) as c:
+        r = c.post("/v1/classify", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == expected
+
+
+def test_a_tokenizer_that_cannot_reach_the_model_process_is_refused(wordpiece, tmp_path):
+    import copy
+
+    directory = bigmodels.save(text_classifier(wordpiece), tmp_path / "clf")
+    tokenizer = copy.copy(wordpiece)
+    tokenizer.normalize = lambda text: text  # a lambda: pickle cannot send it to the child
+    with pytest.raises(ConfigError, match="cannot be sent to the model process.*save it beside the model"):
+        create_app(directory, tokenizer=tokenizer, model_process=True)
+
+
 def test_errors_cross_the_pipe_as_themselves_or_named():
     error = DataError("expected 3 channels; convert the images")
     assert type(_portable(error)) is DataError and str(_portable(error)) == str(error)
