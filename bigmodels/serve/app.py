@@ -478,7 +478,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         inputs = await state.in_pool(lambda: _decode_image(request.image, 0)) if images else request.input
         body = await state.run(state.metrics.timed("/v1/explain", lambda cancel: state.explainer.run(
             inputs, request.method, target=request.target, settings=request.settings(), position=request.position,
-            png=request.png)))
+            png=request.png, cancel=cancel)))
         return JSONResponse({**body, "model": served.name})
 
     @app.post("/v1/translate")

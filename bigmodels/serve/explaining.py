@@ -3,7 +3,9 @@ JSON.
 
 Explanations register hooks on the model and switch its attention path while they run, so they never touch the
 model the other endpoints are running: the first explanation copies it, and explanations take turns on that
-copy (one at a time; each still holds a slot of the server's concurrency and its timeout).
+copy (one at a time; each still holds a slot of the server's concurrency and its timeout). One that is stopped
+(its request timed out: 504) ends at the copy's next forward pass and frees the copy for the next one, rather
+than running on to the end while the requests behind it time out too.
 
     >>> import torch
     >>> from bigmodels.testing import tiny_model
@@ -64,6 +66,18 @@ def explanation_body(e: Any, *, png: bool = True) -> dict[str, Any]:
     return body
 
 
+class ExplanationStopped(Exception):
+    """An explanation ended early because its request was stopped (timed out) while it waited or ran."""
+
+
+def _stop_if(cancel: threading.Event):
+    def hook(module: nn.Module, args: Any) -> None:
+        if cancel.is_set():
+            raise ExplanationStopped("the request was stopped (timed out); the explanation ended early")
+
+    return hook
+
+
 class Explainer:
     """Explanations of ``model`` (with ``tokenizer`` for texts) on a copy of it made on first use, one at a
     time. ``run`` raises ConfigError / DataError for a method that does not apply, a target out of range or an
@@ -97,16 +111,27 @@ class Explainer:
                               f"{', '.join(methods)} (bigmodels.explain.supports)")
 
     def run(self, inputs: Any, method: str, *, target: int | None, settings: dict[str, Any],
-            position: int | None = None, png: bool = True) -> dict[str, Any]:
+            position: int | None = None, png: bool = True, cancel: threading.Event | None = None) -> dict[str, Any]:
         """The JSON body of one explanation (see :func:`explanation_body`; for a PIL image also the heatmap's
-        ``region``, see :func:`_region`); blocks while another runs."""
+        ``region``, see :func:`_region`); blocks while another runs. Once ``cancel`` is set, waiting stops and
+        the explanation ends at its next forward pass, with :class:`ExplanationStopped`."""
         from ..explain import explain
 
         self.check(method)
-        with self._lock:
+        while not self._lock.acquire(timeout=0.05):
+            if cancel is not None and cancel.is_set():
+                raise ExplanationStopped("the request was stopped (timed out) while another explanation ran")
+        try:
             if self._copy is None:
                 self._copy = copy.deepcopy(self.model).eval()
-            e = explain(self._copy, inputs, method, target, self.tokenizer, position=position, **settings)
+            hook = None if cancel is None else self._copy.register_forward_pre_hook(_stop_if(cancel), prepend=True)
+            try:
+                e = explain(self._copy, inputs, method, target, self.tokenizer, position=position, **settings)
+            finally:
+                if hook is not None:
+                    hook.remove()
+        finally:
+            self._lock.release()
         body = explanation_body(e, png=png)
         body["settings"] = {**_defaults(method), **body["settings"]}  # every setting the method ran with
         from PIL import Image

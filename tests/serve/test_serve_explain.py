@@ -109,6 +109,40 @@ def test_explanations_leave_the_served_model_alone_and_obey_the_timeout(wordpiec
         time.sleep(0.8)  # the stopped explanation's thread ends before the client's event loop closes
 
 
+def test_a_stopped_explanation_ends_at_the_next_forward_and_frees_the_copy(wordpiece):
+    # a request that timed out (cancel set) must not keep the explainer's copy busy for the requests behind it
+    import threading
+
+    from bigmodels.serve.explaining import Explainer, ExplanationStopped
+
+    explainer = Explainer(text_classifier(wordpiece), wordpiece)
+    explainer.run("a cat sleeps", "ig", target=None, settings={})  # makes the copy
+    cancel, forwards = threading.Event(), []
+
+    def timed_out_during_the_first_forward(module, args):
+        forwards.append(1)
+        cancel.set()
+
+    hook = explainer._copy.register_forward_pre_hook(timed_out_during_the_first_forward)
+    with pytest.raises(ExplanationStopped):
+        explainer.run("a cat sleeps on the mat", "ig", target=None, settings={"steps": 64}, cancel=cancel)
+    hook.remove()
+    assert len(forwards) == 1  # IG alone takes several forward passes; the stop came at the second
+    assert not explainer._lock.locked() and len(explainer._copy._forward_pre_hooks) == 0
+    assert explainer.run("a cat sleeps", "saliency", target=None, settings={}, cancel=threading.Event())["tokens"]
+
+    explainer._lock.acquire()  # another explanation runs: a stopped request stops waiting for it
+    try:
+        stopped = threading.Event()
+        stopped.set()
+        start = time.monotonic()
+        with pytest.raises(ExplanationStopped, match="while another explanation ran"):
+            explainer.run("a cat", "saliency", target=None, settings={}, cancel=stopped)
+        assert time.monotonic() - start < 1.0
+    finally:
+        explainer._lock.release()
+
+
 def test_an_embedding_model_explains_by_attention_only(wordpiece):
     with client(create_app(embedder(wordpiece), tokenizer=wordpiece)) as c:
         r = c.post("/v1/explain", json={"input": "a cat sleeps", "method": "attention"})
