@@ -207,7 +207,8 @@ class GPT(nn.Module):
             raise ConfigError(f"new_cache(max_length={max_length!r}) must be in 1..{c.block_size} (the model's "
                               "block_size); prompt + new tokens cannot exceed the context")
         weight = self.wte.weight
-        return StaticKVCache(c.n_layer, batch_size, c.n_head, max_length, c.n_embd // c.n_head,
+        heads = [block.attn.num_heads for block in self.blocks]  # per layer: pruning may have removed some
+        return StaticKVCache(c.n_layer, batch_size, heads, max_length, c.n_embd // c.n_head,
                              dtype=dtype or weight.dtype, device=device if device is not None else weight.device)
 
     def _positions(self, ids, attention_mask, positions, past: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -216,33 +216,41 @@ class StaticKVCache:
     (query at slot s sees slots <= s, and only real tokens where a ``key_padding`` mask is given).
     Every forward pass updates each of the ``num_layers`` layers once, in order.
 
+    ``num_heads`` is one count for every layer, or one per layer (a model whose heads were pruned,
+    :func:`~bigmodels.compress.prune_structured_`, keeps a different number in each).
+
     >>> cache = StaticKVCache(2, batch_size=1, num_heads=4, max_length=16, head_dim=8)
     >>> k = v = torch.randn(1, 4, 3, 8)
     >>> cache.update(0, k, v)[0].shape, cache.update(1, k, v)[0].shape
     (torch.Size([1, 4, 16, 8]), torch.Size([1, 4, 16, 8]))
     >>> len(cache)
     3
+    >>> [t.shape[1] for t in StaticKVCache(2, batch_size=1, num_heads=[3, 1], max_length=16, head_dim=8).keys]
+    [3, 1]
     """
 
     def __init__(
         self,
         num_layers: int,
         batch_size: int,
-        num_heads: int,
+        num_heads: int | Sequence[int],
         max_length: int,
         head_dim: int,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        for name, value in (("num_layers", num_layers), ("batch_size", batch_size), ("num_heads", num_heads),
-                            ("max_length", max_length), ("head_dim", head_dim)):
+        for name, value in (("num_layers", num_layers), ("batch_size", batch_size), ("max_length", max_length),
+                            ("head_dim", head_dim)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"StaticKVCache {name}={value!r} must be a positive int")
-        shape = (batch_size, num_heads, max_length, head_dim)
+        heads = [num_heads] * num_layers if isinstance(num_heads, int) else list(num_heads)
+        if len(heads) != num_layers or not all(isinstance(h, int) and h >= 1 for h in heads):
+            raise ConfigError(f"StaticKVCache num_heads={num_heads!r} must be a positive int, or one per layer "
+                              f"({num_layers} layers)")
         self.num_layers, self.batch_size, self.max_length, self.dtype = num_layers, batch_size, max_length, dtype
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.keys = [torch.zeros(batch_size, h, max_length, head_dim, dtype=dtype, device=device) for h in heads]
+        self.values = [torch.zeros(batch_size, h, max_length, head_dim, dtype=dtype, device=device) for h in heads]
         device = self.keys[0].device
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # (1,): slots written so far
         self._arange = torch.arange(max_length, device=device)  # (L,): slot numbers, allocated once

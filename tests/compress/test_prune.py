@@ -78,6 +78,22 @@ def test_heads_and_ffn_units_take_their_own_ratios():
         prune_structured_(tiny_model("bert-base"), 0.5, ffn_ratio=1.0)
 
 
+def test_head_pruned_gpt_decodes_with_a_static_cache_as_with_a_growing_one():
+    # pruned heads are gone from the layers, not from the config: the preallocated cache must follow the layers
+    from bigmodels.infer.generate import generate
+
+    torch.manual_seed(0)
+    model = bigmodels.create_model("gpt_mini").eval()
+    prune_structured_(model, 0.5, importance="l2")
+    assert model.config.n_head == 4 and {b.attn.num_heads for b in model.blocks} == {2}
+    cache = model.new_cache(batch_size=2, max_length=16, static=True)
+    assert [k.shape[1] for k in cache.keys] == [b.attn.num_heads for b in model.blocks]
+    ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(1))
+    growing = generate(model, ids, max_new_tokens=6, temperature=0, cache="dynamic")
+    static = generate(model, ids, max_new_tokens=6, temperature=0, cache="static")
+    assert torch.equal(static, growing)
+
+
 def test_taylor_importance_uses_gradients():
     model = tiny_model("bert-base")
     ids = example_inputs(model)
