@@ -8,7 +8,10 @@
 - :func:`prune_structured_`: removes the ``ratio`` fraction of the least important units, rewriting the layers'
   shapes, so parameters, FLOPs and latency really drop. Transformer families (any model with attention
   modules): whole heads of every :class:`~bigmodels.nn.MultiHeadAttention` (Michel et al. 2019, "Are Sixteen Heads
-  Really Better than One?") and hidden units of every feed-forward pair (Linear C -> F, activation, Linear F -> C),
+  Really Better than One?") and of any other attention module that takes part through two methods,
+  ``head_views()`` (each tensor that holds the heads, with a function that views a tensor of its shape as
+  (num_heads, ...)) and ``keep_heads_(heads)`` (keep those heads, in place; ViT's ``SelfAttention`` does), and
+  hidden units of every feed-forward pair (Linear C -> F, activation, Linear F -> C),
   ranked per layer by weight norm or first-order Taylor score |w * dL/dw| (taken per batch, then added up).
   Convolutional nets: output channels of every convolution, coupled through residual additions and batch norms
   by torch-pruning's dependency graph (Fang et al. 2023, DepGraph); the classifier keeps its outputs.
@@ -442,6 +445,8 @@ def _transformer_scores(model: nn.Module, pairs: list[tuple[str, nn.Linear, nn.L
     for name, m in model.named_modules():
         if isinstance(m, MultiHeadAttention) and not getattr(m, "qkv_packed", False):
             units[name] = lambda m=m: _head_parts(m)
+        elif _prunes_its_heads(m):
+            units[name] = lambda m=m: [(view(t), view(_grad(t))) for t, view in m.head_views()]
     for name, up, down in pairs:
         units[name] = lambda up=up, down=down: _ffn_parts(up, down)
     if importance != "taylor":
@@ -455,6 +460,12 @@ def _transformer_scores(model: nn.Module, pairs: list[tuple[str, nn.Linear, nn.L
     return totals
 
 
+def _prunes_its_heads(m: nn.Module) -> bool:
+    """Whether ``m`` is an attention module of another kind that prunes its own heads (see the module docstring)."""
+    return hasattr(m, "num_heads") and callable(getattr(m, "head_views", None)) and callable(
+        getattr(m, "keep_heads_", None))
+
+
 def _prune_transformer(model: nn.Module, pairs: list[tuple[str, nn.Linear, nn.Linear]], ratio: float,
                        scores: dict[str, torch.Tensor], report: StructureReport, ffn_ratio: float) -> None:
     for name, m in model.named_modules():
@@ -463,9 +474,13 @@ def _prune_transformer(model: nn.Module, pairs: list[tuple[str, nn.Linear, nn.Li
                 report.kept[name] = "q/k/v packed by pack_qkv_: call unpack_qkv_(model) first"
             else:
                 _prune_heads(name, m, ratio, scores[name], report)
+        elif _prunes_its_heads(m):
+            heads = _keep(scores[name], ratio)
+            report.heads[name] = (m.num_heads, len(heads))
+            m.keep_heads_(heads)
         elif hasattr(m, "num_heads") and any(isinstance(c, nn.Module) for c in m.children()):
-            report.kept[name] = (f"{type(m).__name__} is not bigmodels.nn.MultiHeadAttention (its heads are "
-                                 "kept; its FFN is pruned)")
+            report.kept[name] = (f"{type(m).__name__} is not bigmodels.nn.MultiHeadAttention and has no "
+                                 "head_views() / keep_heads_() (its heads are kept; its FFN is pruned)")
     for name, up, down in pairs:
         units = _keep(scores[name], ffn_ratio)
         report.ffn[name] = (up.out_features, len(units))

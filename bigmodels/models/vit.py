@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -116,14 +117,39 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, *, return_weights: bool = False):
         """x (B, T, D) -> (B, T, D); with ``return_weights`` also the (B, nh, T, T) attention weights."""
         B, T, D = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3D)
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3 nh hs)
         q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
         y, weights = scaled_dot_product_attention(
             q, k, v, dropout_p=self.probs.p if self.probs.training else 0.0, impl=self.impl,
             return_weights=return_weights, probs=self.probs,
         )
-        y = self.out_proj(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+        y = self.out_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))  # (B, T, D)
         return (y, weights) if return_weights else y
+
+    # structured pruning (bigmodels.compress.prune_structured_) of whole heads: fewer heads, the same width D
+
+    def head_views(self) -> list[tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]]:
+        """The tensors holding the heads, each with a function viewing a tensor of its shape as (nh, ...)."""
+        nh, hs = self.num_heads, self.head_dim
+
+        def stacked(t: torch.Tensor) -> torch.Tensor:  # (3 nh hs, ...) = [q; k; v] -> (nh, 3, hs, ...)
+            return t.reshape(3, nh, hs, *t.shape[1:]).transpose(0, 1)
+
+        return [(self.in_proj_weight, stacked), (self.in_proj_bias, stacked),
+                (self.out_proj.weight, lambda t: t.t().reshape(nh, hs, -1))]
+
+    def keep_heads_(self, heads: torch.Tensor) -> None:
+        """Keep only ``heads`` (indices, ascending), in place: new q/k/v rows and out_proj columns."""
+        hs, inner = self.head_dim, self.num_heads * self.head_dim
+        units = (heads[:, None] * hs + torch.arange(hs)).flatten()  # the kept heads' features, in order
+        rows = torch.cat([units + i * inner for i in range(3)])
+        for name in ("in_proj_weight", "in_proj_bias"):
+            old = getattr(self, name)
+            setattr(self, name, nn.Parameter(old[rows].detach().clone(), requires_grad=old.requires_grad))
+        w = self.out_proj.weight
+        self.out_proj.weight = nn.Parameter(w[:, units].detach().clone(), requires_grad=w.requires_grad)
+        self.out_proj.in_features = len(units)
+        self.num_heads = len(heads)
 
 
 def _mlp(c: ViTConfig) -> nn.Sequential:

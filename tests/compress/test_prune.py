@@ -69,6 +69,39 @@ def test_structured_heads_and_ffn_units_round_trip(name, tmp_path):
         assert torch.equal(first(call(loaded, x)), y)
 
 
+def test_vit_heads_are_pruned_and_the_weakest_go_first(tmp_path):
+    # ViT's attention keeps nn.MultiheadAttention's layout (stacked in_proj): it prunes its own heads
+    torch.manual_seed(0)
+    model = tiny_model("vit_mini").eval()
+    x = example_inputs(model)
+    flops = count_flops(model, (x,))
+    weak = [1, 3]  # zero these heads of every layer: the smallest norm, so l2 must remove exactly them
+    for block in model.encoder.layers:
+        attn = block.self_attention
+        nh, hs = attn.num_heads, attn.head_dim
+        with torch.no_grad():
+            for h in weak:
+                for i in range(3):  # their q, k and v rows
+                    rows = slice(i * nh * hs + h * hs, i * nh * hs + (h + 1) * hs)
+                    attn.in_proj_weight[rows] = 0
+                    attn.in_proj_bias[rows] = 0
+                attn.out_proj.weight[:, h * hs:(h + 1) * hs] = 0
+    with torch.no_grad():
+        expected = model(x)  # the zeroed heads add nothing, so removing them changes nothing
+    report = prune_structured_(model, 0.5, ffn_ratio=0.25)
+    assert set(report.heads.values()) == {(4, 2)} and not report.kept
+    attn = model.encoder.layers[0].self_attention
+    assert attn.in_proj_weight.shape == (3 * 2 * attn.head_dim, model.config.hidden_dim)
+    assert attn.out_proj.in_features == 2 * attn.head_dim
+    assert count_flops(model, (x,)) < 0.8 * flops
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)
+    bigmodels.save(model, tmp_path)
+    loaded = bigmodels.load(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def test_heads_and_ffn_units_take_their_own_ratios():
     model = tiny_model("bert-base").eval()
     report = prune_structured_(model, 0.5, ffn_ratio=0.25)
