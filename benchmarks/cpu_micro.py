@@ -19,9 +19,12 @@
   process-wide, so each side gets its own process; sides alternate, twice each);
 - ``int8``: one dynamic int8 Linear (``quantized::linear_dynamic``) packed for fbgemm and for oneDNN, at 1-4,096
   rows and the shapes of BERT-base's feed-forward and GPT-2's output layer: where oneDNN, which uses AMX int8 tiles
-  on CPUs that have them, overtakes fbgemm (``Int8DynamicLinear.onednn_min_rows``; sixth session).
+  on CPUs that have them, overtakes fbgemm (``Int8DynamicLinear.onednn_min_rows``; sixth session);
+- ``int8_models``: whole forwards of all-MiniLM-L6-v2 as a classifier (1 and 32 x 64 tokens) and the MNIST MLP
+  (1 and 32 images) in fp32, with torchao's int8 (``Int8DynamicConfig()``) and with fbgemm's
+  (``kernel="fbgemm"``), alternating: why ``int8_kernel_for`` picks fbgemm for CPU models (sixth session).
 
-    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator int8
+    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator int8 int8_models
 """
 
 from __future__ import annotations
@@ -273,6 +276,32 @@ def int8(reps: int) -> None:
         print(f"int8 {k} -> {n}: " + ", ".join(cells))
 
 
+def int8_models(reps: int) -> None:
+    import copy
+
+    from bigmodels.compress.quantize import Int8DynamicConfig, quantize_
+    from bigmodels.registry import create_model
+
+    torch.manual_seed(0)
+    for name, options in (("minilm-l6-h384", {"head": "sequence_classification", "num_labels": 2}),
+                          ("mlp_mnist", {})):
+        sides = {"fp32": create_model(name, **options).eval()}
+        sides["torchao"] = copy.deepcopy(sides["fp32"])
+        quantize_(sides["torchao"], Int8DynamicConfig())
+        sides["fbgemm"] = copy.deepcopy(sides["fp32"])
+        quantize_(sides["fbgemm"], Int8DynamicConfig(kernel="fbgemm"))
+        for batch in (1, 32):
+            x = (torch.randint(1000, 20000, (batch, 64)) if name.startswith("minilm")
+                 else torch.randn(batch, 1, 28, 28))
+            ms: dict[str, list[float]] = {side: [] for side in sides}
+            with torch.inference_mode():
+                for _ in range(max(reps // 4, 3)):  # sides alternating, a short median each turn
+                    for side, model in sides.items():
+                        ms[side].append(_median_us(lambda m=model, x=x: m(x), 4) / 1e3)
+            print(f"int8_models, {name} batch {batch}: " + ", ".join(
+                f"{side} {statistics.median(t):.3f} ms" for side, t in ms.items()))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if "_allocator_forward" in argv:  # a side of ``allocator``
@@ -281,12 +310,13 @@ def main(argv: list[str] | None = None) -> None:
         return _allocator_forward(*argv[at + 1:at + 6])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="*",
-                   help="pad, gelu, fused, gil, engines, batches, allocator and/or int8 (default: all)")
+                   help="pad, gelu, fused, gil, engines, batches, allocator, int8 and/or int8_models "
+                        "(default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
     runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines, "batches": batches,
-            "allocator": allocator, "int8": int8}
+            "allocator": allocator, "int8": int8, "int8_models": int8_models}
     unknown = sorted(set(args.what) - set(runs))
     if unknown:
         p.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(runs)}")

@@ -199,16 +199,18 @@ _COMPRESS_EVAL = 512  # validation examples each compressed model is scored on
 def compression_tradeoffs(model: torch.nn.Module, one: Any, batch: Any,
                           metric: Any = None) -> list[dict[str, Any]] | dict[str, str]:
     """What compressing a trained ``model`` costs and buys, one row per method: int8 dynamic quantization of its
-    Linear layers (:class:`~bigmodels.compress.Int8DynamicConfig`) and structured pruning of half its heads / FFN
+    Linear layers (:class:`~bigmodels.compress.Int8DynamicConfig`, on a CPU model PyTorch's x86 int8 GEMM:
+    :func:`~bigmodels.compress.quantize.int8_kernel_for`) and structured pruning of half its heads / FFN
     units / channels (:func:`~bigmodels.compress.prune_structured_`, L2 importance, no fine-tuning after: the
     metric lost is the upper bound fine-tuning recovers from). Each row: parameters, FLOPs at batch 1 (pruning),
     latency at batch 1 (``one``) and on ``batch`` as compressed / original, and ``metric(model)``'s entries as
-    compressed - original; ``{"error": why}`` in a row whose method does not apply. ``{"note": why}`` without
-    torchao (int8 is then left out, pruning still runs)."""
+    compressed - original; ``{"error": why}`` in a row whose method does not apply (int8 on a GPU without
+    torchao)."""
     import copy
     import importlib.util
 
     from ..compress import Int8DynamicConfig, prune_structured_, quantize_
+    from ..compress.quantize import int8_kernel_for
     from . import count_flops, count_params, measure_latency
 
     def figures(m: torch.nn.Module, flops: bool) -> dict[str, Any]:
@@ -221,8 +223,9 @@ def compression_tradeoffs(model: torch.nn.Module, one: Any, batch: Any,
         return out
 
     methods = [("structured 0.5", lambda m: prune_structured_(m, 0.5))]
-    if importlib.util.find_spec("torchao") is not None:
-        methods.insert(0, ("int8", lambda m: quantize_(m, Int8DynamicConfig())))
+    kernel = int8_kernel_for(model)  # a CPU model: PyTorch's own x86 int8 GEMM, no torchao needed
+    if kernel == "fbgemm" or importlib.util.find_spec("torchao") is not None:
+        methods.insert(0, ("int8", lambda m: quantize_(m, Int8DynamicConfig(kernel=kernel))))
     base = figures(model, flops=True)
     rows: list[dict[str, Any]] = []
     for name, apply in methods:

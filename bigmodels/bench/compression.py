@@ -56,6 +56,8 @@ def compress(
                             "removed"] = 0.5,
     importance: Annotated[str, "structured: rank units by weight norm (l2) or first-order Taylor score (taylor, "
                                "needs --data)"] = "l2",
+    kernel: Annotated[str, "int8: auto (PyTorch's x86 int8 GEMM for a CPU model, torchao otherwise), fbgemm or "
+                           "torchao (needed for a model to run on a GPU later)"] = "auto",
     filter: Annotated[str | None, "int8 / magnitude: only the layers whose names match these comma-separated "
                                   "patterns, e.g. 'encoder.*'"] = None,
     data: Annotated[str | None, "the data set whose task metric goes into the table (e.g. digits, sst2, stsb)"] = None,
@@ -78,7 +80,7 @@ def compress(
     --data digits --out runs/mnist_cnn_pruned
     """
     from ..compress.prune import prune_magnitude_, prune_structured_
-    from ..compress.quantize import Int8DynamicConfig, quantize_
+    from ..compress.quantize import INT8_KERNELS, Int8DynamicConfig, int8_kernel_for, quantize_
     from ..io import load, resolve_checkpoint, save, saved_tokenizer
     from .tradeoff import to_markdown, tradeoff, write_tradeoff
 
@@ -93,6 +95,10 @@ def compress(
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit} must be >= 1")
     patterns = [p.strip() for p in filter.split(",") if p.strip()] if filter else None
+    if kernel not in ("auto", *INT8_KERNELS):
+        raise ConfigError(f"--kernel {kernel!r} is not known; choose auto, {', '.join(INT8_KERNELS)}")
+    if kernel != "auto" and method != "int8":
+        raise ConfigError(f"--kernel chooses the int8 kernel; --method {method} quantizes nothing: drop --kernel")
     if ffn_ratio is not None and method != "structured":
         raise ConfigError(f"--ffn-ratio sets the FFN units structured pruning removes; --method {method} has none: "
                           "drop --ffn-ratio or use --method structured")
@@ -104,7 +110,8 @@ def compress(
     metric = _metric(directory, data, data_path, split, batch_size, limit) if data else None
     model = copy.deepcopy(original)
     if method == "int8":
-        report = quantize_(model, Int8DynamicConfig(filter=patterns))
+        report = quantize_(model, Int8DynamicConfig(filter=patterns, kernel=int8_kernel_for(model)
+                                                    if kernel == "auto" else kernel))
     elif method == "magnitude":
         report = prune_magnitude_(model, ratio, filter=patterns)
     else:

@@ -49,7 +49,7 @@ from ..models._contract import ModelInfo, model_device
 __all__ = [
     "QuantConfig", "Int8DynamicConfig", "Int8DynamicLinear", "INT8_KERNELS", "Int8WeightOnlyConfig",
     "Int4WeightOnlyConfig", "Float8DynamicConfig",
-    "QUANT_METHODS", "QuantReport", "quantize_", "is_quantized", "quant_config",
+    "QUANT_METHODS", "QuantReport", "quantize_", "is_quantized", "quant_config", "int8_kernel_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,20 @@ class Int8DynamicConfig(QuantConfig):
 
     def torchao_config(self) -> Any:
         return _torchao().Int8DynamicActivationInt8WeightConfig()
+
+
+def int8_kernel_for(model: nn.Module) -> str:
+    """The int8 kernel to quantize ``model`` with where nobody chose: ``"fbgemm"`` (:class:`Int8DynamicLinear`) for
+    a CPU model on an x86 PyTorch, else ``"torchao"``. On CPUs, torchao's int8 path was slower than fp32 here
+    (all-MiniLM-L6-v2 as a classifier, 1 / 32 x 64 tokens, 2 threads of an Intel Xeon: 16.3 / 230 ms against
+    fp32's 8.8 / 202, where fbgemm took 5.7 / 107; ``python benchmarks/cpu_micro.py int8_models``), as it was at
+    decoding's few rows (``benchmarks/cpu_decode.md``).
+
+    >>> int8_kernel_for(nn.Linear(4, 4)) in ("fbgemm", "torchao")
+    True
+    """
+    cpu = model_device(model).type == "cpu"
+    return "fbgemm" if cpu and "fbgemm" in torch.backends.quantized.supported_engines else "torchao"
 
 
 @functools.cache

@@ -3,6 +3,8 @@ task metric kept on a trained model, and the errors a user can cause."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -259,3 +261,26 @@ def test_int8_layer_runs_large_calls_on_onednn_where_the_cpu_has_amx(monkeypatch
         loaded = q.Int8DynamicLinear.from_linear(nn.Linear(96, 48))
         loaded.load_state_dict(layer.state_dict())
         assert torch.equal(loaded(many), onednn)  # repacked from the loaded int8 weights
+
+
+def test_compress_command_quantizes_a_cpu_model_with_the_x86_int8_kernel(tmp_path, capsys):
+    # torchao's int8 is slower than fp32 on CPUs (cpu_micro.py int8_models): the command picks fbgemm there
+    from bigmodels.cli import main
+    from bigmodels.compress.quantize import Int8DynamicLinear, int8_kernel_for
+
+    model, _, _ = trained_digits_model("mlp_small", steps=20)
+    bigmodels.save(model, tmp_path / "mlp")
+    out = tmp_path / "int8"
+    assert int8_kernel_for(model) == "fbgemm"
+    assert main(["compress", str(tmp_path / "mlp"), "--method", "int8", "--data", "digits", "--out", str(out),
+                 "--iters", "2", "--batch-size", "16"]) == 0
+    loaded = bigmodels.load(out)
+    assert loaded.info.meta["compress"]["quantization"]["options"]["kernel"] == "fbgemm"
+    assert any(isinstance(m, Int8DynamicLinear) for m in loaded.modules())
+    table = json.loads((out / "compression.json").read_text())
+    assert abs(table["metrics"]["accuracy"]["delta"]) <= 0.05
+    assert main(["compress", str(tmp_path / "mlp"), "--method", "int8", "--kernel", "int4", "--out", str(out)]) == 2
+    assert "--kernel 'int4' is not known; choose auto, torchao, fbgemm" in capsys.readouterr().err
+    assert main(["compress", str(tmp_path / "mlp"), "--method", "magnitude", "--kernel", "fbgemm",
+                 "--out", str(out)]) == 2
+    assert "--method magnitude quantizes nothing: drop --kernel" in capsys.readouterr().err
