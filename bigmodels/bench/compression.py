@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,13 +72,19 @@ def compress(
                                        "it should differ from --ratio (then the heads' fraction)"] = None,
     taylor_batches: Annotated[int, "structured --importance taylor: training batches (of --batch-size, drawn at "
                                    "random with a fixed seed) whose gradients rank the units"] = 32,
+    steps: Annotated[int, "structured: reach --ratio / --ffn-ratio in this many rounds, each removing the same "
+                          "fraction of what is left and followed by --finetune"] = 1,
+    finetune: Annotated[str | None, "structured: the training recipe run after each round, and any overrides "
+                                    "as bigmodels train takes them ('RECIPE key=value ...'), with init= the "
+                                    "round's pruned model and train.out_dir=OUT/round_i_finetuned"] = None,
 ) -> int:
     """Quantize or prune a saved model, save it to --out, and write its trade-off table against the original.
 
     The table (compression.md, .json, .png in --out): size on disk, parameters, FLOPs, latency at batch 1 and
     batched, and the task metric with --data, each beside the original's. Structured pruning wants fine-tuning
-    after: train with init=OUT. Example: bigmodels compress runs/mnist_cnn --method structured --ratio 0.5
-    --data digits --out runs/mnist_cnn_pruned
+    after: train with init=OUT, or prune in --steps rounds with a --finetune recipe run after each (removing a
+    large fraction at once loses more than the same cut made in steps with training between them). Example:
+    bigmodels compress runs/mnist_cnn --method structured --ratio 0.5 --data digits --out runs/mnist_cnn_pruned
     """
     from ..compress.prune import prune_magnitude_, prune_structured_
     from ..compress.quantize import INT8_KERNELS, Int8DynamicConfig, int8_kernel_for, quantize_
@@ -102,6 +109,19 @@ def compress(
     if ffn_ratio is not None and method != "structured":
         raise ConfigError(f"--ffn-ratio sets the FFN units structured pruning removes; --method {method} has none: "
                           "drop --ffn-ratio or use --method structured")
+    if steps < 1:
+        raise ConfigError(f"--steps {steps} must be >= 1")
+    if (steps > 1 or finetune) and method != "structured":
+        raise ConfigError(f"--steps and --finetune prune in rounds with training between them; --method {method} "
+                          "has no rounds: use --method structured, or drop them")
+    if steps > 1 and not finetune:
+        raise ConfigError(f"--steps {steps} without --finetune is one cut made in pieces (the same units go): give "
+                          "--finetune RECIPE (trained after each round), or use --steps 1")
+    finetune_args = shlex.split(finetune) if finetune else []
+    if finetune is not None and (not finetune_args or not Path(finetune_args[0]).is_file()):
+        raise ConfigError(f"--finetune {finetune!r}: no such recipe file; give a training recipe (YAML) whose model "
+                          "is the one pruned, then any overrides, e.g. 'recipes/sst2_minilm_pruned_kd.yaml "
+                          "train.epochs=1'")
     if patterns is not None and method == "structured":
         raise ConfigError("--filter selects layers for int8 and magnitude; structured pruning prunes every "
                           "attention module, FFN and convolution: drop --filter")
@@ -115,23 +135,59 @@ def compress(
     elif method == "magnitude":
         report = prune_magnitude_(model, ratio, filter=patterns)
     else:
-        batches = loss_fn = None
-        if importance == "taylor":
-            if metric is None:
-                raise ConfigError("--importance taylor needs gradients of the task loss: give --data (or use l2)")
-            batches, loss_fn = _taylor_batches(directory, data, data_path, batch_size, taylor_batches)
-        report = prune_structured_(model, ratio, importance=importance, batches=batches, loss_fn=loss_fn,
-                                   ffn_ratio=ffn_ratio)
+        if importance == "taylor" and metric is None:
+            raise ConfigError("--importance taylor needs gradients of the task loss: give --data (or use l2)")
+        # each round removes the same fraction of what is left: (1 - r)^(1/steps) of it stays
+        per_round = [ratio, ffn_ratio] if steps == 1 else [
+            1 - (1 - r) ** (1 / steps) for r in (ratio, ratio if ffn_ratio is None else ffn_ratio)]
+        source, rounds = directory, []
+        for i in range(1, steps + 1):
+            if i > 1:
+                model = load(source)
+            batches = loss_fn = None
+            if importance == "taylor":
+                batches, loss_fn = _taylor_batches(source, data, data_path, batch_size, taylor_batches)
+            report = prune_structured_(model, per_round[0], importance=importance, batches=batches, loss_fn=loss_fn,
+                                       ffn_ratio=per_round[1])
+            if finetune:
+                pruned_dir = Path(out) / f"round_{i}"
+                save(model, pruned_dir, tokenizer=saved_tokenizer(directory))
+                source = _finetune(finetune_args, pruned_dir, Path(out) / f"round_{i}_finetuned")
+                rounds.append({"round": i, "pruned": str(pruned_dir), "finetuned": str(source),
+                               "report": report.as_dict()})
+        if finetune:
+            model = load(source)
     save(model, out, tokenizer=saved_tokenizer(directory))
     description = {"checkpoint": str(directory), "method": method, "report": report.as_dict(),
                    **({"ratio": ratio} if method != "int8" else {}),
-                   **({"ffn_ratio": ffn_ratio} if ffn_ratio is not None else {})}
+                   **({"ffn_ratio": ffn_ratio} if ffn_ratio is not None else {}),
+                   **({"steps": steps, "finetune": finetune, "rounds": rounds} if finetune else {})}
     table = tradeoff(original, model, batch=batch_size, seq_len=seq_len, iters=iters, metric=metric,
                      description=description)
     paths = write_tradeoff(table, out)
     print(to_markdown(table))
     print(json.dumps({"out": str(out), "files": [str(p) for p in paths]}))
     return 0
+
+
+def _finetune(args: list[str], init: Path, out_dir: Path) -> Path:
+    """Train the recipe ``args[0]`` (with the overrides ``args[1:]``) from the pruned model ``init`` into
+    ``out_dir``; -> the run's best (else last) checkpoint."""
+    from ..config import resolve_run_config
+    from ..io import resolve_checkpoint
+    from ..train import Trainer
+
+    overrides = [*args[1:], f"init={init}", f"train.out_dir={out_dir}"]
+    cfg = resolve_run_config(args[0], overrides)
+    log.info("fine-tuning %s with %s into %s", init, " ".join(args), out_dir)
+    with Trainer(cfg) as trainer:
+        summary = trainer.fit()
+    if summary["status"] == "interrupted":
+        raise ConfigError(f"the fine-tuning of {init} was interrupted; its run is in {out_dir}: resume it with "
+                          f"bigmodels train {' '.join(map(shlex.quote, [args[0], *overrides]))}, then prune on "
+                          "from it")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return resolve_checkpoint(out_dir)
 
 
 def _taylor_batches(directory: Path, data: str, data_path: str | None, batch_size: int, count: int):

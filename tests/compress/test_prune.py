@@ -227,3 +227,41 @@ def test_compress_command_writes_model_and_tradeoff_table(tmp_path, capsys):
     assert "--taylor-batches 0 must be >= 1" in capsys.readouterr().err
     assert main([*taylor, "--taylor-batches", "3"]) == 0
     assert bigmodels.load(tmp_path / "taylor").info.meta["compress"]["pruning"][0]["importance"] == "taylor"
+
+
+def test_compress_command_prunes_in_rounds_with_fine_tuning_between(tmp_path, capsys):
+    # --steps N --finetune RECIPE: each round removes the same fraction of what is left, then trains the recipe
+    from bigmodels.cli import main
+
+    model, _, _ = trained_digits_model("cnn_small", steps=20)
+    bigmodels.save(model, tmp_path / "cnn")
+    recipe = tmp_path / "finetune.yaml"
+    recipe.write_text("model:\n  name: cnn_small\ndata:\n  name: digits\n  batch_size: 64\n"
+                      "optim:\n  name: adamw\n  lr: 0.001\ntrain:\n  steps: 8\n  eval_every: 2\n")
+    out = tmp_path / "pruned"
+    args = ["compress", str(tmp_path / "cnn"), "--method", "structured", "--ratio", "0.5", "--data", "digits",
+            "--out", str(out), "--iters", "1", "--batch-size", "16"]
+    assert main([*args, "--steps", "2", "--finetune", f"{recipe} train.steps=4"]) == 0  # overrides: as in train
+    table = json.loads((out / "compression.json").read_text())
+    rounds = table["compression"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:  # each round: its pruned model, then a training run from it
+        assert bigmodels.load(r["pruned"]).info.meta["compress"]["structure"]
+        summary = json.loads((out / f"round_{r['round']}_finetuned" / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["step"] == 4
+    first_convs = [next(m for m in bigmodels.load(r["pruned"]).modules() if isinstance(m, nn.Conv2d))
+                   for r in rounds]
+    original = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).out_channels
+    after = [c.out_channels for c in first_convs]
+    assert original > after[0] > after[1] and abs(after[1] - original * 0.5) <= 1  # two cuts of ~29%: half
+    final = bigmodels.load(out)
+    tuned = bigmodels.load(rounds[-1]["finetuned"])
+    for a, b in zip(final.state_dict().values(), tuned.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # OUT holds the last round's fine-tuned model
+    assert table["rows"]["params"]["ratio"] < 0.5
+    assert main([*args, "--steps", "2"]) == 2
+    assert "--steps 2 without --finetune is one cut made in pieces" in capsys.readouterr().err
+    assert main([*args, "--finetune", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such recipe file" in capsys.readouterr().err
+    assert main(["compress", str(tmp_path / "cnn"), "--method", "int8", "--steps", "2", "--out", str(out)]) == 2
+    assert "--method int8 has no rounds" in capsys.readouterr().err
