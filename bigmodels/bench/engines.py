@@ -80,14 +80,15 @@ def prepare_ours_cpu(model: nn.Module, precision: str) -> tuple[nn.Module, dict[
     GPT-2's attention is fused already), then what
     :func:`~bigmodels.compress.layout.prepare_for_cpu_decoding` does (``benchmarks/cpu_decode.md``,
     ``benchmarks/cpu_encoders.md``): int8 swaps every Linear, a tied output layer too (as an untied int8 copy),
-    for PyTorch's x86 int8 GEMM with activations quantized per token at run time (2-2.3x torchao's here); the
-    float Linear layers left (all of them in fp32) multiply with oneDNN-packed weights (1.5-1.9x MKL's sgemm on
-    this CPU). Decoding: greedy with a static (preallocated) key/value cache, not compiled.
+    for PyTorch's x86 int8 GEMMs (fbgemm; oneDNN's from 32 rows on CPUs with AMX) with activations quantized at
+    run time (2-2.3x torchao's on the AMD EPYC); the float Linear layers left (all of them in fp32) multiply with
+    oneDNN-packed weights (1.5-1.9x MKL's sgemm on the AMD EPYC at decoding's rows, 1.04-1.09x whole encoder
+    forwards on the Intel Xeon). Decoding: greedy with a static (preallocated) key/value cache, not compiled.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     from ..compress.layout import PackedLinear, prepare_for_cpu_decoding
-    from ..compress.quantize import Int8DynamicLinear
+    from ..compress.quantize import Int8DynamicLinear, _cpu_has_amx_int8
     from ..models._contract import kind_of
     from ..nn.attention import pack_qkv_
 
@@ -102,7 +103,9 @@ def prepare_ours_cpu(model: nn.Module, precision: str) -> tuple[nn.Module, dict[
 
     if precision == "int8":
         settings["quantize_"] = {"config": "Int8DynamicConfig(kernel='fbgemm', output_layer=True)",
-                                 "layers": count(Int8DynamicLinear)}
+                                 "layers": count(Int8DynamicLinear),
+                                 # AMX CPUs: calls of this many rows or more run on oneDNN's int8 GEMM
+                                 "onednn_min_rows": Int8DynamicLinear.onednn_min_rows if _cpu_has_amx_int8() else None}
     settings["prepack_linears_"] = count(PackedLinear)  # oneDNN-packed float weights
     if kind_of(model) == "encoder":
         return model, options, settings
