@@ -235,7 +235,8 @@ class Int8DynamicLinear(nn.Module):
         with warnings.catch_warnings():  # a qint8 tensor is the packing op's input format, built and dropped here
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions", category=UserWarning)
             q = torch._make_per_channel_quantized_tensor(self.weight, self.weight_scale.double(), zeros, 0)
-            self._packed = _prepack(q, self.bias, "fbgemm")
+            engines = torch.backends.quantized.supported_engines  # fbgemm on x86; ARM builds have qnnpack
+            self._packed = _prepack(q, self.bias, "fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine)
             self._packed_onednn = _prepack(q, self.bias, "onednn") if _cpu_has_amx_int8() else None
 
     def _apply(self, fn, recurse=True):
