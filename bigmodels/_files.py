@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -9,7 +10,16 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_dir", "current_umask", "check_output"]
+__all__ = ["atomic_write", "atomic_dir", "current_umask", "check_output", "cpu_info"]
+
+
+@functools.cache
+def cpu_info() -> str:
+    """The text of /proc/cpuinfo (vendor, model name, feature flags), read once; empty where it cannot be read."""
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def current_umask() -> int:

@@ -23,6 +23,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.flop_counter import FlopCounterMode
 
+from .._files import cpu_info
+
 logger = logging.getLogger(__name__)
 
 MemoryKind = Literal["cuda_allocated", "cpu_rss_delta"]
@@ -266,11 +268,9 @@ def peak_memory(device: torch.device | str | None = None) -> Iterator[PeakMemory
 
 
 def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+    for line in cpu_info().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
 
 

@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._files import cpu_info
 from ..errors import CheckpointError, ConfigError
 from ..models._contract import ModelInfo, model_device
 
@@ -155,25 +156,16 @@ def int8_kernel_for(model: nn.Module) -> str:
 
 
 @functools.cache
-def _cpu_flags() -> str:
-    """The x86 feature flags of /proc/cpuinfo; empty where it cannot be read."""
-    try:
-        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-@functools.cache
 def _cpu_has_vnni() -> bool:
     """Whether this x86 CPU has VNNI (8-bit dot products summed in 32 bits); False where it cannot be read."""
-    return bool(re.search(r"\b(avx512_vnni|avx_vnni)\b", _cpu_flags()))
+    return bool(re.search(r"\b(avx512_vnni|avx_vnni)\b", cpu_info()))
 
 
 @functools.cache
 def _cpu_has_amx_int8() -> bool:
     """Whether this CPU has AMX int8 tiles (Intel Sapphire Rapids and later), which oneDNN's int8 GEMM uses and
     fbgemm's does not; False where it cannot be read or PyTorch was built without the oneDNN quantized engine."""
-    return bool(re.search(r"\bamx_int8\b", _cpu_flags())) and "onednn" in torch.backends.quantized.supported_engines
+    return bool(re.search(r"\bamx_int8\b", cpu_info())) and "onednn" in torch.backends.quantized.supported_engines
 
 
 _ENGINE_LOCK = threading.Lock()  # packing for oneDNN switches PyTorch's process-wide quantized engine for a moment

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .._files import cpu_info
 from ..errors import ConfigError
 from .padding import Unpadded
 
@@ -82,11 +83,7 @@ def attention_mask(
 
 def _cpu_is_amd() -> bool:
     """Whether this is an AMD x86 CPU (its vendor_id in /proc/cpuinfo); False where that cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            return "AuthenticAMD" in f.read(4096)
-    except OSError:
-        return False
+    return "AuthenticAMD" in cpu_info()
 
 
 # On the CPU the fused kernel loses to two batched matrix products for short keys (sentences): measured
