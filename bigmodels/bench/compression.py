@@ -172,21 +172,19 @@ def compress(
 
 def _finetune(args: list[str], init: Path, out_dir: Path) -> Path:
     """Train the recipe ``args[0]`` (with the overrides ``args[1:]``) from the pruned model ``init`` into
-    ``out_dir``; -> the run's best (else last) checkpoint."""
+    ``out_dir``, as `bigmodels train` does (summary.json, the test split scored where there is one); -> the run's
+    best (else last) checkpoint."""
     from ..config import resolve_run_config
     from ..io import resolve_checkpoint
-    from ..train import Trainer
+    from ..train.commands import run_training
 
     overrides = [*args[1:], f"init={init}", f"train.out_dir={out_dir}"]
-    cfg = resolve_run_config(args[0], overrides)
     log.info("fine-tuning %s with %s into %s", init, " ".join(args), out_dir)
-    with Trainer(cfg) as trainer:
-        summary = trainer.fit()
+    summary, _ = run_training(resolve_run_config(args[0], overrides))  # as `bigmodels train` runs it
     if summary["status"] == "interrupted":
         raise ConfigError(f"the fine-tuning of {init} was interrupted; its run is in {out_dir}: resume it with "
                           f"bigmodels train {' '.join(map(shlex.quote, [args[0], *overrides]))}, then prune on "
                           "from it")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return resolve_checkpoint(out_dir)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from ..errors import ConfigError
 
-__all__ = ["train"]
+__all__ = ["train", "run_training"]
 
 
 def train(
@@ -26,7 +26,6 @@ def train(
     Example: bigmodels train model=mlp_small data.name=digits train.steps=200 train.out_dir=runs/digits
     """
     from ..config import resolve_run_config
-    from .trainer import Trainer
 
     if recipe is not None and "=" in recipe and not Path(recipe).is_file():
         overrides, recipe = (recipe, *overrides), None  # a first override is not a recipe
@@ -35,17 +34,28 @@ def train(
         raise ConfigError("no model to train: pass a recipe (e.g. bigmodels train recipes/mnist_cnn.yaml) or "
                           "model=NAME (e.g. bigmodels train model=mlp_small data.name=digits); "
                           "`bigmodels models` lists the names")
+    summary, out = run_training(cfg)
+    if out is not None and not quiet:
+        print(summary_text(summary, out))
+    return 130 if summary["status"] == "interrupted" else 0
+
+
+def run_training(cfg: Any) -> tuple[dict[str, Any], Path | None]:
+    """What `bigmodels train` does with a resolved run config: fit, score the best (else last) checkpoint on the
+    test split where the data has one, and write ``summary.json`` into ``train.out_dir`` -> (the summary, its path;
+    None on processes other than the main one)."""
+    from .trainer import Trainer
+
     with Trainer(cfg) as trainer:
         summary = trainer.fit()
         if summary["status"] != "interrupted" and trainer.data.test is not None:
             trainer.load_checkpoint(summary["best_checkpoint"] or summary["last_checkpoint"])
             summary["test"] = trainer.evaluate("test")
-    if trainer.dist.is_main:
-        out = Path(cfg.train.out_dir) / "summary.json"
-        out.write_text(json.dumps(summary, indent=2) + "\n")
-        if not quiet:
-            print(summary_text(summary, out))
-    return 130 if summary["status"] == "interrupted" else 0
+    if not trainer.dist.is_main:
+        return summary, None
+    out = Path(cfg.train.out_dir) / "summary.json"
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary, out
 
 
 def summary_text(summary: dict[str, Any], path: Path) -> str:
