@@ -215,7 +215,8 @@ class DistillConfig:
 
     The loss is ``(1 - alpha) * hard + alpha * T^2 * KL(teacher || student at temperature T)`` (Hinton et al.
     2015), plus ``hidden_weight`` x hidden-state MSE and ``attention_weight`` x attention-map KL (TinyBERT,
-    MiniLM) between uniformly mapped layers.
+    MiniLM) between uniformly mapped layers, and ``embedding_weight`` x the MSE between the embedding layers'
+    outputs (TinyBERT's L_embd).
     """
 
     teacher: str | None = None  # a saved model directory or training run (runs/NAME): the frozen teacher
@@ -223,6 +224,7 @@ class DistillConfig:
     alpha: float = 0.5  # weight of the soft-target term; 1 - alpha weighs the hard-label loss
     hidden_weight: float = 0.0  # hidden-state transfer (MSE through a learned projection when widths differ)
     attention_weight: float = 0.0  # attention-map transfer (KL between attention distributions)
+    embedding_weight: float = 0.0  # embedding-layer transfer: MSE between what enters the first blocks (TinyBERT)
     augment: int = 0  # text: augmented copies of each batch, learnt from the teacher's soft targets alone
     mask_prob: float = 0.1  # augmentation: each token of a copy becomes the mask token with this probability
     ngram_prob: float = 0.25  # augmentation: a copy's sentence becomes one of its n-grams (n = 1..5) instead
@@ -231,7 +233,7 @@ class DistillConfig:
         check_positive("distill", "temperature", self.temperature)
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"distill.alpha={self.alpha!r} must be in [0, 1], e.g. 0.5")
-        for key in ("hidden_weight", "attention_weight"):
+        for key in ("hidden_weight", "attention_weight", "embedding_weight"):
             check_positive("distill", key, getattr(self, key), allow_zero=True)
         if isinstance(self.augment, bool) or not isinstance(self.augment, int) or self.augment < 0:
             raise ConfigError(f"distill.augment={self.augment!r} must be a whole number >= 0: the augmented copies "

@@ -4,18 +4,20 @@
 The loss on a batch (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network", sec. 2)::
 
     L = (1 - alpha) * L_hard(student, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))
-        + hidden_weight * MSE(W h_s, h_t) + attention_weight * KL(A_t || A_s)
+        + hidden_weight * MSE(W h_s, h_t) + attention_weight * KL(A_t || A_s) + embedding_weight * MSE(W_e e_s, e_t)
 
 The T^2 factor keeps the soft term's gradients on the scale of the hard one's as T changes (sec. 2.1). With
 ``augment=k`` (text), the student also learns the teacher's soft targets on k augmented copies of each batch
 (:func:`augment_tokens`: tokens masked, or the sentence cut to one of its n-grams; Tang et al. 2019 sec. 3.2;
 TinyBERT's data augmentation): the teacher labels inputs it was not trained on, where its outputs carry more
-than the training labels (on its own training sentences a fine-tuned teacher is nearly one-hot). The last
-two terms transfer intermediate knowledge between uniformly mapped layers (student layer m reads teacher layer
-m * L_t / L_s, as TinyBERT's g(m), Jiao et al. 2020): hidden states through a learned projection W when the widths
-differ (TinyBERT eq. 7), and attention distributions as a KL divergence (MiniLM, Wang et al. 2020, eq. 4), read
-through the :class:`~bigmodels.nn.attention.AttentionProbs` modules on the reference attention path. The
-teacher is frozen and in eval mode; evaluation stays the plain task (val metrics compare across runs).
+than the training labels (on its own training sentences a fine-tuned teacher is nearly one-hot). The hidden
+and attention terms transfer intermediate knowledge between uniformly mapped layers (student layer m reads teacher
+layer m * L_t / L_s, as TinyBERT's g(m), Jiao et al. 2020): hidden states through a learned projection W when the
+widths differ (TinyBERT eq. 7), and attention distributions as a KL divergence (MiniLM, Wang et al. 2020, eq. 4),
+read through the :class:`~bigmodels.nn.attention.AttentionProbs` modules on the reference attention path. The
+embedding term is TinyBERT's L_embd (eq. 10): the MSE between what enters each model's first block (its embedding
+layer's output), through a learned W_e when the widths differ. The teacher is frozen
+and in eval mode; evaluation stays the plain task (val metrics compare across runs).
 
     >>> import torch, bigmodels
     >>> from bigmodels.tasks import get_task
@@ -218,13 +220,17 @@ class _Output:
 class _Recorder:
     """Forward hooks that keep block outputs (hidden states) and attention maps during one forward."""
 
-    def __init__(self, model: nn.Module, blocks: list[str], attention: bool) -> None:
+    def __init__(self, model: nn.Module, blocks: list[str], attention: bool,
+                 embedding_block: str | None = None) -> None:
         self.hidden: list[torch.Tensor] = []
         self.maps: list[torch.Tensor] = []
+        self.embedding: torch.Tensor | None = None
         self._targets = [(model.get_submodule(b), self._keep_hidden) for b in blocks]
         probs = [c for _, m in attention_modules(model) for c in m.children() if isinstance(c, AttentionProbs)]
         self.n_maps = len(probs) if attention else 0
         self._targets += [(c, self._keep_map) for c in probs[: self.n_maps]]
+        # the first block's input: the embedding layer's output, whatever the family calls it
+        self._pre = [(model.get_submodule(embedding_block), self._keep_embedding)] if embedding_block else []
 
     def _keep_hidden(self, module, inputs, output) -> None:
         self.hidden.append(_first_tensor(output))
@@ -232,10 +238,16 @@ class _Recorder:
     def _keep_map(self, module, inputs, output) -> None:
         self.maps.append(inputs[0])  # the softmax weights before attention dropout (B, nh, Tq, Tk)
 
+    def _keep_embedding(self, module, args, kwargs) -> None:
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        if self.embedding is None and isinstance(first, torch.Tensor):
+            self.embedding = first  # the first call only (a block called twice keeps its first input)
+
     @contextlib.contextmanager
     def recording(self) -> Iterator[_Recorder]:
-        self.hidden, self.maps = [], []
+        self.hidden, self.maps, self.embedding = [], [], None
         handles = [m.register_forward_hook(fn) for m, fn in self._targets]
+        handles += [m.register_forward_pre_hook(fn, with_kwargs=True) for m, fn in self._pre]
         try:
             yield self
         finally:
@@ -251,10 +263,12 @@ class DistillationTask(Task):
 
     def __init__(self, base: Task, teacher: nn.Module, student: nn.Module, *, temperature: float = 2.0,
                  alpha: float = 0.5, hidden_weight: float = 0.0, attention_weight: float = 0.0,
-                 augment: int = 0, mask_prob: float = 0.1, ngram_prob: float = 0.25, mask_id: int | None = None,
+                 embedding_weight: float = 0.0, augment: int = 0, mask_prob: float = 0.1, ngram_prob: float = 0.25,
+                 mask_id: int | None = None,
                  teacher_name: str = "the teacher") -> None:
-        DistillConfig(teacher_name, temperature, alpha, hidden_weight, attention_weight, augment, mask_prob,
-                      ngram_prob)  # the same checks
+        DistillConfig(teacher_name, temperature=temperature, alpha=alpha, hidden_weight=hidden_weight,
+                      attention_weight=attention_weight, embedding_weight=embedding_weight, augment=augment,
+                      mask_prob=mask_prob, ngram_prob=ngram_prob)  # the same checks
         if augment and mask_prob > 0 and mask_id is None:
             raise ConfigError("distill.augment masks tokens with the tokenizer's mask token ([MASK] or <mask>), which "
                               "this tokenizer lacks; set distill.mask_prob=0 (n-grams only) or distill.augment=0")
@@ -265,26 +279,29 @@ class DistillationTask(Task):
         self.name, self.unit, self.metric_names = base.name, base.unit, base.metric_names
         self.temperature, self.alpha = float(temperature), float(alpha)
         self.hidden_weight, self.attention_weight = float(hidden_weight), float(attention_weight)
+        self.embedding_weight = float(embedding_weight)
         self.trainable = nn.ModuleDict()
         self.pairs: list[tuple[int, int]] = []  # (student block, teacher block) of the transfer losses
         s_blocks = t_blocks = []
-        if hidden_weight or attention_weight:
+        if hidden_weight or attention_weight or embedding_weight:
             s_blocks, t_blocks = transformer_blocks(student), transformer_blocks(teacher)
             if not s_blocks or not t_blocks:
                 who = model_info(student if not s_blocks else teacher).name
                 raise ConfigError(
-                    f"distill.hidden_weight / distill.attention_weight transfer between attention blocks, and "
-                    f"{who} has none; set both to 0 (soft targets alone work for any model)")
+                    f"distill.hidden_weight / attention_weight / embedding_weight transfer between attention "
+                    f"blocks, and {who} has none; set them to 0 (soft targets alone work for any model)")
             self.pairs = list(enumerate(layer_map(len(s_blocks), len(t_blocks))))
-        self._student_rec = _Recorder(student, s_blocks if hidden_weight else [], bool(attention_weight))
-        self._teacher_rec = _Recorder(teacher, t_blocks if hidden_weight else [], bool(attention_weight))
-        if hidden_weight:
-            d_s, d_t = _width(student), _width(teacher)
-            if d_s != d_t:  # TinyBERT's W_h (eq. 7): one learned map from the student's width to the teacher's
+        self._student_rec = _Recorder(student, s_blocks if hidden_weight else [], bool(attention_weight),
+                                      s_blocks[0] if embedding_weight else None)
+        self._teacher_rec = _Recorder(teacher, t_blocks if hidden_weight else [], bool(attention_weight),
+                                      t_blocks[0] if embedding_weight else None)
+        d_s, d_t = (_width(student), _width(teacher)) if hidden_weight or embedding_weight else (0, 0)
+        for key, weight in (("hidden_projection", hidden_weight), ("embedding_projection", embedding_weight)):
+            if weight and d_s != d_t:  # TinyBERT's W_h / W_e (eqs. 7, 10): learned maps to the teacher's width
                 device = next(student.parameters()).device
                 with torch.random.fork_rng(devices=[]):  # its initialisation leaves the training RNG as it was
                     torch.manual_seed(0)
-                    self.trainable["hidden_projection"] = nn.Linear(d_s, d_t, bias=False, device=device)
+                    self.trainable[key] = nn.Linear(d_s, d_t, bias=False, device=device)
 
     @classmethod
     def from_config(cls, cfg: DistillConfig, base: Task, student: nn.Module, teacher: nn.Module, *,
@@ -295,19 +312,20 @@ class DistillationTask(Task):
         where = f"distill.teacher={cfg.teacher}"
         check_vocabulary(teacher_tokenizer, tokenizer, where)
         task = cls(base, teacher, student, temperature=cfg.temperature, alpha=cfg.alpha,
-                   hidden_weight=cfg.hidden_weight, attention_weight=cfg.attention_weight, augment=cfg.augment,
+                   hidden_weight=cfg.hidden_weight, attention_weight=cfg.attention_weight,
+                   embedding_weight=cfg.embedding_weight, augment=cfg.augment,
                    mask_prob=cfg.mask_prob, ngram_prob=cfg.ngram_prob,
                    mask_id=_mask_token_id(tokenizer, teacher_tokenizer), teacher_name=where)
         log.info("distilling from %s (%s, %d parameters): T=%g, alpha=%g, hidden %g, attention %g over layer "
-                 "pairs %s, %d augmented copies", cfg.teacher, model_info(teacher).name,
+                 "pairs %s, embeddings %g, %d augmented copies", cfg.teacher, model_info(teacher).name,
                  sum(p.numel() for p in teacher.parameters()), cfg.temperature, cfg.alpha, cfg.hidden_weight,
-                 cfg.attention_weight, task.pairs or "-", cfg.augment)
+                 cfg.attention_weight, task.pairs or "-", cfg.embedding_weight, cfg.augment)
         return task
 
     # ---------------------------------------------------------------- the loss
     def losses(self, model: nn.Module, x: Any, y: Any) -> tuple[dict[str, torch.Tensor], Any]:
-        """Each term of the loss by name (``hard``, ``soft``, ``hidden``, ``attention``, ``augmented``), and the
-        student's output."""
+        """Each term of the loss by name (``hard``, ``soft``, ``hidden``, ``attention``, ``embedding``,
+        ``augmented``), and the student's output."""
         attend = reference_attention if self.attention_weight else _no_change
         with attend(model), self._student_rec.recording() as s_rec:
             out = call(model, x)
@@ -320,6 +338,14 @@ class DistillationTask(Task):
             project = self.trainable["hidden_projection"] if "hidden_projection" in self.trainable else nn.Identity()
             terms["hidden"] = sum(F.mse_loss(project(_check_pair(s_rec.hidden[i], t_rec.hidden[j])).float(),
                                              t_rec.hidden[j].float()) for i, j in self.pairs) / len(self.pairs)
+        if self.embedding_weight:
+            if s_rec.embedding is None or t_rec.embedding is None:
+                raise TrainingError("the first block's input was not a tensor in one of the models; set "
+                                    "distill.embedding_weight=0")
+            project = self.trainable["embedding_projection"] if "embedding_projection" in self.trainable \
+                else nn.Identity()
+            terms["embedding"] = F.mse_loss(project(_check_pair(s_rec.embedding, t_rec.embedding)).float(),
+                                            t_rec.embedding.float())
         if self.attention_weight:
             for rec, maps in ((self._student_rec, s_rec.maps), (self._teacher_rec, t_rec.maps)):
                 if len(maps) != rec.n_maps:
@@ -348,6 +374,8 @@ class DistillationTask(Task):
             loss = loss + self.hidden_weight * terms["hidden"]
         if self.attention_weight:
             loss = loss + self.attention_weight * terms["attention"]
+        if self.embedding_weight:
+            loss = loss + self.embedding_weight * terms["embedding"]
         if self.augment:
             loss = loss + self.alpha * terms["augmented"]
         return loss, out

@@ -346,8 +346,9 @@ class Trainer:
         self.task_module: nn.Module | None = getattr(self.task, "trainable", None)
         if self.task_module is not None and len(list(self.task_module.parameters())):
             if self.dist.world_size > 1:
-                raise ConfigError("distill.hidden_weight between models of different widths learns a projection "
-                                  "that data parallelism does not synchronise; train on one process or set it to 0")
+                raise ConfigError("distill.hidden_weight / embedding_weight between models of different widths learn "
+                                  "projections that data parallelism does not synchronise; train on one process or "
+                                  "set them to 0")
             self.optimizer.add_param_group({"params": list(self.task_module.parameters()),
                                             "weight_decay": cfg.optim.weight_decay})
         sched_total = self.total_steps if self.total_steps != sys.maxsize else 10**9

@@ -105,6 +105,38 @@ def test_hidden_and_attention_transfer_are_finite_and_decrease():
     assert {m.impl for m in student.modules() if hasattr(m, "impl")} == {"sdpa"}
 
 
+def test_embedding_transfer_compares_what_enters_the_first_blocks():
+    teacher, student = tiny_bert(4, 32, seed=1).eval(), tiny_bert(2, 32, seed=2).eval()
+    task = DistillationTask(get_task("sequence_classification"), teacher, student, embedding_weight=1.0)
+    assert not task.parameters()  # same width: no projection
+    g = torch.Generator().manual_seed(0)
+    x = {"input_ids": torch.randint(0, 96, (4, 10), generator=g), "attention_mask": torch.ones(4, 10, dtype=torch.long)}
+    y = torch.randint(0, 2, (4,), generator=g)
+    terms, _ = task.losses(student, x, y)
+    with torch.no_grad():  # the embedding layers' outputs, computed directly
+        ids, types, pos = x["input_ids"], torch.zeros_like(x["input_ids"]), torch.arange(10)[None]
+        e_s, e_t = student.embeddings(ids, types, pos), teacher.embeddings(ids, types, pos)
+    torch.testing.assert_close(terms["embedding"].detach(), F.mse_loss(e_s, e_t))
+    loss, _ = task.loss(student, x, y)
+    torch.testing.assert_close(loss.detach(), 0.5 * terms["hard"].detach() + 0.5 * terms["soft"].detach()
+                               + terms["embedding"].detach())
+    student.embeddings.load_state_dict(teacher.embeddings.state_dict())  # the same embeddings: 0
+    assert float(task.losses(student, x, y)[0]["embedding"].detach()) == 0.0
+    # other widths: a learned projection, and the term trains the student's embeddings towards the teacher's
+    narrow = tiny_bert(2, 16, seed=3).train()
+    task = DistillationTask(get_task("sequence_classification"), teacher, narrow, alpha=0.0, embedding_weight=1.0)
+    assert [n for n, _ in task.trainable.named_children()] == ["embedding_projection"]
+    opt = torch.optim.Adam([*narrow.parameters(), *task.parameters()], lr=3e-3)
+    history = []
+    for _ in range(25):
+        terms, _ = task.losses(narrow, x, y)
+        history.append(float(terms["embedding"].detach()))
+        opt.zero_grad()
+        terms["embedding"].backward()
+        opt.step()
+    assert history[-1] < 0.5 * history[0]
+
+
 def _token_batch() -> dict[str, torch.Tensor]:
     ids = torch.tensor([[101, 11, 12, 13, 14, 15, 16, 102], [101, 21, 22, 102, 0, 0, 0, 0],
                         [101, 31, 102, 0, 0, 0, 0, 0]])
