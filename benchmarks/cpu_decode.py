@@ -12,6 +12,7 @@ ratios of ours to each peer, per alternating round (their median), which is what
     python benchmarks/cpu_decode.py --profile --threads 1 [--baseline]   # torch.profiler table of our decoding
     python benchmarks/cpu_decode.py --ppl              # Tiny Shakespeare perplexity, fp32 vs int8
     python benchmarks/cpu_decode.py --kernels --batch 8   # one step's Linear products with each CPU kernel
+    python benchmarks/cpu_decode.py --kernels --int8      # the same with each int8 kernel, and the memory bound
 
 Our side is ``generate(model, ids, temperature=0, max_new_tokens=N, cache=...)`` after
 ``prepare_for_cpu_decoding(model)`` (fp32: every Linear's weight packed for oneDNN, ``prepack_linears_``) or
@@ -84,8 +85,11 @@ def write_tokenizer(directory: Path, vocab_size: int) -> None:
 
 def build_peers(ours: torch.nn.Module, work: Path, int8: bool, threads: int):
     """(transformers GPT2LMHeadModel, CTranslate2 Generator, its vocabulary) with ``ours``'s weights."""
-    import ctranslate2
     import transformers
+
+    from bigmodels.bench.engines import import_ctranslate2
+
+    ctranslate2 = import_ctranslate2()  # on its own OpenMP runtime, not torch's
 
     hf_dir = work / "hf"
     bigmodels.save(ours, hf_dir, format="hf")
@@ -212,6 +216,48 @@ def time_kernels(model, rows: int, reps: int) -> None:
 
 
 @torch.no_grad()
+def time_int8_kernels(model, rows: int, reps: int) -> None:
+    """The int8 products of one decoding step (``rows`` rows; every Linear, the output layer too, with int8 weights
+    per output channel) with each int8 kernel this torch build has, alternating; prints the median ms, the
+    bandwidth it amounts to (weight bytes / time) and, as the memory bound, one streaming read of the same bytes."""
+    from bigmodels.compress.quantize import Int8DynamicLinear, _prepack
+
+    layers = [Int8DynamicLinear.from_linear(m) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = [torch.randn(rows, m.in_features) for m in layers]
+    zeros = [torch.zeros(m.out_features, dtype=torch.long) for m in layers]
+    qs = [torch._make_per_channel_quantized_tensor(m.weight, m.weight_scale.double(), z, 0)
+          for m, z in zip(layers, zeros, strict=True)]
+    packed = {e: [_prepack(q, m.bias, e) for q, m in zip(qs, layers, strict=True)] for e in ("fbgemm", "onednn")}
+    qlin = [torch.ops.onednn.qlinear_prepack(m.weight.contiguous(), [rows, m.in_features]) for m in layers]
+    scales = [m.weight_scale.float() for m in layers]
+
+    def qlinear_pointwise() -> None:  # the successor of fbgemm's op: the activation quantized here, per tensor
+        for x, w, s, z, m in zip(xs, qlin, scales, zeros, layers, strict=True):
+            step = float(x.abs().amax()) / 127.0
+            xq = torch.clamp(torch.round(x / step), -127, 127).add_(128).to(torch.uint8)
+            torch.ops.onednn.qlinear_pointwise(xq, step, 128, w, s, z, m.bias, 1.0, 0, torch.float32, "none", [], "")
+
+    weights = torch.cat([m.weight.flatten() for m in layers])  # the same bytes in one block, for the read bound
+    kernels = {
+        "fbgemm linear_dynamic": lambda: [torch.ops.quantized.linear_dynamic(x, p, False)
+                                          for x, p in zip(xs, packed["fbgemm"], strict=True)],
+        "oneDNN linear_dynamic": lambda: [torch.ops.quantized.linear_dynamic(x, p, False)
+                                          for x, p in zip(xs, packed["onednn"], strict=True)],
+        "oneDNN qlinear_pointwise": qlinear_pointwise,
+        "_weight_int8pack_mm fp32": lambda: [torch.ops.aten._weight_int8pack_mm(x, m.weight, s)
+                                             for x, m, s in zip(xs, layers, scales, strict=True)],
+        "_weight_int8pack_mm bf16": lambda: [torch.ops.aten._weight_int8pack_mm(x.bfloat16(), m.weight, s.bfloat16())
+                                             for x, m, s in zip(xs, layers, scales, strict=True)],
+        "read the bytes (max)": lambda: weights.max(),
+    }
+    times = time_sides({k: lambda _, f=f: f() for k, f in kernels.items()}, None, reps)
+    gb = weights.numel() / 1e9
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        print(f"  {name:<26} {t * 1e3:8.2f} ms  ({gb / t:5.1f} GB/s of int8 weights)")
+
+
+@torch.no_grad()
 def perplexity(model, ids: torch.Tensor, window: int = 256) -> float:
     """exp(mean next-token cross-entropy) over ``ids`` (N,) in windows of ``window`` tokens."""
     nll, count = 0.0, 0
@@ -258,8 +304,8 @@ def main() -> None:
 
     if args.kernels:
         print(f"the {sum(isinstance(m, torch.nn.Linear) for m in model.modules())} Linear products of one step, "
-              f"{args.batch} row(s):")
-        time_kernels(model, args.batch, args.reps)
+              f"{args.batch} row(s){', int8 weights' if args.int8 else ''}:")
+        (time_int8_kernels if args.int8 else time_kernels)(model, args.batch, args.reps)
         return
     if args.ppl:
         text = sorted(SHAKESPEARE.glob("*.txt"))[0].read_text(encoding="utf-8")[: args.ppl_chars]

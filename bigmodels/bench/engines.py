@@ -19,9 +19,11 @@ How our model is prepared for the CPU is :func:`prepare_ours_cpu`, one function 
 
 from __future__ import annotations
 
-import copy
 import importlib.metadata
 import logging
+import os
+import platform
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +62,35 @@ def require_engine(engine: str) -> None:
         package, install = ENGINES[name]
         if not peer_installed(package):
             raise PeerMissing(f"peer not installed: {package} ({install})")
+
+
+_OWN_OPENMP = True  # load CTranslate2 with its own OpenMP runtime (see import_ctranslate2)
+
+
+def import_ctranslate2() -> Any:
+    """``import ctranslate2`` so that its native library calls the OpenMP runtime its wheel ships.
+
+    torch loads its libgomp into the process's global symbol scope (``libtorch_global_deps``, RTLD_GLOBAL); a
+    library loaded after it resolves OpenMP symbols there first, so CTranslate2's ``GOMP_parallel`` ran on
+    *torch's* runtime, from CTranslate2's own worker thread: a second thread team in the same runtime, 4 OpenMP
+    threads on 2 cores, which makes libgomp shorten its spin-wait for every team in it. Each parallel region of
+    either engine then waited in the kernel (measured on 2 vCPU: ~160 voluntary context switches per all-MiniLM
+    int8 1 x 128 forward, 0 before CTranslate2's first call) and our forward went from 7.6 to 11.1 ms until the
+    CTranslate2 encoder was deleted (7.8 ms). Loading it with ``RTLD_DEEPBIND`` (glibc) makes it bind to its own
+    libgomp first, as in a process of its own: each engine's threads then count only in their own runtime. A
+    no-op where ctranslate2 is already imported or the C library is not glibc."""
+    if "ctranslate2" in sys.modules or not _OWN_OPENMP:
+        import ctranslate2
+
+        return ctranslate2
+    deep = getattr(os, "RTLD_DEEPBIND", 0) if platform.libc_ver()[0] == "glibc" else 0
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | deep)
+    try:
+        import ctranslate2
+    finally:
+        sys.setdlopenflags(flags)
+    return ctranslate2
 
 
 def engine_version(engine: str) -> str:
@@ -169,7 +200,7 @@ def wordpiece_tokenizer(vocab_size: int) -> Any:
 
 def _ct2_convert(hf_model: nn.Module, tokenizer: Any, precision: str, work: Path) -> Path:
     """transformers model + tokenizer -> a CTranslate2 model directory (int8 weights for ``int8``)."""
-    import ctranslate2
+    ctranslate2 = import_ctranslate2()
     import transformers
 
     hf_dir, out = work / f"hf-{precision}", work / f"ct2-{precision}"
@@ -319,7 +350,7 @@ def _decode_sides(sides: Sides, w: Workload, ours: nn.Module, ids: torch.Tensor,
 
 def _ct2_generator(hf: nn.Module, vocab_size: int, precision: str, ids: torch.Tensor, n: int,
                    work: Path) -> tuple[Callable[[], torch.Tensor], dict[str, Any]]:
-    import ctranslate2
+    ctranslate2 = import_ctranslate2()
 
     tokenizer = byte_level_tokenizer(vocab_size)
     path = _ct2_convert(hf, tokenizer, precision, work)
@@ -365,7 +396,7 @@ def _encoder_sides(sides: Sides, w: Workload, ours: nn.Module, x: dict[str, torc
                         state.setdefault("pooler.dense.weight", torch.zeros(H, H))
                         state.setdefault("pooler.dense.bias", torch.zeros(H))
                     hf = _hf_model(auto, hf_bert.config_to_hf(ours), state)
-                    tail = _pool_head(ours) if head == "embedding" else copy.deepcopy(ours.classifier).eval()
+                    tail = _numpy_head(ours)
                     return _ct2_encoder(hf, c.vocab_size, w.quant, x, head, tail, work)
                 built[engine] = build_ct2
             else:
@@ -404,26 +435,42 @@ def _encoder_sides(sides: Sides, w: Workload, ours: nn.Module, x: dict[str, torc
     sides.check = check
 
 
-def _pool_head(ours: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Our embedding head on another engine's last hidden states: masked mean (or CLS), then L2-normalised."""
+def _numpy_head(ours: nn.Module) -> Callable[[Any], Any]:
+    """Our head on another engine's output, in numpy: the embedding head (masked mean or CLS, then L2-normalised)
+    on the last hidden states (B, T, H), or the classifier Linear on the pooled output (B, H).
+
+    In numpy rather than torch so that a peer's timed call wakes none of torch's OpenMP threads: once woken, an
+    idle libgomp worker spin-waits (up to 300,000 rounds) and takes a core from the peer's next call."""
+    import numpy as np
+
     c = ours.config
+    if c.head == "embedding":
+        def pool(hidden: Any, mask: Any) -> Any:  # (B, T, H), (B, T) -> (B, H)
+            if c.pooling == "cls":
+                v = hidden[:, 0]
+            else:
+                m = mask[..., None].astype(hidden.dtype)
+                v = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+            if c.normalize:  # F.normalize: v / max(||v||, eps)
+                v = v / np.maximum(np.sqrt((v * v).sum(-1, keepdims=True)), 1e-12)
+            return v
 
-    def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, H), (B, T) -> (B, H)
-        if c.pooling == "cls":
-            v = hidden[:, 0]
-        else:
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            v = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return F.normalize(v, dim=-1) if c.normalize else v
+        return pool
+    weight = ours.classifier.weight.detach().float().numpy().T.copy()  # (H, labels)
+    bias = ours.classifier.bias.detach().float().numpy()
 
-    return pool
+    def classify(pooled: Any) -> Any:  # (B, H) -> (B, labels), without BLAS (its threads spin too)
+        return (pooled[:, :, None] * weight[None]).sum(1) + bias
+
+    return classify
 
 
 def _ct2_encoder(hf: nn.Module, vocab_size: int, precision: str, x: dict[str, torch.Tensor], head: str,
                  tail: Callable, work: Path) -> tuple[Callable[[], torch.Tensor], dict[str, Any]]:
-    """CTranslate2's Encoder (it converts BertModel: the encoder and the pooler) with our head applied in torch
-    on its output: the mean pooling of an embedding model, or the classifier on the pooled CLS."""
-    import ctranslate2
+    """CTranslate2's Encoder (it converts BertModel: the encoder and the pooler) with our head applied in numpy
+    on its output (:func:`_numpy_head`): the mean pooling of an embedding model, or the classifier on the pooled
+    CLS."""
+    ctranslate2 = import_ctranslate2()
     import numpy as np
 
     path = _ct2_convert(hf, wordpiece_tokenizer(vocab_size), precision, work)
@@ -433,18 +480,17 @@ def _ct2_encoder(hf: nn.Module, vocab_size: int, precision: str, x: dict[str, to
     lengths = ctranslate2.StorageView.from_array(np.full((B,), T, dtype=np.int32))
     inputs = ctranslate2.StorageView.from_array(ids.numpy())
     types = x["token_type_ids"].tolist()
-    mask = torch.ones(B, T)
+    mask = np.ones((B, T), dtype=np.float32)
 
     def call() -> torch.Tensor:
         out = encoder.forward_batch(inputs, lengths, token_type_ids=types)
-        with torch.inference_mode():
-            if head == "embedding":
-                return tail(torch.as_tensor(np.asarray(out.last_hidden_state)), mask)  # (B, H)
-            return tail(torch.as_tensor(np.asarray(out.pooler_output)))  # (B, num_labels)
+        if head == "embedding":
+            return torch.from_numpy(tail(np.asarray(out.last_hidden_state), mask))  # (B, H)
+        return torch.from_numpy(tail(np.asarray(out.pooler_output)))  # (B, num_labels)
 
     return call, {"call": "ctranslate2.Encoder.forward_batch", "compute_type": _CT2_COMPUTE[precision],
                   "converter": "TransformersConverter (BertModel)",
-                  "head": "mean pooling in torch" if head == "embedding" else "our classifier Linear in torch",
+                  "head": "our mean pooling, in numpy" if head == "embedding" else "our classifier Linear, in numpy",
                   **_ct2_threads()}
 
 
