@@ -310,9 +310,16 @@ class GPT(nn.Module):
         if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
             raise DataError(f"expected token ids of shape (batch, time), got {tuple(ids.shape)} {ids.dtype}")
         if isinstance(cache, StaticKVCache):
-            # keys over the whole buffer: the cache masks the slots not written yet (and the padding)
             positions = self._static_positions(ids, attention_mask, positions, cache)
-            mask, key_padding = cache.mask(ids.size(1), attention_mask), None  # (B|1, 1, T, L)
+            # eager on the CPU: keys over the slots written so far (causal within the new ones); compiled or on
+            # a GPU: over the whole buffer, the cache masking the slots not written yet (and the padding)
+            visible = cache.narrow(ids.size(1) if ids.device.type == "cpu" and not torch.compiler.is_compiling()
+                                   else None)
+            if visible is None:
+                mask = cache.mask(ids.size(1), attention_mask)  # (B|1, 1, T, L)
+            else:
+                mask = None if attention_mask is None else cache.mask(ids.size(1), attention_mask)[..., :visible]
+            key_padding = None
         else:
             positions = self._dynamic_positions(ids, attention_mask, positions, cache)
             mask, key_padding = None, attention_mask

@@ -197,6 +197,42 @@ def test_kv_cache_decoding_equals_the_full_forward(position, padded, static, ids
     assert max_diff(torch.cat(steps, 1)[real], full[real]) <= 1e-5
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["dense", "left_padded"])
+def test_static_cache_on_the_cpu_attends_over_the_written_slots_only(padded, ids, monkeypatch):
+    """Eager on the CPU, attention reads the slots written so far (views, no mask for a dense batch) instead of
+    the whole buffer under a mask; the logits are those of the whole-buffer path (what compiled steps use)."""
+    from bigmodels.nn.attention import StaticKVCache
+
+    torch.manual_seed(0)
+    model = create_model("gpt_mini", vocab_size=100).eval()
+    mask = None if not padded else torch.cat([PAD, torch.ones(2, 6, dtype=torch.long)], 1)
+    seen: list[int] = []
+    update = StaticKVCache.update
+
+    def recording(self, layer, k, v):
+        keys, values = update(self, layer, k, v)
+        seen.append(keys.size(-2))
+        return keys, values
+
+    def decode() -> torch.Tensor:
+        cache = model.new_cache(batch_size=2, max_length=16, static=True)
+        with torch.no_grad():
+            steps = [model(ids[:, :6], attention_mask=mask, cache=cache)]
+            steps += [model(ids[:, t:t + 1], attention_mask=mask, cache=cache) for t in range(6, 10)]
+        return torch.cat(steps, 1)
+
+    monkeypatch.setattr(StaticKVCache, "update", recording)
+    narrowed = decode()
+    layers = model.config.n_layer
+    assert seen == [n for n in (6, 7, 8, 9, 10) for _ in range(layers)]  # the written slots, not all 16
+    seen.clear()
+    monkeypatch.setattr(StaticKVCache, "narrow", lambda self, q_len: setattr(self, "visible", None))
+    whole = decode()
+    assert seen == [16] * (5 * layers)
+    real = PAD.bool() if padded else slice(None)  # the padded positions' outputs are never read
+    assert max_diff(narrowed[real], whole[real]) <= 1e-5
+
+
 def test_static_cache_keeps_its_buffers_and_checks_its_inputs():
     model = create_model("gpt_mini", vocab_size=100, block_size=16).eval()
     cache = model.new_cache(batch_size=2, max_length=8, static=True)
