@@ -220,14 +220,12 @@ def time_int8_kernels(model, rows: int, reps: int) -> None:
     """The int8 products of one decoding step (``rows`` rows; every Linear, the output layer too, with int8 weights
     per output channel) with each int8 kernel this torch build has, alternating; prints the median ms, the
     bandwidth it amounts to (weight bytes / time) and, as the memory bound, one streaming read of the same bytes."""
-    from bigmodels.compress.quantize import Int8DynamicLinear, _prepack
+    from bigmodels.compress.quantize import Int8DynamicLinear
 
     layers = [Int8DynamicLinear.from_linear(m) for m in model.modules() if isinstance(m, torch.nn.Linear)]
     xs = [torch.randn(rows, m.in_features) for m in layers]
     zeros = [torch.zeros(m.out_features, dtype=torch.long) for m in layers]
-    qs = [torch._make_per_channel_quantized_tensor(m.weight, m.weight_scale.double(), z, 0)
-          for m, z in zip(layers, zeros, strict=True)]
-    packed = {e: [_prepack(q, m.bias, e) for q, m in zip(qs, layers, strict=True)] for e in ("fbgemm", "onednn")}
+    packed = {e: [m.packed_for(e) for m in layers] for e in ("fbgemm", "onednn")}
     qlin = [torch.ops.onednn.qlinear_prepack(m.weight.contiguous(), [rows, m.in_features]) for m in layers]
     scales = [m.weight_scale.float() for m in layers]
 

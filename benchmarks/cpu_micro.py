@@ -259,14 +259,12 @@ def allocator(reps: int) -> None:
 
 
 def int8(reps: int) -> None:
-    from bigmodels.compress.quantize import Int8DynamicLinear, _cpu_has_amx_int8, _prepack
+    from bigmodels.compress.quantize import Int8DynamicLinear, _cpu_has_amx_int8
 
     print(f"int8: AMX int8 tiles {'present' if _cpu_has_amx_int8() else 'absent'}; ms per call, fbgemm / oneDNN")
     for k, n in ((768, 3072), (3072, 768), (768, 50257)):
         layer = Int8DynamicLinear.from_linear(torch.nn.Linear(k, n))
-        q = torch._make_per_channel_quantized_tensor(layer.weight, layer.weight_scale.double(),
-                                                     torch.zeros(n, dtype=torch.long), 0)
-        packed = {engine: _prepack(q, layer.bias, engine) for engine in ("fbgemm", "onednn")}
+        packed = {engine: layer.packed_for(engine) for engine in ("fbgemm", "onednn")}
         cells = []
         for rows in (1, 8, 16, 32, 64, 128, 4096):
             x = torch.randn(rows, k)

@@ -223,13 +223,18 @@ class Int8DynamicLinear(nn.Module):
         if self.weight.device.type != "cpu":
             raise ConfigError(f"Int8DynamicLinear runs on the CPU only (fbgemm) and was moved to "
                               f"{self.weight.device}; quantize with Int8DynamicConfig(kernel='torchao') on a GPU")
+        engines = torch.backends.quantized.supported_engines  # fbgemm on x86; ARM builds have qnnpack
+        self._packed = self.packed_for("fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine)
+        self._packed_onednn = self.packed_for("onednn") if _cpu_has_amx_int8() else None
+
+    def packed_for(self, engine: str) -> Any:
+        """This layer's int8 weight and bias packed for ``engine``'s GEMM (``fbgemm``, ``onednn``, ...): what
+        ``quantized::linear_dynamic`` takes. The one place that builds the qint8 tensor the packing op reads."""
         zeros = torch.zeros(self.out_features, dtype=torch.long)
         with warnings.catch_warnings():  # a qint8 tensor is the packing op's input format, built and dropped here
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions", category=UserWarning)
             q = torch._make_per_channel_quantized_tensor(self.weight, self.weight_scale.double(), zeros, 0)
-            engines = torch.backends.quantized.supported_engines  # fbgemm on x86; ARM builds have qnnpack
-            self._packed = _prepack(q, self.bias, "fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine)
-            self._packed_onednn = _prepack(q, self.bias, "onednn") if _cpu_has_amx_int8() else None
+        return _prepack(q, self.bias, engine)
 
     def _apply(self, fn, recurse=True):
         module = super()._apply(fn, recurse)
