@@ -335,17 +335,13 @@ class DistillationTask(Task):
         logits, t_logits = _first_tensor(out), _first_tensor(t_out)
         terms = {"hard": hard, "soft": soft_target_loss(logits, t_logits, self.temperature, _keep_mask(logits, y))}
         if self.hidden_weight:
-            project = self.trainable["hidden_projection"] if "hidden_projection" in self.trainable else nn.Identity()
-            terms["hidden"] = sum(F.mse_loss(project(_check_pair(s_rec.hidden[i], t_rec.hidden[j])).float(),
-                                             t_rec.hidden[j].float()) for i, j in self.pairs) / len(self.pairs)
+            terms["hidden"] = sum(self._projected_mse("hidden_projection", s_rec.hidden[i], t_rec.hidden[j])
+                                  for i, j in self.pairs) / len(self.pairs)
         if self.embedding_weight:
             if s_rec.embedding is None or t_rec.embedding is None:
                 raise TrainingError("the first block's input was not a tensor in one of the models; set "
                                     "distill.embedding_weight=0")
-            project = self.trainable["embedding_projection"] if "embedding_projection" in self.trainable \
-                else nn.Identity()
-            terms["embedding"] = F.mse_loss(project(_check_pair(s_rec.embedding, t_rec.embedding)).float(),
-                                            t_rec.embedding.float())
+            terms["embedding"] = self._projected_mse("embedding_projection", s_rec.embedding, t_rec.embedding)
         if self.attention_weight:
             for rec, maps in ((self._student_rec, s_rec.maps), (self._teacher_rec, t_rec.maps)):
                 if len(maps) != rec.n_maps:
@@ -366,6 +362,12 @@ class DistillationTask(Task):
                 soft.append(soft_target_loss(_first_tensor(call(model, x_aug)), t_aug, self.temperature))
             terms["augmented"] = sum(soft) / len(soft)
         return terms, out
+
+    def _projected_mse(self, projection: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """MSE between student states, through the learned ``projection`` when the widths differ, and the
+        teacher's (TinyBERT eqs. 7 and 10)."""
+        project = self.trainable[projection] if projection in self.trainable else nn.Identity()
+        return F.mse_loss(project(_check_pair(student, teacher)).float(), teacher.float())
 
     def loss(self, model, x, y):
         terms, out = self.losses(model, x, y)
