@@ -64,9 +64,6 @@ def require_engine(engine: str) -> None:
             raise PeerMissing(f"peer not installed: {package} ({install})")
 
 
-_OWN_OPENMP = True  # load CTranslate2 with its own OpenMP runtime (see import_ctranslate2)
-
-
 def import_ctranslate2() -> Any:
     """``import ctranslate2`` so that its native library calls the OpenMP runtime its wheel ships.
 
@@ -79,7 +76,7 @@ def import_ctranslate2() -> Any:
     CTranslate2 encoder was deleted (7.8 ms). Loading it with ``RTLD_DEEPBIND`` (glibc) makes it bind to its own
     libgomp first, as in a process of its own: each engine's threads then count only in their own runtime. A
     no-op where ctranslate2 is already imported or the C library is not glibc."""
-    if "ctranslate2" in sys.modules or not _OWN_OPENMP:
+    if "ctranslate2" in sys.modules:
         import ctranslate2
 
         return ctranslate2
