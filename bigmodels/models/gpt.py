@@ -315,11 +315,9 @@ class GPT(nn.Module):
             # a GPU: over the whole buffer, the cache masking the slots not written yet (and the padding)
             visible = cache.narrow(ids.size(1) if ids.device.type == "cpu" and not torch.compiler.is_compiling()
                                    else None)
-            if visible is None:
-                mask = cache.mask(ids.size(1), attention_mask)  # (B|1, 1, T, L)
-            else:
-                mask = None if attention_mask is None else cache.mask(ids.size(1), attention_mask)[..., :visible]
-            key_padding = None
+            # (B|1, 1, T, L) over the keys the cache returns; none needed over written slots without padding
+            no_mask = visible is not None and attention_mask is None
+            mask, key_padding = (None if no_mask else cache.mask(ids.size(1), attention_mask)), None
         else:
             positions = self._dynamic_positions(ids, attention_mask, positions, cache)
             mask, key_padding = None, attention_mask

@@ -287,16 +287,18 @@ class StaticKVCache:
 
     def mask(self, q_len: int, key_padding: torch.Tensor | None = None, *,
              dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Additive mask (B or 1, 1, q_len, max_length) for the next ``q_len`` queries over the whole buffer.
+        """Additive mask (B or 1, 1, q_len, L) for the next ``q_len`` queries over the keys :meth:`update`
+        returns: the whole buffer (L = max_length), or after :meth:`narrow` the visible slots (L = visible).
 
         Query i (at slot position + i) sees the slots up to its own: causal, and the unwritten ones hidden.
         ``key_padding`` (B, max_length): 1 for real tokens, 0 for (left) padding, over the whole buffer.
         """
         dtype = dtype or self.dtype
-        allowed = self._arange[None, :] <= self.slots(q_len)[:, None]  # (q_len, L)
+        L = self.max_length if self.visible is None else self.visible
+        allowed = self._arange[None, :L] <= self.slots(q_len)[:, None]  # (q_len, L)
         allowed = allowed[None, None]  # (1, 1, q_len, L)
         if key_padding is not None:
-            allowed = allowed & key_padding.bool()[:, None, None, :]  # (B, 1, q_len, L)
+            allowed = allowed & key_padding[:, :L].bool()[:, None, None, :]  # (B, 1, q_len, L)
         mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
