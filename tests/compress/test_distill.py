@@ -135,6 +135,11 @@ def test_embedding_transfer_compares_what_enters_the_first_blocks():
         terms["embedding"].backward()
         opt.step()
     assert history[-1] < 0.5 * history[0]
+    with pytest.raises(ConfigError, match="distill.embedding_weight"):
+        resolve_run_config(None, ["distill.embedding_weight=-1"])
+    with pytest.raises(ConfigError, match="embedding_weight.*attention blocks.*mlp_small has none"):
+        DistillationTask(get_task("image_classification"), bigmodels.create_model("mlp_small"),
+                         bigmodels.create_model("mlp_small"), embedding_weight=1.0)
 
 
 def _token_batch() -> dict[str, torch.Tensor]:
