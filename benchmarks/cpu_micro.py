@@ -22,9 +22,13 @@
   on CPUs that have them, overtakes fbgemm (``Int8DynamicLinear.onednn_min_rows``; sixth session);
 - ``int8_models``: whole forwards of all-MiniLM-L6-v2 as a classifier (1 and 32 x 64 tokens) and the MNIST MLP
   (1 and 32 images) in fp32, with torchao's int8 (``Int8DynamicConfig()``) and with fbgemm's
-  (``kernel="fbgemm"``), alternating: why ``int8_kernel_for`` picks fbgemm for CPU models (sixth session).
+  (``kernel="fbgemm"``), alternating: why ``int8_kernel_for`` picks fbgemm for CPU models (sixth session);
+- ``openmp``: our MiniLM int8 1 x 128 forward before CTranslate2's first call, after 20 of its calls, and after
+  its encoder is deleted, with the voluntary context switches each call makes, in two fresh processes: CTranslate2
+  imported plainly after torch (it then runs on torch's libgomp) and through ``import_ctranslate2`` (its own):
+  why the bench loads it that way (seventh session).
 
-    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator int8 int8_models
+    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator int8 int8_models openmp
 """
 
 from __future__ import annotations
@@ -300,21 +304,71 @@ def int8_models(reps: int) -> None:
                 f"{side} {statistics.median(t):.3f} ms" for side, t in ms.items()))
 
 
+def _openmp_side(how: str, reps: int) -> None:
+    import gc
+    import resource
+
+    if how == "plain":
+        import ctranslate2  # noqa: F401  (after torch: bound to torch's libgomp; import_ctranslate2 then a no-op)
+    from bigmodels.bench.engines import build_sides
+    from bigmodels.bench.speed import load_minilm
+    from bigmodels.bench.workloads import WORKLOADS, _random_ids
+
+    w = WORKLOADS["minilm-encode-cpu-b1-int8"]
+    ours = load_minilm()[0].eval()
+    ids = _random_ids(ours.config.vocab_size, (w.batch, w.seq), torch.Generator().manual_seed(0))
+    sides = build_sides(w, ours, {"input_ids": ids, "token_type_ids": torch.zeros_like(ids)})
+    ct2 = next(side for side in sides.calls if side.startswith("ctranslate2"))
+
+    def phase(side: str, n: int) -> str:
+        fn, before, times = sides.calls[side], resource.getrusage(resource.RUSAGE_SELF), []
+        for _ in range(n):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        switches = (resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - before.ru_nvcsw) / n
+        return f"{statistics.median(times):.2f} ms ({switches:.0f} voluntary switches a call)"
+
+    try:
+        first = phase("ours", reps)  # CTranslate2's encoder is built but has not run yet
+        peer = phase(ct2, reps)
+        after = phase("ours", reps)
+        del sides.calls[ct2]
+        gc.collect()
+        time.sleep(0.2)
+        gone = phase("ours", reps)
+    finally:
+        sides.close()
+    print(f"openmp, CTranslate2 imported {'plainly after torch' if how == 'plain' else 'by import_ctranslate2'}: "
+          f"ours {first}; CTranslate2 {peer}; ours after it {after}; ours after its encoder is deleted {gone}")
+
+
+def openmp(reps: int) -> None:
+    for how in ("plain", "own"):  # a fresh process each: how CTranslate2 binds is fixed at its import
+        out = subprocess.run([sys.executable, __file__, "_openmp_side", how, "--threads",
+                              str(torch.get_num_threads()), "--reps", str(reps)],
+                             capture_output=True, text=True, check=True)
+        print(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if "_allocator_forward" in argv:  # a side of ``allocator``
         at = argv.index("_allocator_forward")
         torch.set_num_threads(int(argv[argv.index("--threads") + 1]) if "--threads" in argv else 2)
         return _allocator_forward(*argv[at + 1:at + 6])
+    if "_openmp_side" in argv:  # a side of ``openmp``
+        torch.set_num_threads(int(argv[argv.index("--threads") + 1]))
+        return _openmp_side(argv[argv.index("_openmp_side") + 1], int(argv[argv.index("--reps") + 1]))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="*",
-                   help="pad, gelu, fused, gil, engines, batches, allocator, int8 and/or int8_models "
+                   help="pad, gelu, fused, gil, engines, batches, allocator, int8, int8_models and/or openmp "
                         "(default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
     runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines, "batches": batches,
-            "allocator": allocator, "int8": int8, "int8_models": int8_models}
+            "allocator": allocator, "int8": int8, "int8_models": int8_models, "openmp": openmp}
     unknown = sorted(set(args.what) - set(runs))
     if unknown:
         p.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(runs)}")
