@@ -15,11 +15,12 @@ ratios of ours to each peer, per alternating round (their median), which is what
     python benchmarks/cpu_decode.py --kernels --int8      # the same with each int8 kernel, and the memory bound
 
 Our side is ``generate(model, ids, temperature=0, max_new_tokens=N, cache=...)`` after
-``prepare_for_cpu_decoding(model)`` (fp32: every Linear's weight packed for oneDNN, ``prepack_linears_``) or
+``prepare_for_cpu_decoding(model)`` (fp32: every Linear's weight column-major and packed for oneDNN) or
 ``prepare_for_cpu_decoding(model, int8=True)`` (``--int8``: ``Int8DynamicConfig(kernel="fbgemm", output_layer=True)``).
 ``--baseline`` adds the untransformed model as a side, ``--column-major`` the first round's ``column_major_linears_``
-model. With ``--compile``, ours decodes with ``cache="static", compile=True`` and a :class:`Decoder` whose CPU compile
-options freeze the weights into the graph (``CPU_COMPILE``).
+model. With ``--compile``, ours decodes with ``cache="static", compile=True`` and a :class:`Decoder` with the
+library's CPU compile options (``CPU_COMPILE_OPTIONS``: inductor, whole graph; the step multiplies with the
+column-major weights).
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ import torch
 
 import bigmodels
 from bigmodels.compress.layout import column_major_linears_, prepare_for_cpu_decoding
-from bigmodels.infer.generate import Decoder, GenerationConfig, generate
+from bigmodels.infer.generate import CPU_COMPILE_OPTIONS, Decoder, GenerationConfig, generate
 
-CPU_COMPILE = {"fullgraph": True, "options": {"freezing": True}}  # inductor: weights folded, prepacked GEMMs
+CPU_COMPILE = CPU_COMPILE_OPTIONS  # inductor, whole graph, no freezing (the library's CPU preset)
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare"
 
 

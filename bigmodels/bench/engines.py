@@ -25,6 +25,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +101,8 @@ def engine_version(engine: str) -> str:
 # ---------------------------------------------------------------------------------------------- our side
 
 
-def prepare_ours_cpu(model: nn.Module, precision: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+def prepare_ours_cpu(model: nn.Module, precision: str,
+                     rows: int | None = None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Our model made ready for CPU inference -> (model, the ``generate`` options for a decoder, the settings
     recorded with the row). The one place every CPU workload prepares our side; the model changes in place.
 
@@ -111,7 +113,10 @@ def prepare_ours_cpu(model: nn.Module, precision: str) -> tuple[nn.Module, dict[
     for PyTorch's x86 int8 GEMMs (fbgemm; oneDNN's from 32 rows on CPUs with AMX) with activations quantized at
     run time (2-2.3x torchao's on the AMD EPYC); the float Linear layers left (all of them in fp32) multiply with
     oneDNN-packed weights (1.5-1.9x MKL's sgemm on the AMD EPYC at decoding's rows, 1.04-1.09x whole encoder
-    forwards on the Intel Xeon). Decoding: greedy with a static (preallocated) key/value cache, not compiled.
+    forwards on the Intel Xeon). Decoding (``rows``: prompts a call decodes together): greedy with a static
+    (preallocated) key/value cache; compiled (:data:`~bigmodels.infer.generate.CPU_COMPILE_OPTIONS`) for fp32 at one
+    row, where it measured ~1.2x the eager step, and eager elsewhere: at 8 rows the eager step's packed weights were
+    ~1.2x the compiled step, and int8's fbgemm weights do not compile (``benchmarks/cpu_decode.md``).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -123,7 +128,7 @@ def prepare_ours_cpu(model: nn.Module, precision: str) -> tuple[nn.Module, dict[
     model = model.eval()  # on the device it is on (the CPU rows build on the CPU)
     packed = pack_qkv_(model)
     settings: dict[str, Any] = {"precision": precision, "qkv_packed_modules": packed}
-    options = {"cache": "static", "compile": False}
+    options = {"cache": "static", "compile": precision == "fp32" and rows == 1}
     prepare_for_cpu_decoding(model, int8=precision == "int8")  # the same transforms serve encoders
 
     def count(kind: type) -> int:
@@ -138,6 +143,8 @@ def prepare_ours_cpu(model: nn.Module, precision: str) -> tuple[nn.Module, dict[
     if kind_of(model) == "encoder":
         return model, options, settings
     settings["generate"] = {"call": "bigmodels.infer.generate.generate", "temperature": 0, **options}
+    if options["compile"]:
+        settings["generate"]["compile_options"] = "CPU_COMPILE_OPTIONS (inductor, fullgraph)"
     return model, options, settings
 
 
@@ -285,7 +292,7 @@ def _tokens_agree(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _decode_sides(sides: Sides, w: Workload, ours: nn.Module, ids: torch.Tensor, peers: bool) -> None:
-    from ..infer.generate import Decoder, generate
+    from ..infer.generate import CPU_COMPILE_OPTIONS, Decoder, generate
     from ..interop import hf_gpt2
 
     n, work = w.new_tokens, Path(sides.workdir.name)
@@ -302,8 +309,14 @@ def _decode_sides(sides: Sides, w: Workload, ours: nn.Module, ids: torch.Tensor,
     if w.quant == "int8":  # the fp32 tokens the int8 sides are compared with, from our fp32 model (untimed)
         with torch.inference_mode():
             reference = generate(ours.eval(), ids, max_new_tokens=n, temperature=0)[:, -n:]
-    model, options, settings = prepare_ours_cpu(ours, w.quant)
-    decoder = Decoder(model)  # its static caches are kept from call to call
+    model, options, settings = prepare_ours_cpu(ours, w.quant, rows=ids.size(0))
+    # its static caches (and compiled step) are kept from call to call
+    decoder = Decoder(model, compile_options=CPU_COMPILE_OPTIONS if options["compile"] else None)
+    if options["compile"]:  # compiled before the timing, as a CTranslate2 model is converted before it
+        start = time.perf_counter()
+        with torch.inference_mode():
+            generate(model, ids, max_new_tokens=n, temperature=0, decoder=decoder, **options)
+        settings["generate"]["compile_seconds"] = round(time.perf_counter() - start, 1)
 
     def ours_call() -> torch.Tensor:
         with torch.inference_mode():

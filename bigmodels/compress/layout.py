@@ -118,7 +118,8 @@ class PackedLinear(nn.Module):
     The packed copy is rebuilt when the weight changes (in place, as ``load_state_dict`` or an optimizer does, or
     by a new ``.data``, dtype or device) and is dropped by ``copy.deepcopy`` and pickling, which rebuild it. Where
     it cannot serve (autograd needs the weight's gradient, training mode, a non-CPU tensor, another dtype) the
-    forward is plain ``F.linear``, so results are always the layer's. Built by :func:`prepack_linears_`.
+    forward is plain ``F.linear``, so results are always the layer's; under ``torch.compile`` it is plain
+    ``F.linear`` too (inductor's freezing packs the weights itself). Built by :func:`prepack_linears_`.
 
     >>> layer = nn.Linear(16, 4).eval()
     >>> packed = PackedLinear(layer)
@@ -156,7 +157,10 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         packed = None
-        if not (self.training or x.dtype != w.dtype or (torch.is_grad_enabled() and w.requires_grad)):
+        # under torch.compile the plain product: the packed copy's cache is state dynamo cannot trace, and
+        # inductor packs the weights of a frozen graph itself
+        if not (self.training or x.dtype != w.dtype or (torch.is_grad_enabled() and w.requires_grad)
+                or torch.compiler.is_compiling()):
             packed = self.packed_weight()
         if packed is None or x.device.type != "cpu":
             y = F.linear(x, w, self.bias)
@@ -371,6 +375,7 @@ def prepare_for_cpu_decoding(model: nn.Module, *, int8: bool = False) -> nn.Modu
         from .quantize import Int8DynamicConfig, quantize_
 
         quantize_(model, Int8DynamicConfig(kernel="fbgemm", output_layer=True))
+    column_major_linears_(model)  # what a compiled step multiplies with (PackedLinear is plain F.linear there)
     prepack_linears_(model)
     fuse_activations_(model)
     retain_freed_memory()

@@ -44,17 +44,26 @@ from torch import nn
 from ..errors import ConfigError, DataError
 from .sampling import apply_repetition_penalty, sample_next_token
 
-__all__ = ["GenerationConfig", "Decoder", "generate", "stream", "pad_prompts", "apply_repetition_penalty", "CACHES"]
+__all__ = ["GenerationConfig", "Decoder", "generate", "stream", "pad_prompts", "apply_repetition_penalty", "CACHES",
+           "CPU_COMPILE_OPTIONS"]
 
 log = logging.getLogger(__name__)
 
 Prompt = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
 CACHES = ("dynamic", "static")
 # torch.compile options for the one-token step, by device type (read-only; a Decoder may be given its own).
-# CUDA graphs ("reduce-overhead") replay a step with one launch; where a device has no options (CPU: no graphs,
-# and compiling costs more than it saves on a small step) the static step runs uncompiled, with a logged note.
+# CUDA graphs ("reduce-overhead") replay a step with one launch; where a device has no options the static step
+# runs uncompiled, with a logged note. The CPU has none by default: a compiled step there pays at one row and loses
+# at several, so it is an explicit choice (CPU_COMPILE_OPTIONS).
 _COMPILE_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {"cuda": MappingProxyType({"mode": "reduce-overhead", "fullgraph": True})})
+# The one-token step compiled by inductor on the CPU: ``Decoder(model, compile_options=CPU_COMPILE_OPTIONS)``.
+# Measured on GPT-2 124M, fp32, 2 threads, prepare_for_cpu_decoding (column-major weights, which the compiled step
+# multiplies with): batch 1 ~1.2x the eager step (the per-op overhead goes; the products are memory-bound either
+# way), batch 8 ~0.8x eager, whose oneDNN-packed weights the compiled step cannot use (benchmarks/cpu_decode.md).
+# No freezing: the weights stay inputs of the graph, so a model whose weights change decodes with the new ones.
+# int8 (Int8DynamicLinear) does not compile: its packed fbgemm weights are opaque to torch.compile.
+CPU_COMPILE_OPTIONS: Mapping[str, Any] = MappingProxyType({"fullgraph": True})
 _STATIC_ROUND = 256  # compiled static caches round their length up, so nearby request lengths share one graph
 _STOP_CHECK_EVERY = 8  # generate() reads "has every row stopped?" from the device this often (stream: every step)
 
@@ -191,7 +200,7 @@ class Decoder:
     without one, each call builds its own and shares nothing. Its pool is locked, so threads may share one;
     two threads that each own a Decoder share nothing at all. ``compile_options`` are ``torch.compile``'s
     keyword arguments for every device (default: ``mode="reduce-overhead", fullgraph=True`` on CUDA, no
-    compiling elsewhere).
+    compiling elsewhere; :data:`CPU_COMPILE_OPTIONS` compiles the CPU step with inductor).
 
     >>> import bigmodels
     >>> model = bigmodels.create_model("gpt_mini")
@@ -214,8 +223,10 @@ class Decoder:
                 options = self.compile_options if self.compile_options is not None else (
                     _COMPILE_OPTIONS.get(device.type))
                 if options is None:
-                    log.warning("compile=True: no compiled decoding for %s (CUDA graphs need a CUDA device); "
-                                "decoding with the static cache, uncompiled", device.type)
+                    hint = (" (to compile on the CPU, faster at batch 1: decoder=Decoder(model, "
+                            "compile_options=CPU_COMPILE_OPTIONS))" if device.type == "cpu" else "")
+                    log.warning("compile=True: no compiled decoding for %s by default; decoding with the static "
+                                "cache, uncompiled%s", device.type, hint)
                 self._compiled[device.type] = None if options is None else torch.compile(_decode_step, **options)
             return self._compiled[device.type]
 

@@ -101,6 +101,10 @@ def test_decode_rows_check_the_tokens_before_timing(rows, name):
         assert parity[f"tokens_agree_ctranslate2_{w.quant}"] >= 0.75
         assert r["peers"][f"ctranslate2 {w.quant}"]["settings"]["compute_type"] == {"fp32": "float32",
                                                                                      "int8": "int8"}[w.quant]
+    generate = r["ours"]["settings"]["generate"]
+    # fp32 at one row decodes with the compiled step (compiled before the timing), elsewhere eager
+    assert generate["compile"] is (w.quant == "fp32" and w.batch == 1)
+    assert ("compile_seconds" in generate) is generate["compile"]
     if w.quant == "fp32":
         if _installed("transformers"):
             assert parity["tokens_agree_transformers"] == 1.0 and parity["ok"] is True  # token-identical

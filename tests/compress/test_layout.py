@@ -156,6 +156,33 @@ def test_prepare_for_cpu_decoding_fp32_and_int8():
     assert cos > 0.99
 
 
+def test_prepared_weights_are_column_major_and_a_compiled_step_multiplies_with_them():
+    """Packed for eager steps, column-major for compiled ones: under torch.compile a PackedLinear is plain
+    F.linear (dynamo cannot trace its packed copy's cache), so a prepared model still compiles, whole-graph."""
+    from bigmodels.compress.layout import PackedLinear, prepare_for_cpu_decoding
+    from bigmodels.infer.generate import Decoder
+
+    prompts = torch.randint(0, 300, (2, 5), generator=torch.Generator().manual_seed(3))
+    tokens = generate(tiny_gpt(), prompts, max_new_tokens=8, temperature=0)
+    model = prepare_for_cpu_decoding(tiny_gpt())
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    assert layers and all(m.weight.stride() == (1, m.out_features) for m in layers)
+    assert model.lm_head.weight is model.wte.weight  # still tied
+    assert all(t.is_contiguous() for t in model.state_dict().values())  # files unchanged
+    calls = []
+    for layer in layers:  # the steps ran through the compiled graph
+        layer.register_forward_hook(lambda mod, args, out: calls.append(torch.compiler.is_compiling()))
+    torch._dynamo.reset()
+    try:
+        decoder = Decoder(model, compile_options={"backend": "eager", "fullgraph": True})
+        out = generate(model, prompts, max_new_tokens=8, temperature=0, cache="static", compile=True,
+                       decoder=decoder)
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(out, tokens)
+    assert decoder._compiled["cpu"] is not None and any(calls)
+
+
 def test_fused_gelu_keeps_outputs_tokens_gradients_and_unpacks():
     from bigmodels.compress.layout import FusedActivation, fuse_activations_, prepack_linears_, unpack_linears_
     from bigmodels.testing import tiny_model
