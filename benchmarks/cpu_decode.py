@@ -133,6 +133,9 @@ def decoders(ours, hf, gen, tokens, new: int, compile: bool = False, baseline=No
         return torch.tensor([[index[t] for t in r.sequences[0]] for r in results])
 
     sides = {"bigmodels": run_ours, "ctranslate2": run_ct2}
+    if compile:  # the same model and static cache, uncompiled: what compiling buys at this batch
+        eager = GenerationConfig(max_new_tokens=new, temperature=0, cache="static")
+        sides["bigmodels-eager"] = lambda ids: generate(ours, ids, eager)[:, ids.size(1):]
     if baseline is not None:
         sides["bigmodels-before"] = lambda ids: generate(baseline, ids, greedy)[:, ids.size(1):]
     for name, other in (others or {}).items():
@@ -283,7 +286,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every side")
     p.add_argument("--reps", type=int, default=5, help="timed calls per side, alternating")
     p.add_argument("--int8", action="store_true", help="ours int8 (quantize_) against CTranslate2 int8")
-    p.add_argument("--compile", action="store_true", help="ours: static cache + compiled step (CPU_COMPILE)")
+    p.add_argument("--compile", action="store_true",
+                   help="ours: static cache + compiled step (CPU_COMPILE); also times it uncompiled (bigmodels-eager)")
     p.add_argument("--baseline", action="store_true", help="also time ours without the transforms (before)")
     p.add_argument("--column-major", action="store_true", help="also time column_major_linears_ (the first round)")
     p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic", help="our key/value cache")
