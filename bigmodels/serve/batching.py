@@ -2,12 +2,13 @@
 
 A request hands its inputs to :meth:`Batcher.submit` and awaits its results. The first input that finds the
 lane idle opens a short window (``window_s``, 5 ms by default); when it closes, or as soon as ``max_batch``
-inputs wait, the waiting requests' inputs go to the model as one call, in the executor, and each request gets
-its own rows back. While a batch runs, new inputs gather for the next one (at most ``parallel`` batches of a
-lane run at once), which takes everything gathered (up to ``max_batch``) as soon as the batch ends, with no
-window: under load the model is never idle while inputs wait, and batches grow with the load by themselves.
-Requests whose options differ (``top_k``, ...) go to different lanes. A request is never split: one larger than
-``max_batch`` runs alone.
+inputs wait, or as many as the lane's last batch had (its clients are back: under a steady load the same
+requesters return together, and waiting longer would only idle the model), the waiting requests' inputs go to
+the model as one call, in the executor, and each request gets its own rows back. While a batch runs, new
+inputs gather for the next one (at most ``parallel`` batches of a lane run at once), which takes everything
+gathered (up to ``max_batch``) as soon as the batch ends, with no window: under load the model is never idle
+while inputs wait, and batches grow with the load by themselves. Requests whose options differ (``top_k``, ...)
+go to different lanes. A request is never split: one larger than ``max_batch`` runs alone.
 
     >>> import asyncio, concurrent.futures
     >>> pool = concurrent.futures.ThreadPoolExecutor(2)
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Batcher"]
+
+_LAST_KEPT = 256  # lanes (option sets) whose last batch size is remembered
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Batcher:
         self.window_s, self.parallel = window_s, parallel
         self.on_batch = on_batch or (lambda n: None)
         self._lanes: dict[Hashable, _Lane] = {}
+        self._last: dict[Hashable, int] = {}  # lane key -> inputs of its last batch (kept when the lane is idle)
 
     async def submit(self, items: Sequence[Any], options: dict[str, Any] | None = None) -> list:
         """The results of ``items`` (run with ``options``, batched with other requests' items of the same
@@ -66,7 +70,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         entry = _Waiting(list(items), loop.create_future())
         lane.waiting.append(entry)
-        if sum(len(w.items) for w in lane.waiting) >= self.max_batch:
+        waiting = sum(len(w.items) for w in lane.waiting)
+        if waiting >= self.max_batch or (lane.running < self.parallel and waiting >= self._last.get(key, waiting + 1)):
             self._start(key)
         elif lane.timer is None and lane.running < self.parallel:
             lane.timer = loop.call_later(self.window_s, self._start, key)
@@ -90,6 +95,10 @@ class Batcher:
             batch.append(entry)
             size += len(entry.items)
         lane.running += 1
+        self._last.pop(key, None)
+        self._last[key] = size  # the most recent lanes last: the oldest go first beyond _LAST_KEPT
+        if len(self._last) > _LAST_KEPT:
+            del self._last[next(iter(self._last))]
         self.on_batch(size)
         items = [x for entry in batch for x in entry.items]
         job = asyncio.get_running_loop().run_in_executor(self.executor, self.fn, items, lane.options)

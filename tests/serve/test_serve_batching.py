@@ -89,6 +89,33 @@ def test_a_batch_that_ends_starts_the_next_with_everything_waiting_at_once():
     assert elapsed < 0.95, elapsed  # [2] and [3, 4] ran when [1] ended (~0.7 s), not a window after they came
 
 
+def test_an_idle_lane_starts_without_the_window_once_as_many_inputs_wait_as_its_last_batch_had():
+    """Closed-loop clients come back together: when the last batch's count of inputs waits again, nobody else is
+    expected, and waiting out the window would only idle the model. Fewer still wait for the window."""
+    sizes: list[int] = []
+
+    async def main():
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(lambda items, o: items, max_batch=8, executor=pool, window_s=0.4, on_batch=sizes.append)
+
+            async def phase(*requests):
+                start = time.perf_counter()
+                results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+                return results, time.perf_counter() - start
+
+            first = await phase([1], [2, 3])  # a new lane: the window (0.4 s), then one batch of 3
+            back = await phase([4, 5], [6])  # the same 3 inputs' worth back: at once
+            fewer = await phase([7], [8])  # 2 < 3: the window again
+            other = await batcher.submit([9], {"k": 1})  # another lane has its own history (none: the window)
+            return first, back, fewer, other
+
+    first, back, fewer, other = asyncio.run(main())
+    assert first[0] == [[1], [2, 3]] and back[0] == [[4, 5], [6]] and fewer[0] == [[7], [8]] and other == [9]
+    assert sizes == [3, 3, 2, 1]
+    assert first[1] >= 0.35 and fewer[1] >= 0.35, (first[1], fewer[1])
+    assert back[1] < 0.3, back[1]
+
+
 def test_the_servers_embedding_path_gives_the_offline_vectors_and_bills_untruncated_tokens(wordpiece):
     from bigmodels import pipeline
     from bigmodels.serve.loading import embed_encoded, encode_for_embedding
