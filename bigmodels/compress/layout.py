@@ -119,7 +119,8 @@ class PackedLinear(nn.Module):
     by a new ``.data``, dtype or device) and is dropped by ``copy.deepcopy`` and pickling, which rebuild it. Where
     it cannot serve (autograd needs the weight's gradient, training mode, a non-CPU tensor, another dtype) the
     forward is plain ``F.linear``, so results are always the layer's; under ``torch.compile`` it is plain
-    ``F.linear`` too (inductor's freezing packs the weights itself). Built by :func:`prepack_linears_`.
+    ``F.linear`` too (a compiled graph cannot call the packed kernel; :func:`prepare_for_cpu_decoding` lays the
+    weight column-major for it). Built by :func:`prepack_linears_`.
 
     >>> layer = nn.Linear(16, 4).eval()
     >>> packed = PackedLinear(layer)
@@ -157,8 +158,8 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         packed = None
-        # under torch.compile the plain product: the packed copy's cache is state dynamo cannot trace, and
-        # inductor packs the weights of a frozen graph itself
+        # under torch.compile the plain product: dynamo cannot trace the packed copy's cache, and inductor cannot
+        # lower oneDNN's packed kernel
         if not (self.training or x.dtype != w.dtype or (torch.is_grad_enabled() and w.requires_grad)
                 or torch.compiler.is_compiling()):
             packed = self.packed_weight()
