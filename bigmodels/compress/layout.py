@@ -356,9 +356,11 @@ def prepare_for_cpu_decoding(model: nn.Module, *, int8: bool = False) -> nn.Modu
     """Make an eval-mode CPU model decode fast, in place, with the transforms measured fastest on the CPU
     (``benchmarks/cpu_decode.md``); returns the model.
 
-    fp32 (default): :func:`prepack_linears_` then :func:`fuse_activations_` (a GELU after a packed layer runs as
-    its post-op: 1.01-1.07x a whole MiniLM / BERT-base forward at 32 x 128 tokens, 1.02x at 1 x 128), outputs equal to
-    the plain model's to float rounding (greedy tokens identical). ``int8=True``: ``quantize_(model,
+    fp32 (default): :func:`column_major_linears_` (the layout a compiled one-row step multiplies fastest with; see
+    :data:`~bigmodels.infer.generate.CPU_COMPILE_OPTIONS`), :func:`prepack_linears_` (what eager steps multiply with)
+    then :func:`fuse_activations_` (a GELU after a packed layer runs as its post-op: 1.01-1.07x a whole MiniLM /
+    BERT-base forward at 32 x 128 tokens, 1.02x at 1 x 128), outputs equal to the plain model's to float rounding
+    (greedy tokens identical). ``int8=True``: ``quantize_(model,
     Int8DynamicConfig(kernel="fbgemm", output_layer=True))`` (int8 weights, activations quantized per call with
     PyTorch's x86 int8 GEMM; the tied output layer as an int8 copy), then the same for any float Linear left.
     Either way the process keeps freed memory for reuse (:func:`retain_freed_memory`: 1.07-1.09x fp32,
