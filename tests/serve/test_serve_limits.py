@@ -164,6 +164,23 @@ def test_a_request_past_the_timeout_is_504_and_its_worker_stops(chars):
     assert app.state.server.unexpected_errors == 0
 
 
+def test_batched_requests_past_the_timeout_are_504_in_the_batch_and_in_the_queue(wordpiece):
+    """The timeout covers both waits of a batched request: for admission (the second request, queued behind the
+    first) and for its batch (the first); the slots come back and nothing is a 500."""
+    app = create_app(slowed(embedder(wordpiece), 1.0), tokenizer=wordpiece, timeout_s=0.25, max_concurrency=1,
+                     max_queue=4)
+    with client(app) as c, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        start = time.monotonic()
+        answers = list(pool.map(lambda t: c.post("/v1/embeddings", json={"input": t}), ["a dog runs", "a cat"]))
+        assert [r.status_code for r in answers] == [504, 504] and time.monotonic() - start < 0.9
+        assert all(r.json()["error"]["code"] == "timeout" for r in answers)
+        deadline = time.monotonic() + 2  # the batch still running holds no admission slot once answered
+        while c.get("/health").json()["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.get("/health").json()["in_flight"] == 0
+    assert app.state.server.unexpected_errors == 0
+
+
 def test_beyond_the_queue_is_429_with_retry_after(chars):
     app = create_app(slowed(gpt(chars), 0.02), tokenizer=chars, max_concurrency=1, max_queue=1)
     with client(app) as c, concurrent.futures.ThreadPoolExecutor(4) as pool:
