@@ -9,10 +9,13 @@ request, about a third of what the model spends per sentence, and that CPU is mi
     python benchmarks/serve_load.py                                 # all-MiniLM-L6-v2, STS-B test sentences
     python benchmarks/serve_load.py --requests 512 --clients 32 --time-limit 60 --json out.json
     python benchmarks/serve_load.py --client raw    # a bare HTTP/1.1 load generator: less of the CPU for itself
+    python benchmarks/serve_load.py --client raw --model-process --segments 8   # offline and HTTP alternating
 
 Phases:
 1. offline: the embedding pipeline the server builds (``load_served(model)``, batches of 64), sentences/s, measured
-   before and after the load phase (the faster is the reference);
+   before and after the load phase (the faster is the reference); with ``--segments K``, alternating with the load
+   phase over K slices of the sentences instead (the server idle meanwhile), so that on a machine whose speed drifts
+   both sides sample the same stretches of time;
 2. load: ``--requests`` POST /v1/embeddings of one sentence each from ``--clients`` concurrent clients, the server
    batching them dynamically (``--max-batch``, ``--max-concurrency`` >= the clients): sentences/s, latency
    percentiles, statuses (the target: >= 0.8x offline, zero 5xx), and each process's share of a core (the server,
@@ -178,11 +181,12 @@ def _check_answer(payload: bytes, texts: int, reference: np.ndarray | None) -> b
 
 
 async def _drive(base: str, bodies: list[dict], clients: int, time_limit: float, kind: str = "httpx",
-                 references: list[np.ndarray] | None = None) -> dict:
+                 references: list[np.ndarray] | None = None, collect: list[float] | None = None) -> dict:
     """``bodies`` POSTed to /v1/embeddings by ``clients`` concurrent clients (``kind``: httpx, or the bare
     :class:`_RawClient`), until all are sent or ``time_limit`` seconds have passed: statuses, latencies of the
     200s, wall time. Every 200 is checked (its vectors decode, one per input); with ``references`` (the
-    offline vector of each body's first sentence) every 16th is also compared with it: ``bad_answers``."""
+    offline vector of each body's first sentence) every 16th is also compared with it: ``bad_answers``.
+    ``collect`` (a list) also gets the latencies of the 200s, in seconds."""
     statuses: dict[int, int] = {}
     bad = 0
     latencies: list[float] = []
@@ -222,12 +226,41 @@ async def _drive(base: str, bodies: list[dict], clients: int, time_limit: float,
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         wall = time.perf_counter() - start
+    if collect is not None:
+        collect.extend(latencies)
     lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return {"sent": next_index, "statuses": {str(k): v for k, v in sorted(statuses.items())}, "errors": errors,
             "bad_answers": bad,
             "wall_s": wall, "ok": len(latencies), "p50_ms": float(np.percentile(lat, 50)),
             "p90_ms": float(np.percentile(lat, 90)), "p99_ms": float(np.percentile(lat, 99)),
             "timed_out": time.monotonic() >= deadline}
+
+
+def _segmented(base: str, pipe, sentences: list[str], bodies: list[dict], args) -> tuple[dict, float, float]:
+    """Offline and HTTP alternating over ``args.segments`` slices of the sentences, the server up throughout
+    (idle while the offline slice runs): the load figures merged over the slices (as :func:`_drive` gives them,
+    the wall time being the sum of the slices'), the offline seconds summed, and this process's CPU seconds in
+    the offline slices (not the load generator's)."""
+    n, k = len(sentences), args.segments
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    offline_s, offline_cpu, latencies, parts = 0.0, 0.0, [], []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        start, cpu = time.perf_counter(), time.process_time()
+        out = pipe.embed(sentences[a:b])
+        offline_s += time.perf_counter() - start
+        offline_cpu += time.process_time() - cpu
+        references = [np.asarray(v, dtype=np.float64) for v in out]
+        parts.append(asyncio.run(_drive(base, bodies[a:b], args.clients, args.time_limit, args.client, references,
+                                        latencies)))
+    statuses: dict[str, int] = {}
+    for part in parts:
+        for code, count in part["statuses"].items():
+            statuses[code] = statuses.get(code, 0) + count
+    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    load = {key: sum(part[key] for part in parts) for key in ("sent", "errors", "bad_answers", "wall_s", "ok")}
+    load.update(statuses=dict(sorted(statuses.items())), timed_out=any(part["timed_out"] for part in parts),
+                segments=k, **{f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 90, 99)})
+    return load, offline_s, offline_cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                              "leaves more of a small machine's CPU to the server")
     parser.add_argument("--model-process", action="store_true",
                         help="serve with --model-process (the batches in a process of their own)")
+    parser.add_argument("--segments", type=int, default=1,
+                        help="alternate offline and HTTP over this many slices of the sentences, the server up "
+                             "throughout, and take the ratio of the summed times (on a machine whose speed drifts, "
+                             "both sides then sample the same stretches of time); 1: offline before and after")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -279,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         vectors[:] = [np.asarray(v, dtype=np.float64) for v in out]
         return rate
 
-    before = offline_rate()
+    before = offline_rate() if args.segments <= 1 else None
 
     # 2. load: every client's request admitted, batched by the server
     bodies = [{"input": s, "encoding_format": "base64"} for s in sentences]
@@ -292,10 +329,14 @@ def main(argv: list[str] | None = None) -> int:
             "model_seconds_sum", "batch_size_count", "batch_size_sum"))
         roles = _processes(server.process.pid)
         cpu_before, client_before = {r: _cpu_seconds(p) for r, p in roles.items()}, time.process_time()
-        load = asyncio.run(_drive(server.base, bodies, args.clients, args.time_limit, args.client, vectors))
+        if args.segments > 1:
+            load, offline_s, offline_cpu = _segmented(server.base, pipe, sentences, bodies, args)
+        else:
+            offline_cpu = 0.0
+            load = asyncio.run(_drive(server.base, bodies, args.clients, args.time_limit, args.client, vectors))
         # how much of a core each process used during the load phase (the load generator is this process)
         load["cpu_share"] = {r: (_cpu_seconds(p) - cpu_before[r]) / load["wall_s"] for r, p in roles.items()}
-        load["cpu_share"]["load generator"] = (time.process_time() - client_before) / load["wall_s"]
+        load["cpu_share"]["load generator"] = (time.process_time() - client_before - offline_cpu) / load["wall_s"]
         load["sentences_per_s"] = load["ok"] / load["wall_s"]
         # the server's own account: how long its model calls took, and how full its batches were
         load["model_seconds"] = _metric(server.base, "bigmodels_model_seconds_sum") - seconds
@@ -304,9 +345,13 @@ def main(argv: list[str] | None = None) -> int:
         load["mean_batch"] = ((_metric(server.base, "bigmodels_batch_size_sum") - inputs)
                               / max(_metric(server.base, "bigmodels_batch_size_count") - batches, 1))
         load["health_after"] = httpx.get(f"{server.base}/health").json()
-    after = offline_rate()
-    offline = max(before, after)
-    result["offline_sentences_per_s"] = {"before": before, "after": after}
+    if args.segments > 1:  # both sides over the same stretches of time
+        offline = len(sentences) / offline_s
+        result["offline_sentences_per_s"] = {"alternating": offline, "segments": args.segments}
+    else:
+        after = offline_rate()
+        offline = max(before, after)
+        result["offline_sentences_per_s"] = {"before": before, "after": after}
     load["vs_offline"] = load["sentences_per_s"] / offline
     result["load"] = load
 
@@ -325,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     result["overload"] = over
 
     print(json.dumps(result, indent=2))
-    print(f"\noffline embed: {before:,.0f} sentences/s before the load phase, {after:,.0f} after")
+    if args.segments > 1:
+        print(f"\noffline embed: {offline:,.0f} sentences/s, alternating with HTTP over {args.segments} slices")
+    else:
+        print(f"\noffline embed: {before:,.0f} sentences/s before the load phase, {after:,.0f} after")
     print(f"HTTP, {args.clients} clients: {load['sentences_per_s']:,.0f} sentences/s = {load['vs_offline']:.2f}x "
           f"offline; statuses {load['statuses']}, bad answers {load['bad_answers']}; p50 {load['p50_ms']:.1f} ms, "
           f"p99 {load['p99_ms']:.1f} ms")
