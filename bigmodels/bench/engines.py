@@ -314,9 +314,16 @@ def _decode_sides(sides: Sides, w: Workload, ours: nn.Module, ids: torch.Tensor,
     decoder = Decoder(model, compile_options=CPU_COMPILE_OPTIONS if options["compile"] else None)
     if options["compile"]:  # compiled before the timing, as a CTranslate2 model is converted before it
         start = time.perf_counter()
-        with torch.inference_mode():
-            generate(model, ids, max_new_tokens=n, temperature=0, decoder=decoder, **options)
-        settings["generate"]["compile_seconds"] = round(time.perf_counter() - start, 1)
+        try:
+            with torch.inference_mode():
+                generate(model, ids, max_new_tokens=n, temperature=0, decoder=decoder, **options)
+            settings["generate"]["compile_seconds"] = round(time.perf_counter() - start, 1)
+        except Exception as e:  # noqa: BLE001 (inductor builds C++: a machine without a compiler decodes eagerly)
+            log.warning("%s: the compiled decoding step could not be built here (%s: %.200s); timing the eager "
+                        "step instead", w.name, type(e).__name__, e)
+            options["compile"] = False
+            decoder = Decoder(model)
+            settings["generate"].update(compile=False, compile_error=f"{type(e).__name__}: {str(e)[:200]}")
 
     def ours_call() -> torch.Tensor:
         with torch.inference_mode():

@@ -62,7 +62,8 @@ _COMPILE_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 # multiplies with): batch 1 ~1.2x the eager step (the per-op overhead goes; the products are memory-bound either
 # way), batch 8 ~0.8x eager, whose oneDNN-packed weights the compiled step cannot use (benchmarks/cpu_decode.md).
 # No freezing: the weights stay inputs of the graph, so a model whose weights change decodes with the new ones.
-# int8 (Int8DynamicLinear) does not compile: its packed fbgemm weights are opaque to torch.compile.
+# int8 (Int8DynamicLinear) does not compile: its packed fbgemm weights are opaque to torch.compile. Inductor builds
+# C++ kernels on the first call: the machine needs a C++ compiler (g++ or clang), and compiling takes seconds.
 CPU_COMPILE_OPTIONS: Mapping[str, Any] = MappingProxyType({"fullgraph": True})
 _STATIC_ROUND = 256  # compiled static caches round their length up, so nearby request lengths share one graph
 _STOP_CHECK_EVERY = 8  # generate() reads "has every row stopped?" from the device this often (stream: every step)
