@@ -40,7 +40,6 @@ import bigmodels
 from bigmodels.compress.layout import column_major_linears_, prepare_for_cpu_decoding
 from bigmodels.infer.generate import CPU_COMPILE_OPTIONS, Decoder, GenerationConfig, generate
 
-CPU_COMPILE = CPU_COMPILE_OPTIONS  # inductor, whole graph, no freezing (the library's CPU preset)
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare"
 
 
@@ -115,7 +114,7 @@ def decoders(ours, hf, gen, tokens, new: int, compile: bool = False, baseline=No
     greedy = GenerationConfig(max_new_tokens=new, temperature=0, cache=cache)
     if compile:
         greedy = GenerationConfig(max_new_tokens=new, temperature=0, cache="static", compile=True)
-    decoder = Decoder(ours, compile_options=CPU_COMPILE) if compile else None
+    decoder = Decoder(ours, compile_options=CPU_COMPILE_OPTIONS) if compile else None
 
     def run_ours(ids):
         return generate(ours, ids, greedy, decoder=decoder)[:, ids.size(1):]
@@ -287,7 +286,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5, help="timed calls per side, alternating")
     p.add_argument("--int8", action="store_true", help="ours int8 (quantize_) against CTranslate2 int8")
     p.add_argument("--compile", action="store_true",
-                   help="ours: static cache + compiled step (CPU_COMPILE); also times it uncompiled (bigmodels-eager)")
+                   help="ours: static cache + compiled step (CPU_COMPILE_OPTIONS); also times it uncompiled "
+                        "(bigmodels-eager)")
     p.add_argument("--baseline", action="store_true", help="also time ours without the transforms (before)")
     p.add_argument("--column-major", action="store_true", help="also time column_major_linears_ (the first round)")
     p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic", help="our key/value cache")

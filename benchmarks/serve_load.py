@@ -228,12 +228,15 @@ async def _drive(base: str, bodies: list[dict], clients: int, time_limit: float,
         wall = time.perf_counter() - start
     if collect is not None:
         collect.extend(latencies)
-    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return {"sent": next_index, "statuses": {str(k): v for k, v in sorted(statuses.items())}, "errors": errors,
-            "bad_answers": bad,
-            "wall_s": wall, "ok": len(latencies), "p50_ms": float(np.percentile(lat, 50)),
-            "p90_ms": float(np.percentile(lat, 90)), "p99_ms": float(np.percentile(lat, 99)),
+            "bad_answers": bad, "wall_s": wall, "ok": len(latencies), **_percentiles(latencies),
             "timed_out": time.monotonic() >= deadline}
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float]:
+    """p50 / p90 / p99 in milliseconds of latencies in seconds (NaN when there are none)."""
+    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    return {f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 90, 99)}
 
 
 def _segmented(base: str, pipe, sentences: list[str], bodies: list[dict], args) -> tuple[dict, float, float]:
@@ -256,10 +259,9 @@ def _segmented(base: str, pipe, sentences: list[str], bodies: list[dict], args) 
     for part in parts:
         for code, count in part["statuses"].items():
             statuses[code] = statuses.get(code, 0) + count
-    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     load = {key: sum(part[key] for part in parts) for key in ("sent", "errors", "bad_answers", "wall_s", "ok")}
     load.update(statuses=dict(sorted(statuses.items())), timed_out=any(part["timed_out"] for part in parts),
-                segments=k, **{f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 90, 99)})
+                segments=k, **_percentiles(latencies))
     return load, offline_s, offline_cpu
 
 

@@ -321,8 +321,7 @@ def _decode_sides(sides: Sides, w: Workload, ours: nn.Module, ids: torch.Tensor,
         except Exception as e:  # noqa: BLE001 (inductor builds C++: a machine without a compiler decodes eagerly)
             log.warning("%s: the compiled decoding step could not be built here (%s: %.200s); timing the eager "
                         "step instead", w.name, type(e).__name__, e)
-            options["compile"] = False
-            decoder = Decoder(model)
+            options["compile"] = False  # the same decoder then hands out static caches only
             settings["generate"].update(compile=False, compile_error=f"{type(e).__name__}: {str(e)[:200]}")
 
     def ours_call() -> torch.Tensor:

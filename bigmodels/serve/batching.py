@@ -70,8 +70,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         entry = _Waiting(list(items), loop.create_future())
         lane.waiting.append(entry)
-        waiting = sum(len(w.items) for w in lane.waiting)
-        if waiting >= self.max_batch or (lane.running < self.parallel and waiting >= self._last.get(key, waiting + 1)):
+        waiting, last = sum(len(w.items) for w in lane.waiting), self._last.get(key)
+        if waiting >= self.max_batch or (last is not None and waiting >= last and lane.running < self.parallel):
             self._start(key)
         elif lane.timer is None and lane.running < self.parallel:
             lane.timer = loop.call_later(self.window_s, self._start, key)
