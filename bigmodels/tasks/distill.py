@@ -7,10 +7,11 @@ The loss on a batch (Hinton et al. 2015, "Distilling the Knowledge in a Neural N
         + hidden_weight * MSE(W h_s, h_t) + attention_weight * KL(A_t || A_s) + embedding_weight * MSE(W_e e_s, e_t)
 
 The T^2 factor keeps the soft term's gradients on the scale of the hard one's as T changes (sec. 2.1). With
-``augment=k`` (text), the student also learns the teacher's soft targets on k augmented copies of each batch
-(:func:`augment_tokens`: tokens masked, or the sentence cut to one of its n-grams; Tang et al. 2019 sec. 3.2;
-TinyBERT's data augmentation): the teacher labels inputs it was not trained on, where its outputs carry more
-than the training labels (on its own training sentences a fine-tuned teacher is nearly one-hot). The hidden
+``augment=k`` (text), the student also learns the teacher's soft targets, and the weighted intermediate terms
+below, on k augmented copies of each batch (:func:`augment_tokens`: tokens masked, or the sentence cut to one of
+its n-grams; Tang et al. 2019 sec. 3.2; TinyBERT's data augmentation, on which TinyBERT distils the intermediate
+layers too): the teacher labels inputs it was not trained on, where its outputs carry more than the training
+labels (on its own training sentences a fine-tuned teacher is nearly one-hot). The hidden
 and attention terms transfer intermediate knowledge between uniformly mapped layers (student layer m reads teacher
 layer m * L_t / L_s, as TinyBERT's g(m), Jiao et al. 2020): hidden states through a learned projection W when the
 widths differ (TinyBERT eq. 7), and attention distributions as a KL divergence (MiniLM, Wang et al. 2020, eq. 4),
@@ -325,15 +326,37 @@ class DistillationTask(Task):
     # ---------------------------------------------------------------- the loss
     def losses(self, model: nn.Module, x: Any, y: Any) -> tuple[dict[str, torch.Tensor], Any]:
         """Each term of the loss by name (``hard``, ``soft``, ``hidden``, ``attention``, ``embedding``,
-        ``augmented``), and the student's output."""
+        ``augmented``), and the student's output. ``augmented`` is already weighted: the mean over the augmented
+        copies of each copy's soft, hidden, attention and embedding terms (TinyBERT distils its intermediate layers
+        on the augmented data too)."""
+        out, t_out, terms = self._transfer(model, x)
+        hard, _ = self.base.loss(_Output(out), x, y)
+        logits, t_logits = _first_tensor(out), _first_tensor(t_out)
+        terms = {"hard": hard, "soft": soft_target_loss(logits, t_logits, self.temperature, _keep_mask(logits, y)),
+                 **terms}
+        if self.augment:
+            if not (isinstance(x, dict) and "input_ids" in x and "attention_mask" in x):
+                raise ConfigError("distill.augment augments token batches (input_ids and attention_mask); this "
+                                  "task's inputs are not: set distill.augment=0")
+            copies = []
+            for _ in range(self.augment):
+                x_aug = augment_tokens(x, mask_id=self.mask_id, pad_id=self.pad_id, mask_prob=self.mask_prob,
+                                       ngram_prob=self.ngram_prob)
+                a_out, a_t_out, a_terms = self._transfer(model, x_aug)
+                soft = soft_target_loss(_first_tensor(a_out), _first_tensor(a_t_out), self.temperature)
+                copies.append(self.alpha * soft + self._intermediate(a_terms))
+            terms["augmented"] = sum(copies) / len(copies)
+        return terms, out
+
+    def _transfer(self, model: nn.Module, x: Any) -> tuple[Any, Any, dict[str, torch.Tensor]]:
+        """The student's and the teacher's outputs on ``x`` and the intermediate terms between them (``hidden``,
+        ``embedding``, ``attention``: those with a weight)."""
         attend = reference_attention if self.attention_weight else _no_change
         with attend(model), self._student_rec.recording() as s_rec:
             out = call(model, x)
         with torch.no_grad(), attend(self.teacher), self._teacher_rec.recording() as t_rec:
             t_out = call(self.teacher, x)
-        hard, _ = self.base.loss(_Output(out), x, y)
-        logits, t_logits = _first_tensor(out), _first_tensor(t_out)
-        terms = {"hard": hard, "soft": soft_target_loss(logits, t_logits, self.temperature, _keep_mask(logits, y))}
+        terms = {}
         if self.hidden_weight:
             terms["hidden"] = sum(self._projected_mse("hidden_projection", s_rec.hidden[i], t_rec.hidden[j])
                                   for i, j in self.pairs) / len(self.pairs)
@@ -349,19 +372,12 @@ class DistillationTask(Task):
                                         "skipped its AttentionProbs; set distill.attention_weight=0")
             s_maps, t_maps = _per_block(s_rec.maps, self.pairs), _per_block(t_rec.maps, self.pairs, teacher=True)
             terms["attention"] = sum(attention_kl(s, t) for s, t in zip(s_maps, t_maps, strict=True)) / len(s_maps)
-        if self.augment:
-            if not (isinstance(x, dict) and "input_ids" in x and "attention_mask" in x):
-                raise ConfigError("distill.augment augments token batches (input_ids and attention_mask); this "
-                                  "task's inputs are not: set distill.augment=0")
-            soft = []
-            for _ in range(self.augment):
-                x_aug = augment_tokens(x, mask_id=self.mask_id, pad_id=self.pad_id, mask_prob=self.mask_prob,
-                                       ngram_prob=self.ngram_prob)
-                with torch.no_grad():
-                    t_aug = _first_tensor(call(self.teacher, x_aug))
-                soft.append(soft_target_loss(_first_tensor(call(model, x_aug)), t_aug, self.temperature))
-            terms["augmented"] = sum(soft) / len(soft)
-        return terms, out
+        return out, t_out, terms
+
+    def _intermediate(self, terms: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        """The weighted sum of the intermediate terms in ``terms``."""
+        return sum(getattr(self, f"{name}_weight") * terms[name] for name in ("hidden", "attention", "embedding")
+                   if name in terms)
 
     def _projected_mse(self, projection: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """MSE between student states, through the learned ``projection`` when the widths differ, and the
@@ -371,15 +387,9 @@ class DistillationTask(Task):
 
     def loss(self, model, x, y):
         terms, out = self.losses(model, x, y)
-        loss = (1.0 - self.alpha) * terms["hard"] + self.alpha * terms["soft"]
-        if self.hidden_weight:
-            loss = loss + self.hidden_weight * terms["hidden"]
-        if self.attention_weight:
-            loss = loss + self.attention_weight * terms["attention"]
-        if self.embedding_weight:
-            loss = loss + self.embedding_weight * terms["embedding"]
+        loss = (1.0 - self.alpha) * terms["hard"] + self.alpha * terms["soft"] + self._intermediate(terms)
         if self.augment:
-            loss = loss + self.alpha * terms["augmented"]
+            loss = loss + terms["augmented"]
         return loss, out
 
     # ---------------------------------------------------------------- what the base task does

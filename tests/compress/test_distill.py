@@ -195,6 +195,33 @@ def test_augmented_copies_add_a_soft_target_term_for_token_batches_only():
             resolve_run_config(None, [bad])
 
 
+
+def test_augmented_copies_carry_the_weighted_intermediate_terms_too():
+    """TinyBERT distils hidden states, attention maps and embeddings on its augmented data as well: each copy's
+    term is alpha * soft + the weighted intermediate terms, exactly what a plain batch of that copy would give."""
+    teacher, student = tiny_bert(2, 32, 0).eval(), tiny_bert(1, 16, 1).eval()
+    base = get_task("sequence_classification")
+    weights = {"alpha": 0.4, "hidden_weight": 0.7, "attention_weight": 0.3, "embedding_weight": 2.0}
+    task = DistillationTask(base, teacher, student, augment=1, mask_id=3, **weights)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 96, (6, 10), generator=g)
+    x, y = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, torch.randint(0, 2, (6,), generator=g)
+    torch.manual_seed(5)
+    terms, _ = task.losses(student, x, y)
+    assert {"hidden", "attention", "embedding", "augmented"} <= set(terms)
+    torch.manual_seed(5)
+    x_aug = augment_tokens(x, mask_id=3, pad_id=0)
+    assert not torch.equal(x_aug["input_ids"], ids)
+    plain = DistillationTask(base, teacher, student, **weights)
+    plain.trainable.load_state_dict(task.trainable.state_dict())  # the same projections to the teacher's width
+    copy, _ = plain.losses(student, x_aug, y)
+    expected = (0.4 * copy["soft"] + 0.7 * copy["hidden"] + 0.3 * copy["attention"] + 2.0 * copy["embedding"])
+    torch.testing.assert_close(terms["augmented"], expected)
+    torch.manual_seed(5)  # the same copy again
+    loss, _ = task.loss(student, x, y)
+    torch.testing.assert_close(loss, 0.6 * terms["hard"] + 0.4 * terms["soft"] + 0.7 * terms["hidden"]
+                               + 0.3 * terms["attention"] + 2.0 * terms["embedding"] + terms["augmented"])
+
 def test_a_teacher_with_other_classes_vocabulary_or_task_is_refused(tmp_path):
     student = bigmodels.create_model("mlp_small", num_classes=10)
     task = get_task("image_classification")
