@@ -13,6 +13,7 @@ ratios of ours to each peer, per alternating round (their median), which is what
     python benchmarks/cpu_decode.py --ppl              # Tiny Shakespeare perplexity, fp32 vs int8
     python benchmarks/cpu_decode.py --kernels --batch 8   # one step's Linear products with each CPU kernel
     python benchmarks/cpu_decode.py --kernels --int8      # the same with each int8 kernel, and the memory bound
+    python benchmarks/cpu_decode.py --compile --no-hf --slots 256   # the compiled step with a 256-slot cache too
 
 Our side is ``generate(model, ids, temperature=0, max_new_tokens=N, cache=...)`` after
 ``prepare_for_cpu_decoding(model)`` (fp32: every Linear's weight column-major and packed for oneDNN) or
@@ -38,6 +39,7 @@ import torch
 
 import bigmodels
 from bigmodels.compress.layout import column_major_linears_, prepare_for_cpu_decoding
+from bigmodels.infer import generate as decoding
 from bigmodels.infer.generate import CPU_COMPILE_OPTIONS, Decoder, GenerationConfig, generate
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare"
@@ -108,8 +110,10 @@ def build_peers(ours: torch.nn.Module, work: Path, int8: bool, threads: int):
 
 
 def decoders(ours, hf, gen, tokens, new: int, compile: bool = False, baseline=None, cache: str = "dynamic",
-             others=None):
-    """name -> (ids (B, T) -> new tokens (B, new)); ``others``: more of our models by name, decoded like ours."""
+             others=None, slots=()):
+    """name -> (ids (B, T) -> new tokens (B, new)); ``others``: more of our models by name, decoded like ours;
+    ``slots``: with ``compile``, more compiled sides whose static cache has that many slots instead of
+    :func:`~bigmodels.infer.generate.static_length`'s (each its own graph, shapes kept static)."""
     index = {t: i for i, t in enumerate(tokens)}
     greedy = GenerationConfig(max_new_tokens=new, temperature=0, cache=cache)
     if compile:
@@ -135,6 +139,10 @@ def decoders(ours, hf, gen, tokens, new: int, compile: bool = False, baseline=No
     if compile:  # the same model and static cache, uncompiled: what compiling buys at this batch
         eager = GenerationConfig(max_new_tokens=new, temperature=0, cache="static")
         sides["bigmodels-eager"] = lambda ids: generate(ours, ids, eager)[:, ids.size(1):]
+    for n in slots if compile else ():
+        fixed = Decoder(ours, compile_options={**CPU_COMPILE_OPTIONS, "dynamic": False})
+        sides[f"bigmodels-{n}-slots"] = lambda ids, n=n, fixed=fixed: _with_slots(n, generate, ours, ids, greedy,
+                                                                                   decoder=fixed)[:, ids.size(1):]
     if baseline is not None:
         sides["bigmodels-before"] = lambda ids: generate(baseline, ids, greedy)[:, ids.size(1):]
     for name, other in (others or {}).items():
@@ -142,6 +150,16 @@ def decoders(ours, hf, gen, tokens, new: int, compile: bool = False, baseline=No
     if hf is not None:
         sides["transformers"] = run_hf
     return sides
+
+
+def _with_slots(n: int, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with compiled static caches of ``n`` slots."""
+    chosen = decoding.static_length
+    decoding.static_length = lambda length, context=None: max(n, length)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        decoding.static_length = chosen
 
 
 def check_tokens(sides, ids, reference: str) -> dict[str, float]:
@@ -288,6 +306,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="ours: static cache + compiled step (CPU_COMPILE_OPTIONS); also times it uncompiled "
                         "(bigmodels-eager)")
+    p.add_argument("--slots", type=int, nargs="*", default=(),
+                   help="with --compile: also time compiled sides whose static cache has this many slots")
     p.add_argument("--baseline", action="store_true", help="also time ours without the transforms (before)")
     p.add_argument("--column-major", action="store_true", help="also time column_major_linears_ (the first round)")
     p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic", help="our key/value cache")
@@ -330,7 +350,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         hf, gen, tokens = build_peers(model, Path(work), args.int8, args.threads)
         sides = decoders(ours, None if args.no_hf else hf, gen, tokens, args.new, args.compile,
-                         model if args.baseline else None, args.cache, others)
+                         model if args.baseline else None, args.cache, others, args.slots)
         if args.int8:  # int8 sides round differently: compare with the fp32 reference
             ref = decoders(model, None, gen, tokens, args.new)["bigmodels"](ids)
             same = {name: float((fn(ids) == ref).float().mean()) for name, fn in sides.items()}

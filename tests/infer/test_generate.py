@@ -125,6 +125,15 @@ def test_compiled_static_decoding_is_one_graph_for_every_step_and_call(models, m
         torch._dynamo.reset()
 
 
+def test_compiled_static_caches_take_the_next_power_of_two_slots_within_the_context():
+    """Nearby lengths share a shape (few graphs), and a step never attends over more than twice its tokens."""
+    lengths = [1, 20, 64, 65, 96, 128, 129, 600, 1000, 1024, 1025, 5000]
+    assert [decoding.static_length(n, 1024) for n in lengths] == [
+        64, 64, 64, 128, 128, 128, 256, 1024, 1024, 1024, 1024, 1024]
+    assert all(n <= decoding.static_length(n) < max(2 * n, 65) for n in range(1, 3000))
+    assert decoding.static_length(30, 32) == 32 and decoding.static_length(100, 48) == 48
+
+
 def test_compile_without_compile_options_for_the_device_decodes_uncompiled_with_a_note(models, caplog):
     ours, _ = models
     expected = generate(ours, PROMPTS, temperature=0, max_new_tokens=8, pad_token_id=PAD_ID)
