@@ -70,9 +70,9 @@ _STATIC_MIN = 64  # compiled static caches: at least this long, else the next po
 
 def static_length(length: int, context: int | None = None) -> int:
     """The slots of a compiled step's static cache for ``length`` tokens: the next power of two, at least 64, at
-    most the model's ``context``. Nearby request lengths share one cache shape and so one graph (a few graphs in
-    all, 64 to 1,024 slots for GPT-2), and the step, which attends over every slot, never reads more than twice
-    the tokens it holds (rounding up to a multiple of 256 read 2.7x at GPT-2's 32 + 64 tokens).
+    most the model's ``context``. Nearby request lengths share one cache shape and so one graph (five at most for
+    GPT-2's 1,024 positions: 64 to 1,024 slots; multiples of 256 made four), and the step, which attends over every
+    slot, never reads more than twice the tokens it holds (multiples of 256 read 2.7x at GPT-2's 32 + 64 tokens).
 
     >>> static_length(96, 1024), static_length(20, 1024), static_length(600, 1024), static_length(1000, 1024)
     (128, 64, 1024, 1024)
@@ -81,6 +81,8 @@ def static_length(length: int, context: int | None = None) -> int:
     """
     slots = max(_STATIC_MIN, 1 << (max(length, 1) - 1).bit_length())
     return min(context, slots) if context else slots
+
+
 _STOP_CHECK_EVERY = 8  # generate() reads "has every row stopped?" from the device this often (stream: every step)
 
 
