@@ -195,7 +195,6 @@ def test_augmented_copies_add_a_soft_target_term_for_token_batches_only():
             resolve_run_config(None, [bad])
 
 
-
 def test_augmented_copies_carry_the_weighted_intermediate_terms_too():
     """TinyBERT distils hidden states, attention maps and embeddings on its augmented data as well: each copy's
     term is alpha * soft + the weighted intermediate terms, exactly what a plain batch of that copy would give."""
@@ -221,6 +220,7 @@ def test_augmented_copies_carry_the_weighted_intermediate_terms_too():
     loss, _ = task.loss(student, x, y)
     torch.testing.assert_close(loss, 0.6 * terms["hard"] + 0.4 * terms["soft"] + 0.7 * terms["hidden"]
                                + 0.3 * terms["attention"] + 2.0 * terms["embedding"] + terms["augmented"])
+
 
 def test_a_teacher_with_other_classes_vocabulary_or_task_is_refused(tmp_path):
     student = bigmodels.create_model("mlp_small", num_classes=10)
