@@ -11,6 +11,7 @@ ratios of ours to each peer, per alternating round (their median), which is what
     python benchmarks/cpu_decode.py --batch 8 --int8 --reps 5
     python benchmarks/cpu_decode.py --profile --threads 1 [--baseline]   # torch.profiler table of our decoding
     python benchmarks/cpu_decode.py --ppl              # Tiny Shakespeare perplexity, fp32 vs int8
+    python benchmarks/cpu_decode.py --ppl --ppl-steps --ppl-chars 2048   # the same token by token, as decoding
     python benchmarks/cpu_decode.py --kernels --batch 8   # one step's Linear products with each CPU kernel
     python benchmarks/cpu_decode.py --kernels --int8      # the same with each int8 kernel, and the memory bound
     python benchmarks/cpu_decode.py --compile --no-hf --slots 256   # the compiled step with a 256-slot cache too
@@ -277,14 +278,21 @@ def time_int8_kernels(model, rows: int, reps: int) -> None:
 
 
 @torch.no_grad()
-def perplexity(model, ids: torch.Tensor, window: int = 256) -> float:
-    """exp(mean next-token cross-entropy) over ``ids`` (N,) in windows of ``window`` tokens."""
+@torch.inference_mode()
+def perplexity(model, ids: torch.Tensor, window: int = 256, steps: bool = False) -> float:
+    """exp(mean next-token cross-entropy) over ``ids`` (N,) in windows of ``window`` tokens. ``steps``: each
+    window token by token through the key/value cache, as decoding computes (one row per product: the int8 products
+    run on the kernel decoding uses, ``Int8DynamicLinear.vnni_max_rows``), not as one forward of the window."""
     nll, count = 0.0, 0
     for start in range(0, ids.numel() - 1, window):
         x = ids[start:start + window + 1]
         if x.numel() < 2:
             break
-        logits = model(x[None, :-1])[0].float()  # (T, V)
+        if steps:
+            cache = model.new_cache()
+            logits = torch.cat([model(x[None, i:i + 1], cache=cache)[0] for i in range(x.numel() - 1)]).float()
+        else:
+            logits = model(x[None, :-1])[0].float()  # (T, V)
         nll += torch.nn.functional.cross_entropy(logits, x[1:], reduction="sum").item()
         count += x.numel() - 1
     return math.exp(nll / count)
@@ -315,6 +323,8 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of our decoding")
     p.add_argument("--kernels", action="store_true", help="time one step's Linear products with each CPU kernel")
     p.add_argument("--ppl", action="store_true", help="Tiny Shakespeare perplexity of ours, fp32 and int8")
+    p.add_argument("--ppl-steps", action="store_true",
+                   help="--ppl token by token through the cache, as decoding runs (int8: its few-row kernel)")
     p.add_argument("--ppl-chars", type=int, default=8000, help="characters of Tiny Shakespeare for --ppl")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompts")
     args = p.parse_args()
@@ -333,9 +343,9 @@ def main() -> None:
     if args.ppl:
         text = sorted(SHAKESPEARE.glob("*.txt"))[0].read_text(encoding="utf-8")[: args.ppl_chars]
         data = torch.tensor(list(text.encode("utf-8")), dtype=torch.long)  # byte-level: ids 0..255 of GPT-2's
-        fp32, int8 = perplexity(model, data), perplexity(quantized(model), data)
-        print(f"perplexity on {data.numel()} bytes of Tiny Shakespeare: fp32 {fp32:.2f}, int8 {int8:.2f} "
-              f"(relative gap {abs(int8 - fp32) / fp32:.4%})")
+        fp32, int8 = (perplexity(m, data, steps=args.ppl_steps) for m in (model, quantized(model)))
+        print(f"perplexity on {data.numel()} bytes of Tiny Shakespeare{', token by token' if args.ppl_steps else ''}"
+              f": fp32 {fp32:.2f}, int8 {int8:.2f} (relative gap {abs(int8 - fp32) / fp32:.4%})")
         return
 
     ours = prepare_for_cpu_decoding(copy.deepcopy(model), int8=args.int8)

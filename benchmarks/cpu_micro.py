@@ -28,7 +28,12 @@
   imported plainly after torch (it then runs on torch's libgomp) and through ``import_ctranslate2`` (its own):
   why the bench loads it that way (seventh session).
 
-    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator int8 int8_models openmp
+- ``int8_gemv``: the 49 int8 products of a GPT-2 124M decoding step at 1-32 rows, ``bigmodels_cpu::int8_linear``
+  (``bigmodels/nn/kernels``, AVX-512 VNNI) against fbgemm's and oneDNN's: where ours pays
+  (``Int8DynamicLinear.vnni_max_rows``; tenth session).
+
+    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator int8 int8_gemv \
+        int8_models openmp
 """
 
 from __future__ import annotations
@@ -278,6 +283,43 @@ def int8(reps: int) -> None:
         print(f"int8 {k} -> {n}: " + ", ".join(cells))
 
 
+def int8_gemv(reps: int) -> None:
+    """The 49 int8 products of one GPT-2 124M decoding step (12 layers' q/k/v, attention output, fc, fc out, and
+    the 768 -> 50,257 output layer), run in sequence as a step runs them, at 1-32 rows: ``bigmodels_cpu::int8_linear``
+    (AVX-512 VNNI, ours) against fbgemm's and oneDNN's ``quantized::linear_dynamic``, sides alternating."""
+    from bigmodels.compress.quantize import Int8DynamicLinear
+    from bigmodels.nn import kernels
+
+    if not kernels.available():
+        print("int8_gemv: bigmodels_cpu::int8_linear is not available here (see the log): nothing to compare")
+        return
+    torch.manual_seed(0)
+    shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * 12 + [(768, 50257)]
+    layers = [Int8DynamicLinear.from_linear(torch.nn.Linear(k, n)) for k, n in shapes]
+    packs = {engine: [layer.packed_for(engine) for layer in layers] for engine in ("fbgemm", "onednn")}
+
+    def step(side: str, x: dict[int, torch.Tensor]) -> None:
+        for i, layer in enumerate(layers):
+            rows = x[layer.in_features]
+            if side == "ours":
+                torch.ops.bigmodels_cpu.int8_linear(rows, *layer._vnni, layer.weight_scale, layer.bias,
+                                                layer.out_features)
+            else:
+                torch.ops.quantized.linear_dynamic(rows, packs[side][i], False)
+
+    gigabytes = sum(k * n for k, n in shapes) / 1e9
+    for rows in (1, 2, 4, 8, 16, 32):
+        x = {k: torch.randn(rows, k) for k in (768, 3072)}
+        ms: dict[str, list[float]] = {side: [] for side in ("ours", *packs)}
+        for _ in range(max(reps // 4, 3)):
+            for side in ms:
+                ms[side].append(_median_us(lambda side=side, x=x: step(side, x), 4) / 1e3)
+        med = {side: statistics.median(t) for side, t in ms.items()}
+        print(f"int8_gemv, {rows} rows: " + ", ".join(f"{side} {t:.2f} ms ({gigabytes / t * 1e3:.0f} GB/s)"
+                                                      for side, t in med.items())
+              + f"; ours {med['fbgemm'] / med['ours']:.2f}x fbgemm, {med['onednn'] / med['ours']:.2f}x oneDNN")
+
+
 def int8_models(reps: int) -> None:
     import copy
 
@@ -362,13 +404,13 @@ def main(argv: list[str] | None = None) -> None:
         return _openmp_side(argv[argv.index("_openmp_side") + 1], int(argv[argv.index("--reps") + 1]))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="*",
-                   help="pad, gelu, fused, gil, engines, batches, allocator, int8, int8_models and/or openmp "
-                        "(default: all)")
+                   help="pad, gelu, fused, gil, engines, batches, allocator, int8, int8_gemv, int8_models and/or "
+                        "openmp (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
     runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines, "batches": batches,
-            "allocator": allocator, "int8": int8, "int8_models": int8_models, "openmp": openmp}
+            "allocator": allocator, "int8": int8, "int8_gemv": int8_gemv, "int8_models": int8_models, "openmp": openmp}
     unknown = sorted(set(args.what) - set(runs))
     if unknown:
         p.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(runs)}")

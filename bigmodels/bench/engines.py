@@ -110,26 +110,31 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
     GPT-2's attention is fused already), then what
     :func:`~bigmodels.compress.layout.prepare_for_cpu_decoding` does (``benchmarks/cpu_decode.md``,
     ``benchmarks/cpu_encoders.md``): int8 swaps every Linear, a tied output layer too (as an untied int8 copy),
-    for PyTorch's x86 int8 GEMMs (fbgemm; oneDNN's from 32 rows on CPUs with AMX) with activations quantized at
-    run time (2-2.3x torchao's on the AMD EPYC); the float Linear layers left (all of them in fp32) multiply with
+    for x86 int8 GEMMs with activations quantized at run time (calls of up to 31 rows on our VNNI kernel where it
+    is built, :mod:`bigmodels.nn.kernels`; else fbgemm, and oneDNN's from 32 rows on CPUs with AMX; fbgemm was
+    2-2.3x torchao's on the AMD EPYC); the float Linear layers left (all of them in fp32) multiply with
     oneDNN-packed weights (1.5-1.9x MKL's sgemm on the AMD EPYC at decoding's rows, 1.04-1.09x whole encoder
     forwards on the Intel Xeon). Decoding (``rows``: prompts a call decodes together): greedy with a static
-    (preallocated) key/value cache; compiled (:data:`~bigmodels.infer.generate.CPU_COMPILE_OPTIONS`) for fp32 at one
-    row, where it measured ~1.2x the eager step, and eager elsewhere: at 8 rows the eager step's packed weights were
-    ~1.2x the compiled step, and int8's fbgemm weights do not compile (``benchmarks/cpu_decode.md``).
+    (preallocated) key/value cache; compiled (:data:`~bigmodels.infer.generate.CPU_COMPILE_OPTIONS`) at one row,
+    where it measured ~1.2x the eager step in fp32 and ~1.5x in int8 (whose products run on
+    ``bigmodels_cpu::int8_linear`` there; where that kernel is not built, fbgemm's opaque packed weights do not
+    compile and int8 stays eager), and eager elsewhere: at 8 rows the eager step's packed weights were ~1.2x the
+    compiled step (``benchmarks/cpu_decode.md``).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     from ..compress.layout import PackedLinear, prepare_for_cpu_decoding
     from ..compress.quantize import Int8DynamicLinear, _cpu_has_amx_int8
     from ..models._contract import kind_of
+    from ..nn import kernels
     from ..nn.attention import pack_qkv_
 
     model = model.eval()  # on the device it is on (the CPU rows build on the CPU)
     packed = pack_qkv_(model)
     settings: dict[str, Any] = {"precision": precision, "qkv_packed_modules": packed}
-    options = {"cache": "static", "compile": precision == "fp32" and rows == 1}
     prepare_for_cpu_decoding(model, int8=precision == "int8")  # the same transforms serve encoders
+    # int8 compiles where its products run on bigmodels_cpu::int8_linear (an operator torch.compile traces through)
+    options = {"cache": "static", "compile": rows == 1 and (precision == "fp32" or kernels.available())}
 
     def count(kind: type) -> int:
         return sum(isinstance(m, kind) for m in model.modules())
@@ -138,7 +143,10 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
         settings["quantize_"] = {"config": "Int8DynamicConfig(kernel='fbgemm', output_layer=True)",
                                  "layers": count(Int8DynamicLinear),
                                  # AMX CPUs: calls of this many rows or more run on oneDNN's int8 GEMM
-                                 "onednn_min_rows": Int8DynamicLinear.onednn_min_rows if _cpu_has_amx_int8() else None}
+                                 "onednn_min_rows": Int8DynamicLinear.onednn_min_rows if _cpu_has_amx_int8() else None,
+                                 # calls of at most this many rows run on bigmodels_cpu::int8_linear (None: not built)
+                                 "vnni_max_rows": Int8DynamicLinear.vnni_max_rows if kernels.available() else None}
+    settings["cpu_kernels"] = kernels.available()  # bigmodels_cpu's one-query attention and argmax (decoding)
     settings["prepack_linears_"] = count(PackedLinear)  # oneDNN-packed float weights
     if kind_of(model) == "encoder":
         return model, options, settings

@@ -46,6 +46,7 @@ from torch import nn
 from .._files import cpu_info
 from ..errors import CheckpointError, ConfigError
 from ..models._contract import ModelInfo, model_device
+from ..nn import kernels
 
 __all__ = [
     "QuantConfig", "Int8DynamicConfig", "Int8DynamicLinear", "INT8_KERNELS", "Int8WeightOnlyConfig",
@@ -193,14 +194,21 @@ class Int8DynamicLinear(nn.Module):
     The int8 matrix is packed once, when built or loaded, for fbgemm (VNNI), and on CPUs with AMX int8 tiles also
     for oneDNN, which uses them: calls of at least ``onednn_min_rows`` rows (32) run on oneDNN there, fewer on
     fbgemm (at 768 x 3072 on 2 threads of an AMX Xeon: oneDNN 0.33 vs fbgemm 0.64 ms at 128 rows, 18.5 vs 31.5 ms
-    at 4,096; fbgemm 0.03 vs 0.05 ms at one row; ``benchmarks/cpu_micro.py int8``). CPU only; built by
-    ``quantize_(model, Int8DynamicConfig(kernel="fbgemm"))``.
+    at 4,096; fbgemm 0.03 vs 0.05 ms at one row; ``benchmarks/cpu_micro.py int8``). Calls of at most
+    ``vnni_max_rows`` rows (decoding) run on ``bigmodels_cpu::int8_linear`` where it is built (CPUs with AVX-512 VNNI
+    and a C++ compiler: :mod:`bigmodels.nn.kernels`), which quantizes each row to 8 bits with its own scale
+    and zero point, reads the int8 matrix once front to back, and traces under ``torch.compile``. CPU only; built
+    by ``quantize_(model, Int8DynamicConfig(kernel="fbgemm"))``.
 
     >>> layer = Int8DynamicLinear.from_linear(nn.Linear(64, 32))
     >>> layer(torch.randn(2, 5, 64)).shape, layer.weight.dtype
     (torch.Size([2, 5, 32]), torch.int8)
     """
 
+    # calls of at most this many rows run on bigmodels_cpu::int8_linear where it is built: at 1-16 rows of GPT-2's
+    # products it measured 1.3-1.9x fbgemm and 1.1-2.7x oneDNN (AMX), at 32 rows 1.2x fbgemm but 0.84x oneDNN
+    # (``python benchmarks/cpu_micro.py int8_gemv``)
+    vnni_max_rows: ClassVar[int] = 31
     onednn_min_rows: ClassVar[int] = 32  # where oneDNN (AMX) overtakes fbgemm: between 16 and 32 rows, measured
 
     def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -226,6 +234,9 @@ class Int8DynamicLinear(nn.Module):
         engines = torch.backends.quantized.supported_engines  # fbgemm on x86; ARM builds have qnnpack
         self._packed = self.packed_for("fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine)
         self._packed_onednn = self.packed_for("onednn") if _cpu_has_amx_int8() else None
+        self._vnni = None  # (tiled matrix, row sums) for bigmodels_cpu::int8_linear, where it is built
+        if self.in_features <= kernels.MAX_IN_FEATURES and kernels.available():
+            self._vnni = kernels.pack_int8(self.weight)
 
     def packed_for(self, engine: str) -> Any:
         """This layer's int8 weight and bias packed for ``engine``'s GEMM (``fbgemm``, ``onednn``, ...): what
@@ -246,7 +257,7 @@ class Int8DynamicLinear(nn.Module):
         self._pack()
 
     def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy / pickle: the packed matrix is rebuilt
-        return {k: v for k, v in self.__dict__.items() if k not in ("_packed", "_packed_onednn")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_packed", "_packed_onednn", "_vnni")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -254,7 +265,9 @@ class Int8DynamicLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
-        if self._packed_onednn is not None and rows.shape[0] >= self.onednn_min_rows:
+        if self._vnni is not None and rows.shape[0] <= self.vnni_max_rows:
+            y = torch.ops.bigmodels_cpu.int8_linear(rows, *self._vnni, self.weight_scale, self.bias, self.out_features)
+        elif self._packed_onednn is not None and rows.shape[0] >= self.onednn_min_rows:
             y = torch.ops.quantized.linear_dynamic(rows, self._packed_onednn, False)  # AMX: 8 bits, no overflow
         else:
             y = torch.ops.quantized.linear_dynamic(rows, self._packed, not _cpu_has_vnni())

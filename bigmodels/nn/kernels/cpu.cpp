@@ -1,0 +1,284 @@
+// CPU operators PyTorch lacks or runs slowly at decoding's sizes, registered as bigmodels_cpu::*. Built by
+// bigmodels/nn/kernels/__init__.py on first use (AVX-512: F, BW, VL, DQ, VNNI); see there.
+//
+// int8_linear: int8 x int8 products of a few rows (decoding) with AVX-512 VNNI.
+// y[m, n] = sx[m] * ws[n] * (sum_k (qx[m, k] - zx[m]) * W[n, k]) + bias[n]
+// with W (N, K) int8, symmetric per output row (scale ws), and x quantized per row to uint8 with its own scale sx
+// and zero point zx (asymmetric: the row's range including 0 spread over 0..255).
+// W is packed in tiles of 64 output rows: tile t, group g of 4 inputs is 256 contiguous bytes, row r's 4 bytes at
+// r * 4 (pack_int8() in Python does it). One VPDPBUSD multiplies a broadcast of 4 uint8 inputs with 16 rows' 4 int8
+// weights and adds the 16 sums to 16 int32 lanes: no horizontal sums, the matrix is read once, front to back.
+//
+// one_query_attention: softmax(q k^T * scale + mask) v for one query per (batch, head), the decoding step's
+// attention: one pass over the keys, one over the values, (batch, head) pairs shared among the threads.
+//
+// argmax: the index of each row's largest value (the first one; a NaN counts as the largest, as in torch.argmax),
+// vectorized: greedy decoding's pick over a 50,257-wide row.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kTile = 64;  // output rows per tile: 4 vectors of 16 int32 sums
+constexpr int kRowsPerPass = 4;  // input rows sharing one read of a tile's group (16 accumulators)
+
+// Row m of x (k floats) to uint8 (kpad bytes, the padding at the zero point); returns (scale, zero point).
+std::pair<float, int32_t> quantize_row(const float* x, int64_t k, int64_t kpad, uint8_t* q) {
+  __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    __m512 v = _mm512_loadu_ps(x + i);
+    lo = _mm512_min_ps(lo, v);
+    hi = _mm512_max_ps(hi, v);
+  }
+  float mn = _mm512_reduce_min_ps(lo), mx = _mm512_reduce_max_ps(hi);
+  for (; i < k; ++i) {
+    mn = std::min(mn, x[i]);
+    mx = std::max(mx, x[i]);
+  }
+  float scale = (mx - mn) / 255.f;
+  if (!(scale > 0.f) || !std::isfinite(scale)) scale = 1.f;  // an all-zero row (or inf/nan: left to show up)
+  int32_t zero = static_cast<int32_t>(std::nearbyint(-mn / scale));
+  zero = std::min(255, std::max(0, zero));
+  const __m512 inv = _mm512_set1_ps(1.f / scale);
+  const __m512i z = _mm512_set1_epi32(zero), vmin = _mm512_setzero_si512(), vmax = _mm512_set1_epi32(255);
+  i = 0;
+  for (; i + 16 <= k; i += 16) {
+    __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), inv));  // round to nearest even
+    v = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, z), vmin), vmax);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtepi32_epi8(v));
+  }
+  for (; i < k; ++i) {
+    int32_t v = static_cast<int32_t>(std::nearbyint(x[i] / scale)) + zero;
+    q[i] = static_cast<uint8_t>(std::min(255, std::max(0, v)));
+  }
+  for (; i < kpad; ++i) q[i] = static_cast<uint8_t>(zero);  // padded inputs meet zero weights either way
+  return {scale, zero};
+}
+
+template <int MB>
+inline void tile_sums(const int8_t* w, const uint8_t* q, int64_t groups, int64_t kpad, __m512i acc[][4]) {
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < groups; ++g) {
+    const int8_t* p = w + g * 256;
+    _mm_prefetch(reinterpret_cast<const char*>(p + 4096), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p + 4096 + 64), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p + 4096 + 128), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p + 4096 + 192), _MM_HINT_T0);
+    const __m512i w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + 64);
+    const __m512i w2 = _mm512_loadu_si512(p + 128), w3 = _mm512_loadu_si512(p + 192);
+    for (int m = 0; m < MB; ++m) {
+      int32_t four;
+      std::memcpy(&four, q + m * kpad + g * 4, 4);
+      const __m512i xb = _mm512_set1_epi32(four);
+      acc[m][0] = _mm512_dpbusd_epi32(acc[m][0], xb, w0);
+      acc[m][1] = _mm512_dpbusd_epi32(acc[m][1], xb, w1);
+      acc[m][2] = _mm512_dpbusd_epi32(acc[m][2], xb, w2);
+      acc[m][3] = _mm512_dpbusd_epi32(acc[m][3], xb, w3);
+    }
+  }
+}
+
+// x (M, K) float32; packed (tiles, groups, 64, 4) int8; row_sums (tiles * 64,) int32 = sum_k W[n, k];
+// scale (N,) float32; bias (N,) float32 or None; n = N (the packed rows past it are zero).
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& row_sums, const at::Tensor& scale,
+                  const std::optional<at::Tensor>& bias, int64_t n) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
+              "bigmodels_cpu::int8_linear: x must be a 2-D float32 CPU tensor");
+  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kChar && packed.size(2) == kTile &&
+                  packed.size(3) == 4 && packed.is_contiguous(),
+              "bigmodels_cpu::int8_linear: packed must be a contiguous (tiles, groups, 64, 4) int8 tensor");
+  const int64_t rows = x.size(0), k = x.size(1), tiles = packed.size(0), groups = packed.size(1), kpad = groups * 4;
+  TORCH_CHECK(k <= kpad && kpad < k + 4, "bigmodels_cpu::int8_linear: x has ", k, " features, the packed matrix ", kpad);
+  TORCH_CHECK(n > 0 && n <= tiles * kTile && row_sums.numel() == tiles * kTile && scale.numel() == n,
+              "bigmodels_cpu::int8_linear: row sums / scales do not match the packed matrix");
+  TORCH_CHECK(row_sums.scalar_type() == at::kInt && scale.scalar_type() == at::kFloat &&
+                  row_sums.is_contiguous() && scale.is_contiguous(),
+              "bigmodels_cpu::int8_linear: row_sums must be contiguous int32, scale contiguous float32");
+  const float* b = nullptr;
+  at::Tensor bias_c;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == n, "bigmodels_cpu::int8_linear: bad bias");
+    bias_c = bias->contiguous();
+    b = bias_c.data_ptr<float>();
+  }
+  const at::Tensor xc = x.contiguous();
+  std::vector<uint8_t> q(static_cast<size_t>(rows * kpad));
+  std::vector<float> sx(rows);
+  std::vector<int32_t> zx(rows);
+  for (int64_t m = 0; m < rows; ++m) {
+    auto [s, z] = quantize_row(xc.data_ptr<float>() + m * k, k, kpad, q.data() + m * kpad);
+    sx[m] = s;
+    zx[m] = z;
+  }
+  at::Tensor y = at::empty({rows, n}, x.options());
+  if (rows == 0) return y;
+  float* out = y.data_ptr<float>();
+  const int8_t* w = packed.data_ptr<int8_t>();
+  const int32_t* sums = row_sums.data_ptr<int32_t>();
+  const float* ws = scale.data_ptr<float>();
+  // grain: a thread takes at least 4 tiles (a 64 x 768 tile is 48 KB), so small layers do not split thin
+  at::parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) {
+    __m512i acc[kRowsPerPass][4];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int8_t* wt = w + t * groups * 256;
+      for (int64_t m0 = 0; m0 < rows; m0 += kRowsPerPass) {
+        const int mb = static_cast<int>(std::min<int64_t>(kRowsPerPass, rows - m0));
+        const uint8_t* qm = q.data() + m0 * kpad;
+        switch (mb) {
+          case 1: tile_sums<1>(wt, qm, groups, kpad, acc); break;
+          case 2: tile_sums<2>(wt, qm, groups, kpad, acc); break;
+          case 3: tile_sums<3>(wt, qm, groups, kpad, acc); break;
+          default: tile_sums<4>(wt, qm, groups, kpad, acc); break;
+        }
+        for (int m = 0; m < mb; ++m) {
+          const __m512i z = _mm512_set1_epi32(zx[m0 + m]);
+          const __m512 s = _mm512_set1_ps(sx[m0 + m]);
+          for (int j = 0; j < 4; ++j) {
+            const int64_t col = t * kTile + j * 16;
+            if (col >= n) break;
+            const __mmask16 mask = n - col >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                                 : static_cast<__mmask16>((1u << (n - col)) - 1);
+            const __m512i exact = _mm512_sub_epi32(acc[m][j], _mm512_mullo_epi32(z, _mm512_loadu_si512(sums + col)));
+            const __m512 rs = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, ws + col), s);
+            const __m512 add = b ? _mm512_maskz_loadu_ps(mask, b + col) : _mm512_setzero_ps();
+            _mm512_mask_storeu_ps(out + (m0 + m) * n + col, mask, _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), rs, add));
+          }
+        }
+      }
+    }
+  });
+  return y;
+}
+
+
+// q (B, H, 1, D); k, v (B, H, L, D); each with unit stride along D. mask: additive float32, broadcastable to
+// (B, H, 1, L), or None. Returns (B, H, 1, D).
+at::Tensor one_query_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const std::optional<at::Tensor>& mask, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.size(2) == 1,
+              "bigmodels_cpu::one_query_attention: q must be (B, H, 1, D), k and v (B, H, L, D)");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(3), L = k.size(2);
+  TORCH_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == D && v.sizes() == k.sizes() && L > 0,
+              "bigmodels_cpu::one_query_attention: k and v must both be (", B, ", ", H, ", L, ", D, ")");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "bigmodels_cpu::one_query_attention: float32 only");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+              "bigmodels_cpu::one_query_attention: the head dimension must have unit stride");
+  at::Tensor m;
+  const float* mp = nullptr;
+  int64_t msb = 0, msh = 0, msl = 0;
+  if (mask.has_value() && mask->defined()) {
+    TORCH_CHECK(mask->scalar_type() == at::kFloat, "bigmodels_cpu::one_query_attention: an additive float32 mask");
+    m = mask->expand({B, H, 1, L});
+    mp = m.data_ptr<float>();
+    msb = m.stride(0);
+    msh = m.stride(1);
+    msl = m.stride(3);
+  }
+  at::Tensor out = at::empty({B, H, 1, D}, q.options());
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t qsb = q.stride(0), qsh = q.stride(1), ksb = k.stride(0), ksh = k.stride(1), ksl = k.stride(2);
+  const int64_t vsb = v.stride(0), vsh = v.stride(1), vsl = v.stride(2);
+  const float s = static_cast<float>(scale);
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> w(L), acc(D);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / H, h = i % H;
+      const float* qi = qp + b * qsb + h * qsh;
+      const float* ki = kp + b * ksb + h * ksh;
+      const float* vi = vp + b * vsb + h * vsh;
+      float top = -INFINITY;
+      for (int64_t l = 0; l < L; ++l) {
+        const float* kl = ki + l * ksl;
+        __m512 a = _mm512_setzero_ps();
+        int64_t d = 0;
+        for (; d + 16 <= D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qi + d), _mm512_loadu_ps(kl + d), a);
+        float dot = _mm512_reduce_add_ps(a);
+        for (; d < D; ++d) dot += qi[d] * kl[d];
+        w[l] = dot * s + (mp ? mp[b * msb + h * msh + l * msl] : 0.f);
+        top = std::max(top, w[l]);
+      }
+      float sum = 0.f;
+      for (int64_t l = 0; l < L; ++l) {
+        w[l] = std::exp(w[l] - top);  // a masked key (-inf) gives 0; every key masked gives NaN, as softmax does
+        sum += w[l];
+      }
+      const float inv = 1.f / sum;
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t l = 0; l < L; ++l) {
+        if (w[l] == 0.f) continue;
+        const float* vl = vi + l * vsl;
+        const float p = w[l] * inv;
+        const __m512 pv = _mm512_set1_ps(p);
+        int64_t d = 0;
+        for (; d + 16 <= D; d += 16)
+          _mm512_storeu_ps(acc.data() + d, _mm512_fmadd_ps(pv, _mm512_loadu_ps(vl + d), _mm512_loadu_ps(acc.data() + d)));
+        for (; d < D; ++d) acc[d] += p * vl[d];
+      }
+      if (!(sum > 0.f)) std::fill(acc.begin(), acc.end(), NAN);
+      std::copy(acc.begin(), acc.end(), op + i * D);
+    }
+  });
+  return out;
+}
+
+// x (B, V) float32 -> (B, 1) int64: torch.argmax(x, -1, keepdim=True)
+at::Tensor argmax(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.size(1) > 0,
+              "bigmodels_cpu::argmax: x must be a (rows, values) float32 tensor with values");
+  const at::Tensor xc = x.contiguous();
+  const int64_t rows = xc.size(0), V = xc.size(1);
+  at::Tensor out = at::empty({rows, 1}, x.options().dtype(at::kLong));
+  const float* xp = xc.data_ptr<float>();
+  int64_t* op = out.data_ptr<int64_t>();
+  at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = xp + r * V;
+      __m512 best = _mm512_set1_ps(-INFINITY);
+      __mmask16 nan = 0;
+      int64_t i = 0;
+      for (; i + 16 <= V; i += 16) {
+        const __m512 v = _mm512_loadu_ps(row + i);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        best = _mm512_max_ps(best, v);
+      }
+      float top = _mm512_reduce_max_ps(best);
+      bool has_nan = nan != 0;
+      for (int64_t j = i; j < V; ++j) {
+        has_nan |= std::isnan(row[j]);
+        top = std::max(top, row[j]);
+      }
+      int64_t at = 0;
+      if (has_nan) {
+        while (!std::isnan(row[at])) ++at;
+      } else {
+        while (row[at] != top) ++at;  // the first index of the largest value
+      }
+      op[r] = at;
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(bigmodels_cpu, m) {
+  m.def("int8_linear(Tensor x, Tensor packed, Tensor row_sums, Tensor scale, Tensor? bias, int n) -> Tensor");
+  m.def("one_query_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
+  m.def("argmax(Tensor x) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(bigmodels_cpu, CPU, m) {
+  m.impl("int8_linear", &int8_linear);
+  m.impl("one_query_attention", &one_query_attention);
+  m.impl("argmax", &argmax);
+}

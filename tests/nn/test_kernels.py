@@ -1,0 +1,224 @@
+"""bigmodels.nn.kernels: each CPU operator against the arithmetic it stands for (the int8 product against its
+documented quantization, the attention against PyTorch's, argmax against torch.argmax), where the library and the
+decoding steps use them, and the fallback where they cannot be built."""
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import bigmodels
+from bigmodels.compress.quantize import Int8DynamicLinear
+from bigmodels.infer.sampling import sample_next_token
+from bigmodels.nn import kernels
+
+needs_kernel = pytest.mark.skipif(not kernels.available(),
+                                  reason="bigmodels_cpu is not built here (no AVX-512 VNNI or no C++ compiler)")
+
+
+def documented(x: torch.Tensor, layer: Int8DynamicLinear) -> torch.Tensor:
+    """The kernel's arithmetic in float64: each row to uint8 over its range including 0, then the int8 product."""
+    lo, hi = x.amin(1, keepdim=True).clamp(max=0), x.amax(1, keepdim=True).clamp(min=0)
+    scale = ((hi - lo) / 255).masked_fill(hi == lo, 1.0)
+    zero = torch.round(-lo / scale).clamp(0, 255)
+    q = (torch.round(x / scale) + zero).clamp(0, 255) - zero
+    y = (q.double() @ layer.weight.double().t()) * scale.double() * layer.weight_scale.double()
+    return y if layer.bias is None else y + layer.bias.double()
+
+
+def test_pack_int8_tiles_rows_and_groups_of_four_inputs():
+    torch.manual_seed(0)
+    w = torch.randint(-127, 128, (70, 9), dtype=torch.int8)
+    packed, sums = kernels.pack_int8(w)
+    assert packed.shape == (2, 3, 64, 4) and sums.shape == (128,)
+    # tile t, group g, row r, lane j holds W[64 t + r, 4 g + j]; padding is zero
+    unpacked = packed.permute(0, 2, 1, 3).reshape(128, 12)
+    assert torch.equal(unpacked[:70, :9], w) and not unpacked[70:].any() and not unpacked[:, 9:].any()
+    assert torch.equal(sums[:70], w.sum(1, dtype=torch.int32))
+
+
+@needs_kernel
+@pytest.mark.parametrize("out_features,in_features", [(50, 7), (64, 64), (130, 260), (200, 1000)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_kernel_computes_the_documented_int8_arithmetic(out_features, in_features, bias):
+    torch.manual_seed(out_features + in_features)
+    layer = Int8DynamicLinear.from_linear(nn.Linear(in_features, out_features, bias=bias))
+    for rows in (1, 3, 4, 5, 16):
+        x = torch.randn(rows, in_features) * 3
+        x[:, 0] += 5  # a row whose range is not centred on 0: the zero point matters
+        y = torch.ops.bigmodels_cpu.int8_linear(x, *layer._vnni, layer.weight_scale, layer.bias, out_features)
+        ref = documented(x, layer)
+        assert y.shape == (rows, out_features) and y.dtype == torch.float32
+        assert (y.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@needs_kernel
+def test_kernel_handles_rows_of_zeros_and_all_positive_rows():
+    torch.manual_seed(0)
+    layer = Int8DynamicLinear.from_linear(nn.Linear(32, 20))
+    x = torch.stack([torch.zeros(32), torch.rand(32) + 1, -torch.rand(32) - 1])
+    y = torch.ops.bigmodels_cpu.int8_linear(x, *layer._vnni, layer.weight_scale, layer.bias, 20)
+    assert torch.allclose(y[0], layer.bias)  # zero input: the bias exactly
+    assert (y.double() - documented(x, layer)).abs().max() < 1e-5 * y.abs().max()
+
+
+@needs_kernel
+def test_kernel_gives_the_same_bits_on_one_and_two_threads():
+    torch.manual_seed(0)
+    layer = Int8DynamicLinear.from_linear(nn.Linear(96, 1000))
+    x = torch.randn(3, 96)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = layer(x)
+        torch.set_num_threads(2)
+        two = layer(x)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)  # each output is one thread's sum, in one order
+
+
+@needs_kernel
+def test_kernel_rejects_inputs_that_do_not_match_the_packed_matrix():
+    layer = Int8DynamicLinear.from_linear(nn.Linear(16, 8))
+    with pytest.raises(RuntimeError, match="16"):
+        torch.ops.bigmodels_cpu.int8_linear(torch.randn(2, 24), *layer._vnni, layer.weight_scale, layer.bias, 8)
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.bigmodels_cpu.int8_linear(torch.randn(2, 16).double(), *layer._vnni, layer.weight_scale, None, 8)
+
+
+@needs_kernel
+def test_int8_layer_runs_few_rows_on_the_kernel_and_many_on_pytorchs(monkeypatch):
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 96)
+    layer = Int8DynamicLinear.from_linear(linear)
+    few, many = torch.randn(Int8DynamicLinear.vnni_max_rows, 128), torch.randn(64, 128)
+    with torch.no_grad():
+        assert torch.equal(layer(few), torch.ops.bigmodels_cpu.int8_linear(few, *layer._vnni, layer.weight_scale,
+                                                                       layer.bias, 96))
+        for x in (few[:1], many):  # either path stays close to fp32
+            assert (layer(x) - linear(x)).norm() / linear(x).norm() < 0.01
+        monkeypatch.setattr(Int8DynamicLinear, "vnni_max_rows", 0)
+        assert not torch.equal(layer(few), torch.ops.bigmodels_cpu.int8_linear(few, *layer._vnni, layer.weight_scale,
+                                                                           layer.bias, 96))
+    clone = Int8DynamicLinear.from_linear(nn.Linear(128, 96))
+    clone.load_state_dict(layer.state_dict())  # repacked from the loaded weights
+    assert torch.equal(clone._vnni[0], layer._vnni[0]) and torch.equal(clone(few[:2]), layer(few[:2]))
+
+
+@needs_kernel
+def test_compiled_int8_decoding_step_gives_the_eager_steps_tokens():
+    from bigmodels.compress.layout import prepare_for_cpu_decoding
+    from bigmodels.infer.generate import CPU_COMPILE_OPTIONS, Decoder, generate
+
+    torch.manual_seed(0)
+    model = prepare_for_cpu_decoding(bigmodels.create_model("gpt_mini").eval(), int8=True)
+    prompt = torch.randint(0, model.config.vocab_size, (1, 6))
+    with torch.inference_mode():
+        eager = generate(model, prompt, max_new_tokens=12, temperature=0, cache="static")
+        compiled = generate(model, prompt, max_new_tokens=12, temperature=0, cache="static", compile=True,
+                            decoder=Decoder(model, compile_options=CPU_COMPILE_OPTIONS))
+    assert torch.equal(eager, compiled)
+
+
+def test_kernel_is_not_used_when_switched_off_or_unbuildable(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv(kernels.DISABLE_ENV, "0")
+    assert kernels._load() == f"{kernels.DISABLE_ENV}=0"
+    monkeypatch.delenv(kernels.DISABLE_ENV)
+    monkeypatch.setattr(kernels, "_cpu_has_avx512_vnni", lambda: False)
+    assert kernels._load() == "this CPU has no AVX-512 VNNI"
+    monkeypatch.setattr(kernels, "_cpu_has_avx512_vnni", lambda: True)
+    monkeypatch.setattr(kernels, "_compiler", lambda: None)
+    assert "no C++ compiler" in kernels._load()
+    # a compiler that fails: a clear error with its output, and no library left behind
+    monkeypatch.setenv(kernels.DIR_ENV, str(tmp_path))
+    with pytest.raises(RuntimeError, match="failed"):
+        kernels._build("false")
+    assert list(tmp_path.iterdir()) == []
+    # available() logs the reason once and says False; the layer then runs on PyTorch's kernels alone
+    monkeypatch.setattr(kernels, "_state", None)
+    monkeypatch.setattr(kernels, "_compiler", lambda: None)
+    with caplog.at_level(logging.INFO, logger="bigmodels.nn.kernels"):
+        assert kernels.available() is False
+    assert "no C++ compiler" in caplog.text
+    layer = Int8DynamicLinear.from_linear(nn.Linear(16, 8))
+    assert layer._vnni is None and layer(torch.randn(1, 16)).shape == (1, 8)
+    assert sample_next_token(torch.tensor([[0.0, 3.0, 1.0]]), temperature=0).tolist() == [[1]]
+
+
+def reference_attention(q, k, v, mask):
+    w = (q.double() @ k.double().transpose(-1, -2)) / q.size(-1) ** 0.5
+    if mask is not None:
+        w = w + mask.double()
+    return (w.softmax(-1) @ v.double()).float()
+
+
+@needs_kernel
+@pytest.mark.parametrize("heads,keys,dim", [(3, 1, 64), (12, 128, 64), (2, 37, 20)])
+def test_one_query_attention_matches_softmax_attention(heads, keys, dim):
+    torch.manual_seed(keys)
+    q = torch.randn(2, 1, heads, dim).transpose(1, 2)  # (B, H, 1, D) as the heads come: a strided view
+    k, v = torch.randn(2, heads, keys, dim), torch.randn(2, heads, keys, dim)
+    rows = torch.zeros(2, 1, 1, keys)
+    rows[0, ..., keys // 2 + 1:] = float("-inf")  # the slots a static cache has not written yet
+    for mask in (None, rows, rows[:1]):
+        out = torch.ops.bigmodels_cpu.one_query_attention(q, k, v, mask, 1 / dim ** 0.5)
+        assert out.shape == (2, heads, 1, dim)
+        assert torch.allclose(out, reference_attention(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_attention_takes_the_kernel_for_one_query_without_gradients_only():
+    from bigmodels.nn import scaled_dot_product_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 1, 16), torch.randn(1, 4, 9, 16), torch.randn(1, 4, 9, 16)
+    mask = torch.zeros(1, 1, 1, 9)
+    mask[..., 7:] = float("-inf")
+    kernel = torch.ops.bigmodels_cpu.one_query_attention(q, k, v, mask, 0.25)
+    with torch.no_grad():
+        assert torch.equal(scaled_dot_product_attention(q, k, v, mask)[0], kernel)
+    # gradients, two queries, float64: PyTorch's path, the same numbers
+    qg = q.clone().requires_grad_()
+    out = scaled_dot_product_attention(qg, k, v, mask)[0]
+    out.sum().backward()
+    assert qg.grad is not None and torch.allclose(out, kernel, atol=1e-6)
+    two = scaled_dot_product_attention(q.expand(1, 4, 2, 16), k, v, mask)[0]
+    assert torch.allclose(two[:, :, :1], kernel, atol=1e-6)
+    assert torch.allclose(scaled_dot_product_attention(q.double(), k.double(), v.double(), mask)[0].float(),
+                          kernel, atol=1e-6)
+
+
+@needs_kernel
+def test_argmax_is_torch_argmax_ties_nan_and_infinities_included():
+    torch.manual_seed(0)
+    for width in (1, 15, 16, 17, 50257):
+        x = torch.randn(5, width)
+        assert torch.equal(torch.ops.bigmodels_cpu.argmax(x), x.argmax(-1, keepdim=True))
+    x = torch.zeros(6, 40)
+    x[1, [3, 30]] = 2.0  # a tie: the first
+    x[2, 33] = float("nan")  # NaN counts as the largest
+    x[2, 35] = float("inf")
+    x[3] = float("-inf")
+    x[4, [5, 20]] = float("inf")
+    x[5, [8, 36]] = float("nan")
+    assert torch.equal(torch.ops.bigmodels_cpu.argmax(x), x.argmax(-1, keepdim=True))
+    assert torch.ops.bigmodels_cpu.argmax(x).view(-1).tolist() == [0, 3, 33, 0, 5, 8]
+    assert torch.equal(sample_next_token(x[1:2], temperature=0), torch.tensor([[3]]))
+
+
+@needs_kernel
+def test_decoding_gives_the_same_tokens_with_and_without_the_kernels(monkeypatch):
+    from bigmodels.infer.generate import generate
+
+    torch.manual_seed(0)
+    model = bigmodels.create_model("gpt_mini").eval()
+    prompt = torch.randint(0, model.config.vocab_size, (2, 5))
+    with torch.inference_mode():
+        runs = [generate(model, prompt, max_new_tokens=10, temperature=0, cache=cache)
+                for cache in ("dynamic", "static")]
+        monkeypatch.setattr(kernels, "_state", False)  # PyTorch's attention and argmax
+        assert not kernels.available()
+        for cache, ours in zip(("dynamic", "static"), runs, strict=True):
+            assert torch.equal(generate(model, prompt, max_new_tokens=10, temperature=0, cache=cache), ours)
