@@ -303,7 +303,7 @@ def int8_gemv(reps: int) -> None:
             rows = x[layer.in_features]
             if side == "ours":
                 torch.ops.bigmodels_cpu.int8_linear(rows, *layer._vnni, layer.weight_scale, layer.bias,
-                                                layer.out_features)
+                                                layer.in_features)
             else:
                 torch.ops.quantized.linear_dynamic(rows, packs[side][i], False)
 

@@ -115,11 +115,11 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
     2-2.3x torchao's on the AMD EPYC); the float Linear layers left (all of them in fp32) multiply with
     oneDNN-packed weights (1.5-1.9x MKL's sgemm on the AMD EPYC at decoding's rows, 1.04-1.09x whole encoder
     forwards on the Intel Xeon). Decoding (``rows``: prompts a call decodes together): greedy with a static
-    (preallocated) key/value cache; compiled (:data:`~bigmodels.infer.generate.CPU_COMPILE_OPTIONS`) at one row,
-    where it measured ~1.2x the eager step in fp32 and ~1.5x in int8 (whose products run on
-    ``bigmodels_cpu::int8_linear`` there; where that kernel is not built, fbgemm's opaque packed weights do not
-    compile and int8 stays eager), and eager elsewhere: at 8 rows the eager step's packed weights were ~1.2x the
-    compiled step (``benchmarks/cpu_decode.md``).
+    (preallocated) key/value cache; compiled (:data:`~bigmodels.infer.generate.CPU_COMPILE_OPTIONS`) for fp32 at
+    one row, where it measured ~1.2x the eager step (at 8 rows the eager step's packed weights were ~1.2x the
+    compiled step), and for int8 up to 16 rows, whose products run on ``bigmodels_cpu::int8_linear`` there (~1.5x
+    the eager step at one row, ~1.1x at eight; where that kernel is not built, fbgemm's opaque packed weights do not
+    compile and int8 stays eager); eager elsewhere (``benchmarks/cpu_decode.md``).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -133,8 +133,10 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
     packed = pack_qkv_(model)
     settings: dict[str, Any] = {"precision": precision, "qkv_packed_modules": packed}
     prepare_for_cpu_decoding(model, int8=precision == "int8")  # the same transforms serve encoders
-    # int8 compiles where its products run on bigmodels_cpu::int8_linear (an operator torch.compile traces through)
-    options = {"cache": "static", "compile": rows == 1 and (precision == "fp32" or kernels.available())}
+    # int8 compiles where its products run on bigmodels_cpu::int8_linear (an operator torch.compile traces through;
+    # AMX tiles up to 16 rows): 1.5x its eager step at one row, 1.1x at eight (benchmarks/cpu_decode.md)
+    int8_compiles = precision == "int8" and rows is not None and rows <= 16 and kernels.available()
+    options = {"cache": "static", "compile": (precision == "fp32" and rows == 1) or int8_compiles}
 
     def count(kind: type) -> int:
         return sum(isinstance(m, kind) for m in model.modules())

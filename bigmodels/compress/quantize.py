@@ -205,9 +205,9 @@ class Int8DynamicLinear(nn.Module):
     (torch.Size([2, 5, 32]), torch.int8)
     """
 
-    # calls of at most this many rows run on bigmodels_cpu::int8_linear where it is built: at 1-16 rows of GPT-2's
-    # products it measured 1.3-1.9x fbgemm and 1.1-2.7x oneDNN (AMX), at 32 rows 1.2x fbgemm but 0.84x oneDNN
-    # (``python benchmarks/cpu_micro.py int8_gemv``)
+    # calls of at most this many rows run on bigmodels_cpu::int8_linear where it is built: on GPT-2's products, with
+    # its VNNI loop alone 1.3-1.9x fbgemm and 1.1-2.7x oneDNN (AMX) at 1-16 rows, 1.2x fbgemm but 0.84x oneDNN at 32;
+    # 2-16 rows now run on its AMX tiles where the CPU has them (``python benchmarks/cpu_micro.py int8_gemv``)
     vnni_max_rows: ClassVar[int] = 31
     onednn_min_rows: ClassVar[int] = 32  # where oneDNN (AMX) overtakes fbgemm: between 16 and 32 rows, measured
 
@@ -266,7 +266,7 @@ class Int8DynamicLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
         if self._vnni is not None and rows.shape[0] <= self.vnni_max_rows:
-            y = torch.ops.bigmodels_cpu.int8_linear(rows, *self._vnni, self.weight_scale, self.bias, self.out_features)
+            y = torch.ops.bigmodels_cpu.int8_linear(rows, *self._vnni, self.weight_scale, self.bias, self.in_features)
         elif self._packed_onednn is not None and rows.shape[0] >= self.onednn_min_rows:
             y = torch.ops.quantized.linear_dynamic(rows, self._packed_onednn, False)  # AMX: 8 bits, no overflow
         else:

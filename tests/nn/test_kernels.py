@@ -31,9 +31,9 @@ def test_pack_int8_tiles_rows_and_groups_of_four_inputs():
     torch.manual_seed(0)
     w = torch.randint(-127, 128, (70, 9), dtype=torch.int8)
     packed, sums = kernels.pack_int8(w)
-    assert packed.shape == (2, 3, 64, 4) and sums.shape == (128,)
+    assert packed.shape == (2, 16, 64, 4) and sums.shape == (128,)  # inputs padded to 64 (an AMX tile's row)
     # tile t, group g, row r, lane j holds W[64 t + r, 4 g + j]; padding is zero
-    unpacked = packed.permute(0, 2, 1, 3).reshape(128, 12)
+    unpacked = packed.permute(0, 2, 1, 3).reshape(128, 64)
     assert torch.equal(unpacked[:70, :9], w) and not unpacked[70:].any() and not unpacked[:, 9:].any()
     assert torch.equal(sums[:70], w.sum(1, dtype=torch.int32))
 
@@ -47,7 +47,7 @@ def test_kernel_computes_the_documented_int8_arithmetic(out_features, in_feature
     for rows in (1, 3, 4, 5, 16):
         x = torch.randn(rows, in_features) * 3
         x[:, 0] += 5  # a row whose range is not centred on 0: the zero point matters
-        y = torch.ops.bigmodels_cpu.int8_linear(x, *layer._vnni, layer.weight_scale, layer.bias, out_features)
+        y = torch.ops.bigmodels_cpu.int8_linear(x, *layer._vnni, layer.weight_scale, layer.bias, in_features)
         ref = documented(x, layer)
         assert y.shape == (rows, out_features) and y.dtype == torch.float32
         assert (y.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
@@ -58,7 +58,7 @@ def test_kernel_handles_rows_of_zeros_and_all_positive_rows():
     torch.manual_seed(0)
     layer = Int8DynamicLinear.from_linear(nn.Linear(32, 20))
     x = torch.stack([torch.zeros(32), torch.rand(32) + 1, -torch.rand(32) - 1])
-    y = torch.ops.bigmodels_cpu.int8_linear(x, *layer._vnni, layer.weight_scale, layer.bias, 20)
+    y = torch.ops.bigmodels_cpu.int8_linear(x, *layer._vnni, layer.weight_scale, layer.bias, 32)
     assert torch.allclose(y[0], layer.bias)  # zero input: the bias exactly
     assert (y.double() - documented(x, layer)).abs().max() < 1e-5 * y.abs().max()
 
@@ -82,10 +82,10 @@ def test_kernel_gives_the_same_bits_on_one_and_two_threads():
 @needs_kernel
 def test_kernel_rejects_inputs_that_do_not_match_the_packed_matrix():
     layer = Int8DynamicLinear.from_linear(nn.Linear(16, 8))
-    with pytest.raises(RuntimeError, match="16"):
-        torch.ops.bigmodels_cpu.int8_linear(torch.randn(2, 24), *layer._vnni, layer.weight_scale, layer.bias, 8)
+    with pytest.raises(RuntimeError, match="x has 24 features, the layer 16"):
+        torch.ops.bigmodels_cpu.int8_linear(torch.randn(2, 24), *layer._vnni, layer.weight_scale, layer.bias, 16)
     with pytest.raises(RuntimeError, match="float32"):
-        torch.ops.bigmodels_cpu.int8_linear(torch.randn(2, 16).double(), *layer._vnni, layer.weight_scale, None, 8)
+        torch.ops.bigmodels_cpu.int8_linear(torch.randn(2, 16).double(), *layer._vnni, layer.weight_scale, None, 16)
 
 
 @needs_kernel
@@ -96,12 +96,12 @@ def test_int8_layer_runs_few_rows_on_the_kernel_and_many_on_pytorchs(monkeypatch
     few, many = torch.randn(Int8DynamicLinear.vnni_max_rows, 128), torch.randn(64, 128)
     with torch.no_grad():
         assert torch.equal(layer(few), torch.ops.bigmodels_cpu.int8_linear(few, *layer._vnni, layer.weight_scale,
-                                                                       layer.bias, 96))
+                                                                           layer.bias, 128))
         for x in (few[:1], many):  # either path stays close to fp32
             assert (layer(x) - linear(x)).norm() / linear(x).norm() < 0.01
         monkeypatch.setattr(Int8DynamicLinear, "vnni_max_rows", 0)
-        assert not torch.equal(layer(few), torch.ops.bigmodels_cpu.int8_linear(few, *layer._vnni, layer.weight_scale,
-                                                                           layer.bias, 96))
+        assert not torch.equal(layer(few), torch.ops.bigmodels_cpu.int8_linear(few, *layer._vnni,
+                                                                               layer.weight_scale, layer.bias, 128))
     clone = Int8DynamicLinear.from_linear(nn.Linear(128, 96))
     clone.load_state_dict(layer.state_dict())  # repacked from the loaded weights
     assert torch.equal(clone._vnni[0], layer._vnni[0]) and torch.equal(clone(few[:2]), layer(few[:2]))

@@ -8,6 +8,9 @@
 // W is packed in tiles of 64 output rows: tile t, group g of 4 inputs is 256 contiguous bytes, row r's 4 bytes at
 // r * 4 (pack_int8() in Python does it). One VPDPBUSD multiplies a broadcast of 4 uint8 inputs with 16 rows' 4 int8
 // weights and adds the 16 sums to 16 int32 lanes: no horizontal sums, the matrix is read once, front to back.
+// With AMX int8 tiles (built with -mamx-int8 and permitted by the kernel), calls of 2-16 rows multiply a tile of
+// 64 inputs x 16 rows by 16 outputs in one TDPBUSD per 16 outputs instead (the same sums, exactly): at 8 rows the
+// VNNI loop is bound by its dot products, the tiles are not. BIGMODELS_AMX=0 keeps to VNNI.
 //
 // one_query_attention: softmax(q k^T * scale + mask) v for one query per (batch, head), the decoding step's
 // attention: one pass over the keys, one over the values, (batch, head) pairs shared among the threads.
@@ -18,7 +21,10 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -86,18 +92,76 @@ inline void tile_sums(const int8_t* w, const uint8_t* q, int64_t groups, int64_t
   }
 }
 
-// x (M, K) float32; packed (tiles, groups, 64, 4) int8; row_sums (tiles * 64,) int32 = sum_k W[n, k];
-// scale (N,) float32; bias (N,) float32 or None; n = N (the packed rows past it are zero).
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& row_sums, const at::Tensor& scale,
-                  const std::optional<at::Tensor>& bias, int64_t n) {
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+constexpr bool kAmxBuilt = true;
+
+struct TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// tiles 0-3: the sums of `rows` rows x 4 x 16 outputs; 4: `rows` rows x 64 inputs (uint8); 5, 6: 16 groups of 4
+// inputs x 16 outputs (int8, the packed layout read with a 256-byte stride). Adds to out (rows x 64 int32).
+void amx_tile_sums(const int8_t* w, const uint8_t* q, int64_t groups, int64_t kpad, int32_t* out) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t g = 0; g < groups; g += 16) {
+    const int8_t* p = w + g * 256;
+    _tile_loadd(4, q + g * 4, kpad);
+    _tile_loadd(5, p, 256);
+    _tile_dpbusd(0, 4, 5);
+    _tile_loadd(6, p + 64, 256);
+    _tile_dpbusd(1, 4, 6);
+    _tile_loadd(5, p + 128, 256);
+    _tile_dpbusd(2, 4, 5);
+    _tile_loadd(6, p + 192, 256);
+    _tile_dpbusd(3, 4, 6);
+  }
+  _tile_stored(0, out, 256);
+  _tile_stored(1, out + 16, 256);
+  _tile_stored(2, out + 32, 256);
+  _tile_stored(3, out + 48, 256);
+}
+#else
+constexpr bool kAmxBuilt = false;
+#endif
+
+// Whether this process may use AMX tiles: asked of the kernel once (Linux: arch_prctl ARCH_REQ_XCOMP_PERM for
+// XTILEDATA, which also fails where the CPU has no AMX).
+bool amx_permitted() {
+  static const bool ok = [] {
+    const char* env = std::getenv("BIGMODELS_AMX");
+    if (!kAmxBuilt || (env != nullptr && env[0] == '0')) return false;
+#ifdef SYS_arch_prctl
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+
+// x (M, K) float32; packed (tiles, groups, 64, 4) int8 with groups a multiple of 16; row_sums (tiles * 64,) int32
+// = sum_k W[n, k]; scale (N,) float32; bias (N,) float32 or None; in_features = K (the packed inputs past it and
+// the packed rows past N are zero).
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& row_sums,
+                       const at::Tensor& scale, const std::optional<at::Tensor>& bias, int64_t in_features) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
               "bigmodels_cpu::int8_linear: x must be a 2-D float32 CPU tensor");
   TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kChar && packed.size(2) == kTile &&
-                  packed.size(3) == 4 && packed.is_contiguous(),
-              "bigmodels_cpu::int8_linear: packed must be a contiguous (tiles, groups, 64, 4) int8 tensor");
+                  packed.size(3) == 4 && packed.size(1) % 16 == 0 && packed.is_contiguous(),
+              "bigmodels_cpu::int8_linear: packed must be a contiguous (tiles, groups, 64, 4) int8 tensor, groups a "
+              "multiple of 16 (pack_int8)");
   const int64_t rows = x.size(0), k = x.size(1), tiles = packed.size(0), groups = packed.size(1), kpad = groups * 4;
-  TORCH_CHECK(k <= kpad && kpad < k + 4, "bigmodels_cpu::int8_linear: x has ", k, " features, the packed matrix ", kpad);
-  TORCH_CHECK(n > 0 && n <= tiles * kTile && row_sums.numel() == tiles * kTile && scale.numel() == n,
+  const int64_t n = scale.numel();
+  TORCH_CHECK(k == in_features && k <= kpad && kpad < k + 64, "bigmodels_cpu::int8_linear: x has ", k,
+              " features, the layer ", in_features, " (packed to ", kpad, ")");
+  TORCH_CHECK(n > 0 && n <= tiles * kTile && row_sums.numel() == tiles * kTile,
               "bigmodels_cpu::int8_linear: row sums / scales do not match the packed matrix");
   TORCH_CHECK(row_sums.scalar_type() == at::kInt && scale.scalar_type() == at::kFloat &&
                   row_sums.is_contiguous() && scale.is_contiguous(),
@@ -109,6 +173,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
     bias_c = bias->contiguous();
     b = bias_c.data_ptr<float>();
   }
+  at::Tensor y = at::empty({rows, n}, x.options());
+  if (rows == 0) return y;
   const at::Tensor xc = x.contiguous();
   std::vector<uint8_t> q(static_cast<size_t>(rows * kpad));
   std::vector<float> sx(rows);
@@ -118,14 +184,48 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
     sx[m] = s;
     zx[m] = z;
   }
-  at::Tensor y = at::empty({rows, n}, x.options());
-  if (rows == 0) return y;
   float* out = y.data_ptr<float>();
   const int8_t* w = packed.data_ptr<int8_t>();
   const int32_t* sums = row_sums.data_ptr<int32_t>();
   const float* ws = scale.data_ptr<float>();
+  const bool amx = rows >= 2 && rows <= 16 && amx_permitted();
+  // one row's 64 sums of a tile -> its outputs: (sum - zero point * row sums) * scales + bias
+  auto finish = [&](int64_t t, int64_t m, const int32_t* tile) {
+    const __m512i z = _mm512_set1_epi32(zx[m]);
+    const __m512 s = _mm512_set1_ps(sx[m]);
+    for (int j = 0; j < 4; ++j) {
+      const int64_t col = t * kTile + j * 16;
+      if (col >= n) break;
+      const __mmask16 mask = n - col >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                           : static_cast<__mmask16>((1u << (n - col)) - 1);
+      const __m512i exact = _mm512_sub_epi32(_mm512_loadu_si512(tile + j * 16),
+                                             _mm512_mullo_epi32(z, _mm512_loadu_si512(sums + col)));
+      const __m512 rs = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, ws + col), s);
+      const __m512 add = b ? _mm512_maskz_loadu_ps(mask, b + col) : _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(out + m * n + col, mask, _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), rs, add));
+    }
+  };
   // grain: a thread takes at least 4 tiles (a 64 x 768 tile is 48 KB), so small layers do not split thin
   at::parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) {
+    alignas(64) int32_t tile[16 * kTile];
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+    if (amx) {
+      TileConfig config;
+      for (int i = 0; i < 5; ++i) {  // sums and inputs: `rows` rows of 64 bytes; weights: 16 rows of 64 bytes
+        config.rows[i] = static_cast<uint8_t>(rows);
+        config.colsb[i] = 64;
+      }
+      config.rows[5] = config.rows[6] = 16;
+      config.colsb[5] = config.colsb[6] = 64;
+      _tile_loadconfig(&config);
+      for (int64_t t = t0; t < t1; ++t) {
+        amx_tile_sums(w + t * groups * 256, q.data(), groups, kpad, tile);
+        for (int64_t m = 0; m < rows; ++m) finish(t, m, tile + m * kTile);
+      }
+      _tile_release();
+      return;
+    }
+#endif
     __m512i acc[kRowsPerPass][4];
     for (int64_t t = t0; t < t1; ++t) {
       const int8_t* wt = w + t * groups * 256;
@@ -139,18 +239,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
           default: tile_sums<4>(wt, qm, groups, kpad, acc); break;
         }
         for (int m = 0; m < mb; ++m) {
-          const __m512i z = _mm512_set1_epi32(zx[m0 + m]);
-          const __m512 s = _mm512_set1_ps(sx[m0 + m]);
-          for (int j = 0; j < 4; ++j) {
-            const int64_t col = t * kTile + j * 16;
-            if (col >= n) break;
-            const __mmask16 mask = n - col >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                                 : static_cast<__mmask16>((1u << (n - col)) - 1);
-            const __m512i exact = _mm512_sub_epi32(acc[m][j], _mm512_mullo_epi32(z, _mm512_loadu_si512(sums + col)));
-            const __m512 rs = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, ws + col), s);
-            const __m512 add = b ? _mm512_maskz_loadu_ps(mask, b + col) : _mm512_setzero_ps();
-            _mm512_mask_storeu_ps(out + (m0 + m) * n + col, mask, _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), rs, add));
-          }
+          for (int j = 0; j < 4; ++j) _mm512_store_si512(tile + j * 16, acc[m][j]);
+          finish(t, m0 + m, tile);
         }
       }
     }
@@ -272,7 +362,7 @@ at::Tensor argmax(const at::Tensor& x) {
 }  // namespace
 
 TORCH_LIBRARY(bigmodels_cpu, m) {
-  m.def("int8_linear(Tensor x, Tensor packed, Tensor row_sums, Tensor scale, Tensor? bias, int n) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor packed, Tensor row_sums, Tensor scale, Tensor? bias, int in_features) -> Tensor");
   m.def("one_query_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
   m.def("argmax(Tensor x) -> Tensor");
 }
