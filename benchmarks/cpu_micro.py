@@ -30,7 +30,7 @@
 
 - ``int8_gemv``: the 49 int8 products of a GPT-2 124M decoding step at 1-32 rows, ``bigmodels_cpu::int8_linear``
   (``bigmodels/nn/kernels``, AVX-512 VNNI) against fbgemm's and oneDNN's: where ours pays
-  (``Int8DynamicLinear.vnni_max_rows``; tenth session).
+  (``Int8DynamicLinear.kernel_max_rows``; tenth session).
 
     python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator int8 int8_gemv \
         int8_models openmp

@@ -147,7 +147,7 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
                                  # AMX CPUs: calls of this many rows or more run on oneDNN's int8 GEMM
                                  "onednn_min_rows": Int8DynamicLinear.onednn_min_rows if _cpu_has_amx_int8() else None,
                                  # calls of at most this many rows run on bigmodels_cpu::int8_linear (None: not built)
-                                 "vnni_max_rows": Int8DynamicLinear.vnni_max_rows if kernels.available() else None}
+                                 "kernel_max_rows": Int8DynamicLinear.kernel_max_rows if kernels.available() else None}
     settings["cpu_kernels"] = kernels.available()  # bigmodels_cpu's one-query attention and argmax (decoding)
     settings["prepack_linears_"] = count(PackedLinear)  # oneDNN-packed float weights
     if kind_of(model) == "encoder":

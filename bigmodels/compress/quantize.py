@@ -194,21 +194,22 @@ class Int8DynamicLinear(nn.Module):
     The int8 matrix is packed once, when built or loaded, for fbgemm (VNNI), and on CPUs with AMX int8 tiles also
     for oneDNN, which uses them: calls of at least ``onednn_min_rows`` rows (32) run on oneDNN there, fewer on
     fbgemm (at 768 x 3072 on 2 threads of an AMX Xeon: oneDNN 0.33 vs fbgemm 0.64 ms at 128 rows, 18.5 vs 31.5 ms
-    at 4,096; fbgemm 0.03 vs 0.05 ms at one row; ``benchmarks/cpu_micro.py int8``). Calls of at most
-    ``vnni_max_rows`` rows (decoding) run on ``bigmodels_cpu::int8_linear`` where it is built (CPUs with AVX-512 VNNI
-    and a C++ compiler: :mod:`bigmodels.nn.kernels`), which quantizes each row to 8 bits with its own scale
-    and zero point, reads the int8 matrix once front to back, and traces under ``torch.compile``. CPU only; built
-    by ``quantize_(model, Int8DynamicConfig(kernel="fbgemm"))``.
+    at 4,096; fbgemm 0.03 vs 0.05 ms at one row; ``benchmarks/cpu_micro.py int8``). Where
+    ``bigmodels_cpu::int8_linear`` is built (CPUs with AVX-512 VNNI and a C++ compiler: :mod:`bigmodels.nn.kernels`),
+    calls of at most ``kernel_max_rows`` rows run on it instead: it quantizes each row to 8 bits with its own scale
+    and zero point, multiplies with VNNI at one row and AMX tiles above where the CPU has them, and traces under
+    ``torch.compile``. CPU only; built by ``quantize_(model, Int8DynamicConfig(kernel="fbgemm"))``.
 
     >>> layer = Int8DynamicLinear.from_linear(nn.Linear(64, 32))
     >>> layer(torch.randn(2, 5, 64)).shape, layer.weight.dtype
     (torch.Size([2, 5, 32]), torch.int8)
     """
 
-    # calls of at most this many rows run on bigmodels_cpu::int8_linear where it is built: on GPT-2's products, with
-    # its VNNI loop alone 1.3-1.9x fbgemm and 1.1-2.7x oneDNN (AMX) at 1-16 rows, 1.2x fbgemm but 0.84x oneDNN at 32;
-    # 2-16 rows now run on its AMX tiles where the CPU has them (``python benchmarks/cpu_micro.py int8_gemv``)
-    vnni_max_rows: ClassVar[int] = 31
+    # calls of at most this many rows run on bigmodels_cpu::int8_linear where it is built. GPT-2's 48 block products
+    # on 2 threads of an AMX Xeon (scratch A/B, alternating): 1.35-1.8x oneDNN at 8-128 rows (AMX tiles both),
+    # 0.84x at 1,024, 0.98x at 4,096; with the output layer 1.16x at 512. Its VNNI loop alone (CPUs without AMX):
+    # 1.3-1.9x fbgemm at 1-16 rows, 1.2x at 32 (``python benchmarks/cpu_micro.py int8_gemv``)
+    kernel_max_rows: ClassVar[int] = 256
     onednn_min_rows: ClassVar[int] = 32  # where oneDNN (AMX) overtakes fbgemm: between 16 and 32 rows, measured
 
     def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -265,7 +266,7 @@ class Int8DynamicLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
-        if self._vnni is not None and rows.shape[0] <= self.vnni_max_rows:
+        if self._vnni is not None and rows.shape[0] <= self.kernel_max_rows:
             y = torch.ops.bigmodels_cpu.int8_linear(rows, *self._vnni, self.weight_scale, self.bias, self.in_features)
         elif self._packed_onednn is not None and rows.shape[0] >= self.onednn_min_rows:
             y = torch.ops.quantized.linear_dynamic(rows, self._packed_onednn, False)  # AMX: 8 bits, no overflow

@@ -7,7 +7,7 @@ traces through them:
   for 2-16 rows where the CPU has them and the compiler knows them. On GPT-2 124M's 49 matrices on 2 threads of an
   AMX Xeon: 1.4x fbgemm's ``quantized::linear_dynamic`` at one row, 2.4x at 8, 2.9x at 16
   (``python benchmarks/cpu_micro.py int8_gemv``). :class:`~bigmodels.compress.quantize.Int8DynamicLinear` runs
-  its calls of up to ``vnni_max_rows`` rows on it.
+  its calls of up to ``kernel_max_rows`` rows on it.
 - ``one_query_attention``: a decoding step's attention (one query per batch row and head) in one pass over the
   keys and one over the values (:func:`~bigmodels.nn.scaled_dot_product_attention` takes it for one float32
   query on the CPU without gradients).

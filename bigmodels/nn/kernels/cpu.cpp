@@ -8,9 +8,9 @@
 // W is packed in tiles of 64 output rows: tile t, group g of 4 inputs is 256 contiguous bytes, row r's 4 bytes at
 // r * 4 (pack_int8() in Python does it). One VPDPBUSD multiplies a broadcast of 4 uint8 inputs with 16 rows' 4 int8
 // weights and adds the 16 sums to 16 int32 lanes: no horizontal sums, the matrix is read once, front to back.
-// With AMX int8 tiles (built with -mamx-int8 and permitted by the kernel), calls of 2-16 rows multiply a tile of
-// 64 inputs x 16 rows by 16 outputs in one TDPBUSD per 16 outputs instead (the same sums, exactly): at 8 rows the
-// VNNI loop is bound by its dot products, the tiles are not. BIGMODELS_AMX=0 keeps to VNNI.
+// With AMX int8 tiles (built with -mamx-int8 and permitted by the kernel), calls of 2 rows or more multiply blocks
+// of 16 rows x 64 inputs by 64 inputs x 16 outputs, one TDPBUSD each, instead (the same sums, exactly): at 8 rows
+// the VNNI loop is bound by its dot products, the tiles are not. BIGMODELS_AMX=0 keeps to VNNI.
 //
 // one_query_attention: softmax(q k^T * scale + mask) v for one query per (batch, head), the decoding step's
 // attention: one pass over the keys, one over the values, (batch, head) pairs shared among the threads.
@@ -176,19 +176,22 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   at::Tensor y = at::empty({rows, n}, x.options());
   if (rows == 0) return y;
   const at::Tensor xc = x.contiguous();
-  std::vector<uint8_t> q(static_cast<size_t>(rows * kpad));
+  const bool amx = rows >= 2 && amx_permitted();
+  const int64_t blocks = (rows + 15) / 16;  // AMX: rows in blocks of 16, the last one padded with zero rows
+  std::vector<uint8_t> q(static_cast<size_t>((amx ? blocks * 16 : rows) * kpad), 0);
   std::vector<float> sx(rows);
   std::vector<int32_t> zx(rows);
-  for (int64_t m = 0; m < rows; ++m) {
-    auto [s, z] = quantize_row(xc.data_ptr<float>() + m * k, k, kpad, q.data() + m * kpad);
-    sx[m] = s;
-    zx[m] = z;
-  }
+  at::parallel_for(0, rows, 64, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      auto [s, z] = quantize_row(xc.data_ptr<float>() + m * k, k, kpad, q.data() + m * kpad);
+      sx[m] = s;
+      zx[m] = z;
+    }
+  });
   float* out = y.data_ptr<float>();
   const int8_t* w = packed.data_ptr<int8_t>();
   const int32_t* sums = row_sums.data_ptr<int32_t>();
   const float* ws = scale.data_ptr<float>();
-  const bool amx = rows >= 2 && rows <= 16 && amx_permitted();
   // one row's 64 sums of a tile -> its outputs: (sum - zero point * row sums) * scales + bias
   auto finish = [&](int64_t t, int64_t m, const int32_t* tile) {
     const __m512i z = _mm512_set1_epi32(zx[m]);
@@ -211,16 +214,16 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__)
     if (amx) {
       TileConfig config;
-      for (int i = 0; i < 5; ++i) {  // sums and inputs: `rows` rows of 64 bytes; weights: 16 rows of 64 bytes
-        config.rows[i] = static_cast<uint8_t>(rows);
+      for (int i = 0; i < 7; ++i) {  // every tile 16 rows of 64 bytes
+        config.rows[i] = 16;
         config.colsb[i] = 64;
       }
-      config.rows[5] = config.rows[6] = 16;
-      config.colsb[5] = config.colsb[6] = 64;
       _tile_loadconfig(&config);
-      for (int64_t t = t0; t < t1; ++t) {
-        amx_tile_sums(w + t * groups * 256, q.data(), groups, kpad, tile);
-        for (int64_t m = 0; m < rows; ++m) finish(t, m, tile + m * kTile);
+      for (int64_t t = t0; t < t1; ++t) {  // a tile's 64 outputs for every block of rows: its weights stay cached
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          amx_tile_sums(w + t * groups * 256, q.data() + blk * 16 * kpad, groups, kpad, tile);
+          for (int64_t m = blk * 16; m < std::min(rows, blk * 16 + 16); ++m) finish(t, m, tile + (m - blk * 16) * kTile);
+        }
       }
       _tile_release();
       return;
