@@ -214,8 +214,10 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__)
     if (amx) {
       TileConfig config;
-      for (int i = 0; i < 7; ++i) {  // every tile 16 rows of 64 bytes
-        config.rows[i] = 16;
+      // weights: 16 groups of 64 bytes; sums and inputs: 16 rows, or fewer where the call has fewer (a tile
+      // product's time grows with its rows)
+      for (int i = 0; i < 7; ++i) {
+        config.rows[i] = static_cast<uint8_t>(i < 5 ? std::min<int64_t>(rows, 16) : 16);
         config.colsb[i] = 64;
       }
       _tile_loadconfig(&config);
