@@ -224,3 +224,19 @@ def test_decoding_gives_the_same_tokens_with_and_without_the_kernels(monkeypatch
         assert not kernels.available()
         for cache, ours in zip(("dynamic", "static"), runs, strict=True):
             assert torch.equal(generate(model, prompt, max_new_tokens=10, temperature=0, cache=cache), ours)
+
+
+def test_available_builds_and_registers_once_when_threads_ask_together(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = []
+
+    def slow_load():
+        calls.append(1)
+        return "stand-in reason"
+
+    monkeypatch.setattr(kernels, "_state", None)
+    monkeypatch.setattr(kernels, "_load", slow_load)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: kernels.available(), range(32)))
+    assert answers == [False] * 32 and calls == [1]

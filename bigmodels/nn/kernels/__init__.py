@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sysconfig
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -46,6 +47,7 @@ _FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-mavx512f", "-ma
           "-mavx512dq", "-mavx512vnni")
 _AMX_FLAGS = ("-mamx-tile", "-mamx-int8")  # where the compiler knows them (GCC 11+, clang 12+); else built without
 _state: bool | None = None  # None: not tried yet
+_LOCK = threading.Lock()
 
 
 def kernel_dir() -> Path:
@@ -57,10 +59,12 @@ def available() -> bool:
     where it is not, the reason is logged once. Inside ``torch.compile``'s tracing only what is known is said."""
     global _state
     if _state is None and not torch.compiler.is_compiling():
-        reason = _load()
-        if reason is not None:
-            log.info("CPU kernels of bigmodels not used (PyTorch's run instead): %s", reason)
-        _state = reason is None
+        with _LOCK:  # one build and one registration, whichever thread asks first
+            if _state is None:
+                reason = _load()
+                if reason is not None:
+                    log.info("CPU kernels of bigmodels not used (PyTorch's run instead): %s", reason)
+                _state = reason is None
     return bool(_state)
 
 
