@@ -3,11 +3,11 @@ compiler (``cpu.cpp``), registered as ``torch.ops.bigmodels_cpu.*`` with shape f
 traces through them:
 
 - ``int8_linear``: int8 x int8 products of a few rows, each row quantized to 8 bits with its own scale and zero
-  point, the int8 matrix read once front to back (:func:`pack_int8` lays it out): AVX-512 VNNI, and AMX int8 tiles
-  for 2-16 rows where the CPU has them and the compiler knows them. On GPT-2 124M's 49 matrices on 2 threads of an
-  AMX Xeon: 1.4x fbgemm's ``quantized::linear_dynamic`` at one row, 2.4x at 8, 2.9x at 16
-  (``python benchmarks/cpu_micro.py int8_gemv``). :class:`~bigmodels.compress.quantize.Int8DynamicLinear` runs
-  its calls of up to ``kernel_max_rows`` rows on it.
+  point, the int8 matrix read once front to back (:func:`pack_int8` lays it out): AVX-512 VNNI at one row, AMX
+  int8 tiles from 2 rows (in blocks of 16) where the CPU has them and the compiler knows them. On GPT-2 124M's 49
+  matrices on 2 threads of an AMX Xeon: 1.4x fbgemm's ``quantized::linear_dynamic`` at one row, 2.4x at 8, 2.9x
+  at 16 (``python benchmarks/cpu_micro.py int8_gemv``). :class:`~bigmodels.compress.quantize.Int8DynamicLinear`
+  runs its calls of up to ``kernel_max_rows`` rows on it.
 - ``one_query_attention``: a decoding step's attention (one query per batch row and head) in one pass over the
   keys and one over the values (:func:`~bigmodels.nn.scaled_dot_product_attention` takes it for one float32
   query on the CPU without gradients).
