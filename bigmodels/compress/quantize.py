@@ -207,9 +207,11 @@ class Int8DynamicLinear(nn.Module):
 
     # calls of at most this many rows run on bigmodels_cpu::int8_linear where it is built. GPT-2's 48 block products
     # on 2 threads of an AMX Xeon (scratch A/B, alternating): 1.35-1.8x oneDNN at 8-128 rows (AMX tiles both),
-    # 0.84x at 1,024, 0.98x at 4,096; with the output layer 1.16x at 512. Its VNNI loop alone (CPUs without AMX):
-    # 1.3-1.9x fbgemm at 1-16 rows, 1.2x at 32 (``python benchmarks/cpu_micro.py int8_gemv``)
+    # 0.84x at 1,024, 0.98x at 4,096; with the output layer 1.16x at 512. Its VNNI loop alone, what CPUs without
+    # AMX run: 1.3-1.9x fbgemm at 1-16 rows, 1.2x at 32, not measured above (``python benchmarks/cpu_micro.py
+    # int8_gemv``), hence the smaller limit there
     kernel_max_rows: ClassVar[int] = 256
+    kernel_max_rows_without_amx: ClassVar[int] = 32
     onednn_min_rows: ClassVar[int] = 32  # where oneDNN (AMX) overtakes fbgemm: between 16 and 32 rows, measured
 
     def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -236,6 +238,7 @@ class Int8DynamicLinear(nn.Module):
         self._packed = self.packed_for("fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine)
         self._packed_onednn = self.packed_for("onednn") if _cpu_has_amx_int8() else None
         self._vnni = None  # (tiled matrix, row sums) for bigmodels_cpu::int8_linear, where it is built
+        self._kernel_rows = self.kernel_max_rows if _cpu_has_amx_int8() else self.kernel_max_rows_without_amx
         if self.in_features <= kernels.MAX_IN_FEATURES and kernels.available():
             self._vnni = kernels.pack_int8(self.weight)
 
@@ -266,7 +269,7 @@ class Int8DynamicLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
-        if self._vnni is not None and rows.shape[0] <= self.kernel_max_rows:
+        if self._vnni is not None and rows.shape[0] <= self._kernel_rows:
             y = torch.ops.bigmodels_cpu.int8_linear(rows, *self._vnni, self.weight_scale, self.bias, self.in_features)
         elif self._packed_onednn is not None and rows.shape[0] >= self.onednn_min_rows:
             y = torch.ops.quantized.linear_dynamic(rows, self._packed_onednn, False)  # AMX: 8 bits, no overflow

@@ -220,6 +220,7 @@ def test_fbgemm_layer_quantizes_activations_to_8_bits_only_with_vnni(monkeypatch
     torch.manual_seed(0)
     monkeypatch.setattr(q.Int8DynamicLinear, "onednn_min_rows", 1 << 30)  # fbgemm at any size, AMX CPU or not
     monkeypatch.setattr(q.Int8DynamicLinear, "kernel_max_rows", 0)  # (test_kernels.py: our few-row kernel)
+    monkeypatch.setattr(q.Int8DynamicLinear, "kernel_max_rows_without_amx", 0)
     linear = nn.Linear(256, 64)
     layer = q.Int8DynamicLinear.from_linear(linear)
     x = torch.randn(32, 256)
@@ -244,6 +245,7 @@ def test_int8_layer_runs_large_calls_on_onednn_where_the_cpu_has_amx(monkeypatch
     torch.manual_seed(0)
     linear = nn.Linear(96, 48)
     monkeypatch.setattr(q.Int8DynamicLinear, "kernel_max_rows", 0)  # PyTorch's kernels only (test_kernels.py: ours)
+    monkeypatch.setattr(q.Int8DynamicLinear, "kernel_max_rows_without_amx", 0)
     monkeypatch.setattr(q, "_cpu_has_amx_int8", lambda: False)
     assert q.Int8DynamicLinear.from_linear(linear)._packed_onednn is None  # other CPUs: fbgemm alone
     monkeypatch.setattr(q, "_cpu_has_amx_int8", lambda: True)  # oneDNN runs without AMX too, only slower

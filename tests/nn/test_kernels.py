@@ -90,23 +90,29 @@ def test_kernel_rejects_inputs_that_do_not_match_the_packed_matrix():
 
 @needs_kernel
 def test_int8_layer_runs_few_rows_on_the_kernel_and_many_on_pytorchs(monkeypatch):
+    import bigmodels.compress.quantize as q
+
     torch.manual_seed(0)
     linear = nn.Linear(128, 96)
     layer = Int8DynamicLinear.from_linear(linear)
-    few = torch.randn(Int8DynamicLinear.kernel_max_rows, 128)
-    many = torch.randn(Int8DynamicLinear.kernel_max_rows + 1, 128)
+    amx = q._cpu_has_amx_int8()
+    limit = Int8DynamicLinear.kernel_max_rows if amx else Int8DynamicLinear.kernel_max_rows_without_amx
+    few, many = torch.randn(limit, 128), torch.randn(limit + 1, 128)
     with torch.no_grad():
         assert torch.equal(layer(few), torch.ops.bigmodels_cpu.int8_linear(few, *layer._vnni, layer.weight_scale,
                                                                            layer.bias, 128))
         # either path stays close to fp32; ours (a scale per row) closer than PyTorch's (one for the call)
         for x, tolerance in ((few[:1], 0.01), (few, 0.01), (many, 0.02)):
             assert (layer(x) - linear(x)).norm() / linear(x).norm() < tolerance
-        monkeypatch.setattr(Int8DynamicLinear, "kernel_max_rows", 0)
+        monkeypatch.setattr(layer, "_kernel_rows", 0)  # the limit this layer read from its class when packed
         assert not torch.equal(layer(few), torch.ops.bigmodels_cpu.int8_linear(few, *layer._vnni,
                                                                                layer.weight_scale, layer.bias, 128))
     clone = Int8DynamicLinear.from_linear(nn.Linear(128, 96))
     clone.load_state_dict(layer.state_dict())  # repacked from the loaded weights
-    assert torch.equal(clone._vnni[0], layer._vnni[0]) and torch.equal(clone(few[:2]), layer(few[:2]))
+    assert torch.equal(clone._vnni[0], layer._vnni[0]) and torch.equal(clone._vnni[1], layer._vnni[1])
+    with torch.no_grad():
+        assert torch.equal(clone(few[:2]), torch.ops.bigmodels_cpu.int8_linear(few[:2], *layer._vnni,
+                                                                              layer.weight_scale, layer.bias, 128))
 
 
 @needs_kernel
@@ -240,3 +246,17 @@ def test_available_builds_and_registers_once_when_threads_ask_together(monkeypat
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: kernels.available(), range(32)))
     assert answers == [False] * 32 and calls == [1]
+
+
+@needs_kernel
+def test_int8_layer_keeps_the_kernel_to_32_rows_on_cpus_without_amx(monkeypatch):
+    import bigmodels.compress.quantize as q
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(q, "_cpu_has_amx_int8", lambda: False)  # the VNNI loop alone: measured to 32 rows
+    layer = Int8DynamicLinear.from_linear(nn.Linear(64, 48))
+    inside, outside = torch.randn(Int8DynamicLinear.kernel_max_rows_without_amx, 64), torch.randn(33, 64)
+    with torch.no_grad():
+        ours = torch.ops.bigmodels_cpu.int8_linear
+        assert torch.equal(layer(inside), ours(inside, *layer._vnni, layer.weight_scale, layer.bias, 64))
+        assert not torch.equal(layer(outside), ours(outside, *layer._vnni, layer.weight_scale, layer.bias, 64))
