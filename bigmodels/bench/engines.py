@@ -106,20 +106,20 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
     """Our model made ready for CPU inference -> (model, the ``generate`` options for a decoder, the settings
     recorded with the row). The one place every CPU workload prepares our side; the model changes in place.
 
-    Every model: eval mode, q/k/v packed into one product per layer (:func:`~bigmodels.nn.attention.pack_qkv_`;
-    GPT-2's attention is fused already), then what
-    :func:`~bigmodels.compress.layout.prepare_for_cpu_decoding` does (``benchmarks/cpu_decode.md``,
-    ``benchmarks/cpu_encoders.md``): int8 swaps every Linear, a tied output layer too (as an untied int8 copy),
-    for x86 int8 GEMMs with activations quantized at run time (calls of up to 31 rows on our VNNI kernel where it
-    is built, :mod:`bigmodels.nn.kernels`; else fbgemm, and oneDNN's from 32 rows on CPUs with AMX; fbgemm was
-    2-2.3x torchao's on the AMD EPYC); the float Linear layers left (all of them in fp32) multiply with
-    oneDNN-packed weights (1.5-1.9x MKL's sgemm on the AMD EPYC at decoding's rows, 1.04-1.09x whole encoder
-    forwards on the Intel Xeon). Decoding (``rows``: prompts a call decodes together): greedy with a static
-    (preallocated) key/value cache; compiled (:data:`~bigmodels.infer.generate.CPU_COMPILE_OPTIONS`) for fp32 at
-    one row, where it measured ~1.2x the eager step (at 8 rows the eager step's packed weights were ~1.2x the
-    compiled step), and for int8 up to 16 rows, whose products run on ``bigmodels_cpu::int8_linear`` there (~1.5x
-    the eager step at one row, ~1.1x at eight; where that kernel is not built, fbgemm's opaque packed weights do not
-    compile and int8 stays eager); eager elsewhere (``benchmarks/cpu_decode.md``).
+    Every model: eval mode, q/k/v packed into one product per layer (:func:`~bigmodels.nn.attention.pack_qkv_`; GPT-2's
+    attention is fused already), then what :func:`~bigmodels.compress.layout.prepare_for_cpu_decoding` does
+    (``benchmarks/cpu_decode.md``, ``benchmarks/cpu_encoders.md``): int8 swaps every Linear, a tied output layer too (as
+    an untied int8 copy), for x86 int8 GEMMs with activations quantized at run time (calls of up to
+    ``Int8DynamicLinear.kernel_rows()`` rows on our kernel where it is built, :mod:`bigmodels.nn.kernels`; else fbgemm,
+    and oneDNN's from 32 rows on CPUs with AMX; fbgemm was 2-2.3x torchao's on the AMD EPYC); the float Linear layers
+    left (all of them in fp32) multiply with oneDNN-packed weights (1.5-1.9x MKL's sgemm on the AMD EPYC at decoding's
+    rows, 1.04-1.09x whole encoder forwards on the Intel Xeon). Decoding (``rows``: prompts a call decodes together):
+    greedy with a static (preallocated) key/value cache; compiled
+    (:data:`~bigmodels.infer.generate.CPU_COMPILE_OPTIONS`) for fp32 at one row, where it measured ~1.2x the eager step
+    (at 8 rows the eager step's packed weights were ~1.2x the compiled step), and for int8 up to 16 rows, whose products
+    run on ``bigmodels_cpu::int8_linear`` there (~1.5x the eager step at one row, ~1.1x at eight; where that kernel is
+    not built, fbgemm's opaque packed weights do not compile and int8 stays eager); eager elsewhere
+    (``benchmarks/cpu_decode.md``).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -133,8 +133,8 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
     packed = pack_qkv_(model)
     settings: dict[str, Any] = {"precision": precision, "qkv_packed_modules": packed}
     prepare_for_cpu_decoding(model, int8=precision == "int8")  # the same transforms serve encoders
-    # int8 compiles where its products run on bigmodels_cpu::int8_linear (an operator torch.compile traces through;
-    # AMX tiles up to 16 rows): 1.5x its eager step at one row, 1.1x at eight (benchmarks/cpu_decode.md)
+    # int8 compiles where its products run on bigmodels_cpu::int8_linear (an operator torch.compile traces through):
+    # 1.5x its eager step at one row, 1.1x at eight (benchmarks/cpu_decode.md); not measured above 16 rows
     int8_compiles = precision == "int8" and rows is not None and rows <= 16 and kernels.available()
     options = {"cache": "static", "compile": (precision == "fp32" and rows == 1) or int8_compiles}
 
@@ -147,7 +147,7 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
                                  # AMX CPUs: calls of this many rows or more run on oneDNN's int8 GEMM
                                  "onednn_min_rows": Int8DynamicLinear.onednn_min_rows if _cpu_has_amx_int8() else None,
                                  # calls of at most this many rows run on bigmodels_cpu::int8_linear (None: not built)
-                                 "kernel_max_rows": Int8DynamicLinear.kernel_max_rows if kernels.available() else None}
+                                 "kernel_max_rows": Int8DynamicLinear.kernel_rows() if kernels.available() else None}
     settings["cpu_kernels"] = kernels.available()  # bigmodels_cpu's one-query attention and argmax (decoding)
     settings["prepack_linears_"] = count(PackedLinear)  # oneDNN-packed float weights
     if kind_of(model) == "encoder":

@@ -238,9 +238,14 @@ class Int8DynamicLinear(nn.Module):
         self._packed = self.packed_for("fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine)
         self._packed_onednn = self.packed_for("onednn") if _cpu_has_amx_int8() else None
         self._vnni = None  # (tiled matrix, row sums) for bigmodels_cpu::int8_linear, where it is built
-        self._kernel_rows = self.kernel_max_rows if _cpu_has_amx_int8() else self.kernel_max_rows_without_amx
+        self._kernel_rows = self.kernel_rows()
         if self.in_features <= kernels.MAX_IN_FEATURES and kernels.available():
             self._vnni = kernels.pack_int8(self.weight)
+
+    @classmethod
+    def kernel_rows(cls) -> int:
+        """The most rows a call may have to run on ``bigmodels_cpu::int8_linear`` on this CPU (read when packed)."""
+        return cls.kernel_max_rows if _cpu_has_amx_int8() else cls.kernel_max_rows_without_amx
 
     def packed_for(self, engine: str) -> Any:
         """This layer's int8 weight and bias packed for ``engine``'s GEMM (``fbgemm``, ``onednn``, ...): what

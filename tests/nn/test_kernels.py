@@ -95,8 +95,8 @@ def test_int8_layer_runs_few_rows_on_the_kernel_and_many_on_pytorchs(monkeypatch
     torch.manual_seed(0)
     linear = nn.Linear(128, 96)
     layer = Int8DynamicLinear.from_linear(linear)
-    amx = q._cpu_has_amx_int8()
-    limit = Int8DynamicLinear.kernel_max_rows if amx else Int8DynamicLinear.kernel_max_rows_without_amx
+    limit = Int8DynamicLinear.kernel_rows()
+    assert limit == (Int8DynamicLinear.kernel_max_rows if q._cpu_has_amx_int8() else 32)
     few, many = torch.randn(limit, 128), torch.randn(limit + 1, 128)
     with torch.no_grad():
         assert torch.equal(layer(few), torch.ops.bigmodels_cpu.int8_linear(few, *layer._vnni, layer.weight_scale,

@@ -104,7 +104,7 @@ struct TileConfig {
 };
 
 // tiles 0-3: the sums of `rows` rows x 4 x 16 outputs; 4: `rows` rows x 64 inputs (uint8); 5, 6: 16 groups of 4
-// inputs x 16 outputs (int8, the packed layout read with a 256-byte stride). Adds to out (rows x 64 int32).
+// inputs x 16 outputs (int8, the packed layout read with a 256-byte stride). Writes out (rows x 64 int32).
 void amx_tile_sums(const int8_t* w, const uint8_t* q, int64_t groups, int64_t kpad, int32_t* out) {
   _tile_zero(0);
   _tile_zero(1);
@@ -224,7 +224,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
       for (int64_t t = t0; t < t1; ++t) {  // a tile's 64 outputs for every block of rows: its weights stay cached
         for (int64_t blk = 0; blk < blocks; ++blk) {
           amx_tile_sums(w + t * groups * 256, q.data() + blk * 16 * kpad, groups, kpad, tile);
-          for (int64_t m = blk * 16; m < std::min(rows, blk * 16 + 16); ++m) finish(t, m, tile + (m - blk * 16) * kTile);
+          for (int64_t m = blk * 16; m < std::min(rows, blk * 16 + 16); ++m)
+            finish(t, m, tile + (m - blk * 16) * kTile);
         }
       }
       _tile_release();
