@@ -191,14 +191,18 @@ class Int8DynamicLinear(nn.Module):
     its input to 8 bits with one scale for the call; on CPUs without VNNI to 7 bits (fbgemm's ``reduce_range``:
     their 16-bit intermediate sums could overflow at 8). 8 bits where VNNI is there: on all-MiniLM-L6-v2 the
     sentence vectors' min cosine to fp32 went from 0.960 (7 bits) to 0.989 (``benchmarks/cpu_encoders.md``).
-    The int8 matrix is packed once, when built or loaded, for fbgemm (VNNI), and on CPUs with AMX int8 tiles also
-    for oneDNN, which uses them: calls of at least ``onednn_min_rows`` rows (32) run on oneDNN there, fewer on
-    fbgemm (at 768 x 3072 on 2 threads of an AMX Xeon: oneDNN 0.33 vs fbgemm 0.64 ms at 128 rows, 18.5 vs 31.5 ms
-    at 4,096; fbgemm 0.03 vs 0.05 ms at one row; ``benchmarks/cpu_micro.py int8``). Where
+    The int8 matrix is packed for fbgemm (VNNI), and on CPUs with AMX int8 tiles also for oneDNN, which uses them,
+    each by the first call that runs on it (:meth:`engine_packed`): calls of at least ``onednn_min_rows`` rows
+    (32) run on oneDNN there, fewer on fbgemm (at 768 x 3072 on 2 threads of an AMX Xeon: oneDNN 0.33 vs fbgemm
+    0.64 ms at 128 rows, 18.5 vs 31.5 ms at 4,096; fbgemm 0.03 vs 0.05 ms at one row; ``benchmarks/cpu_micro.py
+    int8``). Where
     ``bigmodels_cpu::int8_linear`` is built (CPUs with AVX-512 VNNI and a C++ compiler: :mod:`bigmodels.nn.kernels`),
     calls of at most ``kernel_max_rows`` rows run on it instead: it quantizes each row to 8 bits with its own scale
     and zero point, multiplies with VNNI at one row and AMX tiles above where the CPU has them, and traces under
-    ``torch.compile``. CPU only; built by ``quantize_(model, Int8DynamicConfig(kernel="fbgemm"))``.
+    ``torch.compile``. So a layer whose calls all fit that kernel (decoding on an AMX CPU) holds two copies of its
+    int8 matrix (the buffer and the kernel's tiles), not four: GPT-2 124M int8 after ``prepare_for_cpu_decoding``
+    had 477 MB allocated against 866 MB with both engines packed up front. CPU only; built by
+    ``quantize_(model, Int8DynamicConfig(kernel="fbgemm"))``.
 
     >>> layer = Int8DynamicLinear.from_linear(nn.Linear(64, 32))
     >>> layer(torch.randn(2, 5, 64)).shape, layer.weight.dtype
@@ -234,13 +238,26 @@ class Int8DynamicLinear(nn.Module):
         if self.weight.device.type != "cpu":
             raise ConfigError(f"Int8DynamicLinear runs on the CPU only (fbgemm) and was moved to "
                               f"{self.weight.device}; quantize with Int8DynamicConfig(kernel='torchao') on a GPU")
-        engines = torch.backends.quantized.supported_engines  # fbgemm on x86; ARM builds have qnnpack
-        self._packed = self.packed_for("fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine)
-        self._packed_onednn = self.packed_for("onednn") if _cpu_has_amx_int8() else None
+        # fbgemm's and oneDNN's packings are made by the first call that runs on them (engine_packed): a layer whose
+        # calls all fit bigmodels_cpu::int8_linear (decoding on a CPU with AMX) never holds them
+        self._packed = self._packed_onednn = None
+        self._amx = _cpu_has_amx_int8()
         self._vnni = None  # (tiled matrix, row sums) for bigmodels_cpu::int8_linear, where it is built
         self._kernel_rows = self.kernel_rows()
         if self.in_features <= kernels.MAX_IN_FEATURES and kernels.available():
             self._vnni = kernels.pack_int8(self.weight)
+
+    def engine_packed(self, onednn: bool = False) -> Any:
+        """The int8 weight packed for PyTorch's ``quantized::linear_dynamic``: for oneDNN (AMX CPUs, large calls) or
+        for fbgemm (qnnpack on ARM builds); packed on the first call that needs it and kept."""
+        if onednn:
+            if self._packed_onednn is None:
+                self._packed_onednn = self.packed_for("onednn")
+            return self._packed_onednn
+        if self._packed is None:
+            engines = torch.backends.quantized.supported_engines  # fbgemm on x86; ARM builds have qnnpack
+            self._packed = self.packed_for("fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine)
+        return self._packed
 
     @classmethod
     def kernel_rows(cls) -> int:
@@ -276,10 +293,10 @@ class Int8DynamicLinear(nn.Module):
         rows = x.reshape(-1, self.in_features).float()
         if self._vnni is not None and rows.shape[0] <= self._kernel_rows:
             y = torch.ops.bigmodels_cpu.int8_linear(rows, *self._vnni, self.weight_scale, self.bias, self.in_features)
-        elif self._packed_onednn is not None and rows.shape[0] >= self.onednn_min_rows:
-            y = torch.ops.quantized.linear_dynamic(rows, self._packed_onednn, False)  # AMX: 8 bits, no overflow
+        elif self._amx and rows.shape[0] >= self.onednn_min_rows:
+            y = torch.ops.quantized.linear_dynamic(rows, self.engine_packed(onednn=True), False)  # AMX: 8 bits
         else:
-            y = torch.ops.quantized.linear_dynamic(rows, self._packed, not _cpu_has_vnni())
+            y = torch.ops.quantized.linear_dynamic(rows, self.engine_packed(), not _cpu_has_vnni())
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)  # (..., out)
 
     def extra_repr(self) -> str:

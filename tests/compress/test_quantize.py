@@ -247,21 +247,26 @@ def test_int8_layer_runs_large_calls_on_onednn_where_the_cpu_has_amx(monkeypatch
     monkeypatch.setattr(q.Int8DynamicLinear, "kernel_max_rows", 0)  # PyTorch's kernels only (test_kernels.py: ours)
     monkeypatch.setattr(q.Int8DynamicLinear, "kernel_max_rows_without_amx", 0)
     monkeypatch.setattr(q, "_cpu_has_amx_int8", lambda: False)
-    assert q.Int8DynamicLinear.from_linear(linear)._packed_onednn is None  # other CPUs: fbgemm alone
+    other = q.Int8DynamicLinear.from_linear(linear)
+    with torch.no_grad():
+        other(torch.randn(64, 96))
+    assert other._packed_onednn is None and other._packed is not None  # other CPUs: fbgemm alone
     monkeypatch.setattr(q, "_cpu_has_amx_int8", lambda: True)  # oneDNN runs without AMX too, only slower
     layer = q.Int8DynamicLinear.from_linear(linear)
+    assert layer._packed is None and layer._packed_onednn is None  # packed by the first call that needs it
     few, many = torch.randn(q.Int8DynamicLinear.onednn_min_rows - 1, 96), torch.randn(64, 96)
     vnni = q._cpu_has_vnni()
     with torch.no_grad():
-        assert torch.equal(layer(few), torch.ops.quantized.linear_dynamic(few, layer._packed, not vnni))
-        onednn = torch.ops.quantized.linear_dynamic(many, layer._packed_onednn, False)
+        assert torch.equal(layer(few), torch.ops.quantized.linear_dynamic(few, layer.engine_packed(), not vnni))
+        assert layer._packed_onednn is None
+        onednn = torch.ops.quantized.linear_dynamic(many, layer.engine_packed(onednn=True), False)
         assert torch.equal(layer(many), onednn)
-        fbgemm = torch.ops.quantized.linear_dynamic(many, layer._packed, not vnni)
+        fbgemm = torch.ops.quantized.linear_dynamic(many, layer.engine_packed(), not vnni)
         ref = linear(many)
         assert (onednn - fbgemm).norm() / ref.norm() < 0.01  # the same int8 arithmetic, another kernel
         assert (onednn - ref).norm() / ref.norm() < 0.02
-        clone = copy.deepcopy(layer)  # both packed matrices are rebuilt on a copy
-        assert clone._packed_onednn is not None and torch.equal(clone(many), onednn)
+        clone = copy.deepcopy(layer)  # a copy packs again, when called
+        assert clone._packed_onednn is None and torch.equal(clone(many), onednn)
         loaded = q.Int8DynamicLinear.from_linear(nn.Linear(96, 48))
         loaded.load_state_dict(layer.state_dict())
         assert torch.equal(loaded(many), onednn)  # repacked from the loaded int8 weights
