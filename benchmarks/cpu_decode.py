@@ -15,6 +15,7 @@ ratios of ours to each peer, per alternating round (their median), which is what
     python benchmarks/cpu_decode.py --kernels --batch 8   # one step's Linear products with each CPU kernel
     python benchmarks/cpu_decode.py --kernels --int8      # the same with each int8 kernel, and the memory bound
     python benchmarks/cpu_decode.py --compile --no-hf --slots 256   # the compiled step with a 256-slot cache too
+    python benchmarks/cpu_decode.py --compile --no-hf --without-f32-kernel   # and without bigmodels_cpu::linear_f32
 
 Our side is ``generate(model, ids, temperature=0, max_new_tokens=N, cache=...)`` after
 ``prepare_for_cpu_decoding(model)`` (fp32: every Linear's weight column-major and packed for oneDNN) or
@@ -39,7 +40,7 @@ from pathlib import Path
 import torch
 
 import bigmodels
-from bigmodels.compress.layout import column_major_linears_, prepare_for_cpu_decoding
+from bigmodels.compress.layout import PackedLinear, column_major_linears_, prepare_for_cpu_decoding
 from bigmodels.infer import generate as decoding
 from bigmodels.infer.generate import CPU_COMPILE_OPTIONS, Decoder, GenerationConfig, generate
 
@@ -146,8 +147,9 @@ def decoders(ours, hf, gen, tokens, new: int, compile: bool = False, baseline=No
                                                                                    decoder=fixed)[:, ids.size(1):]
     if baseline is not None:
         sides["bigmodels-before"] = lambda ids: generate(baseline, ids, greedy)[:, ids.size(1):]
-    for name, other in (others or {}).items():
-        sides[name] = lambda ids, other=other: generate(other, ids, greedy)[:, ids.size(1):]
+    for name, other in (others or {}).items():  # compiled with --compile, each with its own decoder
+        own = Decoder(other, compile_options=CPU_COMPILE_OPTIONS) if compile else None
+        sides[name] = lambda ids, other=other, own=own: generate(other, ids, greedy, decoder=own)[:, ids.size(1):]
     if hf is not None:
         sides["transformers"] = run_hf
     return sides
@@ -302,6 +304,15 @@ def quantized(model):
     return prepare_for_cpu_decoding(copy.deepcopy(model), int8=True)
 
 
+def without_f32_kernel(model):
+    """``model`` whose :class:`~bigmodels.compress.layout.PackedLinear` layers never call
+    ``bigmodels_cpu::linear_f32`` (their few-row products on addmm when compiled, oneDNN's packed weights eager)."""
+    for m in model.modules():
+        if isinstance(m, PackedLinear):
+            m.kernel_max_rows = 0
+    return model
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -318,6 +329,9 @@ def main() -> None:
                    help="with --compile: also time compiled sides whose static cache has this many slots")
     p.add_argument("--baseline", action="store_true", help="also time ours without the transforms (before)")
     p.add_argument("--column-major", action="store_true", help="also time column_major_linears_ (the first round)")
+    p.add_argument("--without-f32-kernel", action="store_true",
+                   help="fp32: also time ours with its few-row products on addmm / oneDNN instead of "
+                        "bigmodels_cpu::linear_f32 (bigmodels-no-f32-kernel)")
     p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic", help="our key/value cache")
     p.add_argument("--no-hf", action="store_true", help="leave transformers out of the timing")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of our decoding")
@@ -353,6 +367,8 @@ def main() -> None:
     if args.column_major:
         others["bigmodels-column-major"] = copy.deepcopy(model)
         column_major_linears_(others["bigmodels-column-major"])
+    if args.without_f32_kernel:
+        others["bigmodels-no-f32-kernel"] = without_f32_kernel(copy.deepcopy(ours))
     if args.profile:  # --baseline: the model as built; --column-major: the first round's transform
         chosen = model if args.baseline else others.get("bigmodels-column-major", ours)
         profile_step(chosen, ids, args.new, args.cache)

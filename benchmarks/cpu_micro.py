@@ -31,9 +31,13 @@
 - ``int8_gemv``: the 49 int8 products of a GPT-2 124M decoding step at 1-32 rows, ``bigmodels_cpu::int8_linear``
   (``bigmodels/nn/kernels``, AVX-512 VNNI) against fbgemm's and oneDNN's: where ours pays
   (``Int8DynamicLinear.kernel_max_rows``; tenth session).
+- ``f32_gemv``: the 49 float32 products of a GPT-2 step at 1-4 rows, ``bigmodels_cpu::linear_f32`` against
+  ``F.linear`` on the column-major weights and oneDNN's packed weights (``PackedLinear.kernel_max_rows``);
+  ``int8_memory``: the memory GPT-2 int8 holds with its engines' copies packed on demand and all packed (eleventh
+  session).
 
     python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator int8 int8_gemv \
-        int8_models openmp
+        int8_models openmp f32_gemv int8_memory
 """
 
 from __future__ import annotations
@@ -307,17 +311,94 @@ def int8_gemv(reps: int) -> None:
             else:
                 torch.ops.quantized.linear_dynamic(rows, packs[side][i], False)
 
-    gigabytes = sum(k * n for k, n in shapes) / 1e9
-    for rows in (1, 2, 4, 8, 16, 32):
+    _gpt2_step_products("int8_gemv", step, ("ours", *packs), (1, 2, 4, 8, 16, 32), sum(k * n for k, n in shapes),
+                        reps)
+
+
+def _gpt2_step_products(name: str, step, sides: tuple[str, ...], row_counts: tuple[int, ...], nbytes: int,
+                        reps: int) -> None:
+    """Time ``step(side, x)`` (GPT-2's step products, ``x``: rows by input width) per side, alternating, at each
+    row count; print the medians, the weight bytes read per second and ours against each other side."""
+    for rows in row_counts:
         x = {k: torch.randn(rows, k) for k in (768, 3072)}
-        ms: dict[str, list[float]] = {side: [] for side in ("ours", *packs)}
+        ms: dict[str, list[float]] = {side: [] for side in sides}
         for _ in range(max(reps // 4, 3)):
             for side in ms:
                 ms[side].append(_median_us(lambda side=side, x=x: step(side, x), 4) / 1e3)
         med = {side: statistics.median(t) for side, t in ms.items()}
-        print(f"int8_gemv, {rows} rows: " + ", ".join(f"{side} {t:.2f} ms ({gigabytes / t * 1e3:.0f} GB/s)"
-                                                      for side, t in med.items())
-              + f"; ours {med['fbgemm'] / med['ours']:.2f}x fbgemm, {med['onednn'] / med['ours']:.2f}x oneDNN")
+        print(f"{name}, {rows} rows: " + ", ".join(f"{side} {t:.2f} ms ({nbytes / 1e9 / t * 1e3:.0f} GB/s)"
+                                                   for side, t in med.items())
+              + "; ours " + ", ".join(f"{med[side] / med['ours']:.2f}x {side}" for side in sides[1:]))
+
+
+def f32_gemv(reps: int) -> None:
+    """The 49 float32 products of one GPT-2 124M decoding step at 1-4 rows, the weights column-major as
+    ``prepare_for_cpu_decoding`` lays them: ``bigmodels_cpu::linear_f32`` (ours) against ``F.linear`` on the same
+    weights (what the compiled step's ``addmm`` runs) and oneDNN's packed weights (the eager step's), alternating."""
+    from bigmodels.compress.layout import _pack
+    from bigmodels.nn import kernels
+
+    if not kernels.available():
+        print("f32_gemv: bigmodels_cpu::linear_f32 is not available here (see the log): nothing to compare")
+        return
+    torch.manual_seed(0)
+    shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * 12 + [(768, 50257)]
+    transposed = [torch.randn(k, n) * 0.02 for k, n in shapes]  # W^T contiguous: the column-major weight's .t()
+    biases = [torch.randn(n) for _, n in shapes]
+    packed = [_pack(wt.t()) for wt in transposed]
+
+    def step(side: str, x: dict[int, torch.Tensor]) -> None:
+        for wt, b, p in zip(transposed, biases, packed, strict=True):
+            rows = x[wt.shape[0]]
+            if side == "ours":
+                torch.ops.bigmodels_cpu.linear_f32(rows, wt, b)
+            elif side == "addmm":
+                F.linear(rows, wt.t(), b)
+            else:
+                torch.ops.mkldnn._linear_pointwise(rows, p, b, "none", [], "")
+
+    _gpt2_step_products("f32_gemv", step, ("ours", "addmm", "onednn"), (1, 2, 4), sum(k * n for k, n in shapes) * 4,
+                        reps)
+
+
+def int8_memory(reps: int) -> None:
+    """Memory allocated (glibc's in-use bytes) by GPT-2 124M int8 after ``prepare_for_cpu_decoding`` and a short
+    greedy decode, as ``Int8DynamicLinear`` packs now (each engine's copy made by the first call that needs it), then
+    with every layer also packed for fbgemm and oneDNN (what it held before)."""
+    import ctypes
+
+    import bigmodels
+    from bigmodels.compress.layout import prepare_for_cpu_decoding
+    from bigmodels.compress.quantize import Int8DynamicLinear, _cpu_has_amx_int8
+    from bigmodels.infer.generate import generate
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        print("int8_memory: needs glibc's mallinfo2 (glibc 2.33+)")
+        return
+    mallinfo2.restype = MallInfo2
+
+    def allocated_mb() -> float:
+        info = mallinfo2()
+        return (info.uordblks + info.hblkhd) / 2**20
+
+    torch.manual_seed(0)
+    model = prepare_for_cpu_decoding(bigmodels.create_model("gpt2").eval(), int8=True)
+    with torch.inference_mode():
+        generate(model, torch.randint(0, 50000, (1, 32)), max_new_tokens=8, temperature=0, cache="static")
+    now = allocated_mb()
+    for layer in model.modules():
+        if isinstance(layer, Int8DynamicLinear):
+            layer.engine_packed()
+            if _cpu_has_amx_int8():
+                layer.engine_packed(onednn=True)
+    print(f"int8_memory, GPT-2 124M int8 after 32 + 8 tokens: {now:.0f} MB allocated; with every engine's copy "
+          f"packed as well: {allocated_mb():.0f} MB")
 
 
 def int8_models(reps: int) -> None:
@@ -404,13 +485,14 @@ def main(argv: list[str] | None = None) -> None:
         return _openmp_side(argv[argv.index("_openmp_side") + 1], int(argv[argv.index("--reps") + 1]))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="*",
-                   help="pad, gelu, fused, gil, engines, batches, allocator, int8, int8_gemv, int8_models and/or "
-                        "openmp (default: all)")
+                   help="pad, gelu, fused, gil, engines, batches, allocator, int8, int8_gemv, int8_models, openmp, "
+                        "f32_gemv and/or int8_memory (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
     runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines, "batches": batches,
-            "allocator": allocator, "int8": int8, "int8_gemv": int8_gemv, "int8_models": int8_models, "openmp": openmp}
+            "allocator": allocator, "int8": int8, "int8_gemv": int8_gemv, "int8_models": int8_models, "openmp": openmp,
+            "f32_gemv": f32_gemv, "int8_memory": int8_memory}
     unknown = sorted(set(args.what) - set(runs))
     if unknown:
         p.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(runs)}")

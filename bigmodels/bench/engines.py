@@ -113,7 +113,9 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
     ``Int8DynamicLinear.kernel_rows()`` rows on our kernel where it is built, :mod:`bigmodels.nn.kernels`; else fbgemm,
     and oneDNN's from 32 rows on CPUs with AMX; fbgemm was 2-2.3x torchao's on the AMD EPYC); the float Linear layers
     left (all of them in fp32) multiply with oneDNN-packed weights (1.5-1.9x MKL's sgemm on the AMD EPYC at decoding's
-    rows, 1.04-1.09x whole encoder forwards on the Intel Xeon). Decoding (``rows``: prompts a call decodes together):
+    rows, 1.04-1.09x whole encoder forwards on the Intel Xeon), calls of up to ``PackedLinear.kernel_max_rows`` (4)
+    rows with their column-major weights on ``bigmodels_cpu::linear_f32`` where it is built (eager or compiled;
+    1.10-1.18x oneDNN's at one row). Decoding (``rows``: prompts a call decodes together):
     greedy with a static (preallocated) key/value cache; compiled
     (:data:`~bigmodels.infer.generate.CPU_COMPILE_OPTIONS`) for fp32 at one row, where it measured ~1.2x the eager step
     (at 8 rows the eager step's packed weights were ~1.2x the compiled step), and for int8 up to 16 rows, whose products
@@ -150,6 +152,8 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
                                  "kernel_max_rows": Int8DynamicLinear.kernel_rows() if kernels.available() else None}
     settings["cpu_kernels"] = kernels.available()  # bigmodels_cpu's one-query attention and argmax (decoding)
     settings["prepack_linears_"] = count(PackedLinear)  # oneDNN-packed float weights
+    if count(PackedLinear) and kernels.available():  # their calls of this many rows or fewer: bigmodels_cpu::linear_f32
+        settings["f32_kernel_max_rows"] = PackedLinear.kernel_max_rows
     if kind_of(model) == "encoder":
         return model, options, settings
     settings["generate"] = {"call": "bigmodels.infer.generate.generate", "temperature": 0, **options}

@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
+from ..nn import kernels
 
 __all__ = ["column_major_linears_", "row_major_linears_", "PackedLinear", "prepack_linears_", "unpack_linears_",
            "FusedActivation", "fuse_activations_", "retain_freed_memory", "prepare_for_cpu_decoding"]
@@ -120,7 +121,9 @@ class PackedLinear(nn.Module):
     it cannot serve (autograd needs the weight's gradient, training mode, a non-CPU tensor, another dtype) the
     forward is plain ``F.linear``, so results are always the layer's; under ``torch.compile`` it is plain
     ``F.linear`` too (a compiled graph cannot call the packed kernel; :func:`prepare_for_cpu_decoding` lays the
-    weight column-major for it). Built by :func:`prepack_linears_`.
+    weight column-major for it). Calls of at most :attr:`kernel_max_rows` float32 rows with a column-major weight
+    (a decoding step's, eager or compiled) run on ``bigmodels_cpu::linear_f32`` where :mod:`bigmodels.nn.kernels`
+    is built, unless a gradient is wanted or the model is being exported. Built by :func:`prepack_linears_`.
 
     >>> layer = nn.Linear(16, 4).eval()
     >>> packed = PackedLinear(layer)
@@ -129,6 +132,13 @@ class PackedLinear(nn.Module):
     ...     torch.allclose(packed(x), layer(x), atol=1e-6), packed.weight is layer.weight
     (True, True)
     """
+
+    # calls of at most this many float32 rows with a column-major weight run on bigmodels_cpu::linear_f32 where it is
+    # built (bigmodels.nn.kernels): GPT-2 124M's 49 step products on 2 threads of an AMX Xeon
+    # (python benchmarks/cpu_micro.py f32_gemv, three runs): 0.98-1.14x addmm on the same weights and 1.10-1.18x
+    # oneDNN's packed ones at one row, 1.02-1.15x / 1.12-1.14x oneDNN at two / four rows; the kernel takes at most 4.
+    # The compiled batch-1 step also loses addmm's bias broadcast and copies: 1.06x the step (cpu_decode.md)
+    kernel_max_rows = 4
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -155,9 +165,27 @@ class PackedLinear(nn.Module):
             self._packed, self._packed_from = _pack(w), key
         return self._packed
 
+    def _few_rows(self, x: torch.Tensor) -> bool:
+        """Whether this call runs on ``bigmodels_cpu::linear_f32``: at most :attr:`kernel_max_rows` float32 rows on
+        the CPU, the weight column-major (:func:`column_major_linears_`), no gradient, not traced for export."""
+        w, b = self.weight, self.bias
+        if not (x.dtype == w.dtype == torch.float32 and x.device.type == "cpu" and w.device.type == "cpu"
+                and x.dim() >= 1 and x.size(-1) == self.in_features
+                and 0 < x.numel() <= self.kernel_max_rows * self.in_features and w.stride(0) == 1
+                and w.t().is_contiguous() and (b is None or b.dtype == torch.float32)):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
+            return False
+        exporting = getattr(torch.compiler, "is_exporting", None)
+        return not (exporting is not None and exporting()) and kernels.available()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         packed = None
+        if not self.training and self._few_rows(x):  # a decoding step's rows: eager or compiled
+            y = torch.ops.bigmodels_cpu.linear_f32(x.reshape(-1, self.in_features), w.t(), self.bias)
+            y = y.view(*x.shape[:-1], self.out_features)
+            return y if self.activation is None else F.gelu(y, approximate=_GELU[self.activation])
         # under torch.compile the plain product: dynamo cannot trace the packed copy's cache, and inductor cannot
         # lower oneDNN's packed kernel
         if not (self.training or x.dtype != w.dtype or (torch.is_grad_enabled() and w.requires_grad)

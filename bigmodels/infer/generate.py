@@ -59,8 +59,9 @@ _COMPILE_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {"cuda": MappingProxyType({"mode": "reduce-overhead", "fullgraph": True})})
 # The one-token step compiled by inductor on the CPU: ``Decoder(model, compile_options=CPU_COMPILE_OPTIONS)``.
 # Measured on GPT-2 124M, fp32, 2 threads, prepare_for_cpu_decoding (column-major weights, which the compiled step
-# multiplies with): batch 1 ~1.2x the eager step (the per-op overhead goes; the products are memory-bound either
-# way), batch 8 ~0.8x eager, whose oneDNN-packed weights the compiled step cannot use (benchmarks/cpu_decode.md).
+# multiplies with, on bigmodels_cpu::linear_f32 where it is built): batch 1 ~1.2x the eager step (the per-op overhead
+# goes; the products are memory-bound either way), batch 8 ~0.8x eager, whose oneDNN-packed weights the compiled
+# step cannot use (benchmarks/cpu_decode.md).
 # No freezing: the weights stay inputs of the graph, so a model whose weights change decodes with the new ones.
 # int8 (Int8DynamicLinear) compiles where its few-row products run on bigmodels_cpu::int8_linear (a registered
 # operator; bigmodels.nn.kernels): 1.5x its eager step at batch 1 (benchmarks/cpu_decode.md, tenth session); its

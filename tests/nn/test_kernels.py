@@ -260,3 +260,76 @@ def test_int8_layer_keeps_the_kernel_to_32_rows_on_cpus_without_amx(monkeypatch)
         ours = torch.ops.bigmodels_cpu.int8_linear
         assert torch.equal(layer(inside), ours(inside, *layer._vnni, layer.weight_scale, layer.bias, 64))
         assert not torch.equal(layer(outside), ours(outside, *layer._vnni, layer.weight_scale, layer.bias, 64))
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows,in_features,out_features", [(1, 768, 2304), (2, 7, 5), (3, 130, 33), (4, 257, 64),
+                                                            (1, 64, 1), (2, 3, 17)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_f32_is_the_float64_product_to_float_rounding(rows, in_features, out_features, bias):
+    torch.manual_seed(0)
+    x, w = torch.randn(rows, in_features), torch.randn(out_features, in_features)
+    b = torch.randn(out_features) if bias else None
+    ours = torch.ops.bigmodels_cpu.linear_f32(x, w.t().contiguous(), b)
+    exact = x.double() @ w.double().t() + (b.double() if bias else 0)
+    assert ours.shape == (rows, out_features) and ours.dtype == torch.float32
+    assert torch.allclose(ours.double(), exact, rtol=0, atol=1e-6 * in_features ** 0.5 * 4)
+    assert torch.equal(torch.ops.bigmodels_cpu.linear_f32(x, w.t().contiguous(), b), ours)  # the same bits again
+
+
+@needs_kernel
+def test_linear_f32_rejects_what_it_cannot_multiply():
+    x, wt = torch.randn(2, 8), torch.randn(8, 5)
+    with pytest.raises(RuntimeError, match="at most 4 rows"):
+        torch.ops.bigmodels_cpu.linear_f32(torch.randn(5, 8), wt, None)
+    with pytest.raises(RuntimeError, match="transpose must be a contiguous"):
+        torch.ops.bigmodels_cpu.linear_f32(x, torch.randn(5, 8).t(), None)  # a row-major weight's .t()
+    with pytest.raises(RuntimeError, match="transpose must be a contiguous"):
+        torch.ops.bigmodels_cpu.linear_f32(torch.randn(2, 9), wt, None)
+    with pytest.raises(RuntimeError, match="bad bias"):
+        torch.ops.bigmodels_cpu.linear_f32(x, wt, torch.randn(4))
+
+
+@needs_kernel
+def test_packed_layer_runs_few_column_major_rows_on_linear_f32(monkeypatch):
+    from bigmodels.compress.layout import PackedLinear, column_major_linears_
+
+    torch.manual_seed(0)
+    plain = nn.Linear(96, 40).eval()
+    layer = PackedLinear(plain)
+    calls = []
+    real = torch.ops.bigmodels_cpu.linear_f32
+    monkeypatch.setattr(torch.ops.bigmodels_cpu, "linear_f32", lambda *a: calls.append(a[0].shape) or real(*a))
+    with torch.no_grad():
+        few = torch.randn(2, 1, 96)
+        layer(few)  # row-major weight: oneDNN's packed copy
+        assert calls == []
+        column_major_linears_(plain)  # the same Parameter, now column-major
+        assert not layer.weight.is_contiguous()
+        assert torch.allclose(layer(few), plain(few), atol=1e-5) and calls == [(2, 96)]
+        many = torch.randn(PackedLinear.kernel_max_rows + 1, 96)
+        assert torch.allclose(layer(many), plain(many), atol=1e-5) and len(calls) == 1
+        layer.activation = "gelu_tanh"
+        assert torch.allclose(layer(few), nn.functional.gelu(plain(few), approximate="tanh"), atol=1e-5)
+        assert len(calls) == 2
+    layer.activation = None
+    x = torch.randn(1, 96, requires_grad=True)
+    layer(x).sum().backward()  # a gradient is wanted: PyTorch's product, which has one
+    assert len(calls) == 2 and torch.allclose(x.grad, plain.weight.sum(0), atol=1e-5)
+
+
+@needs_kernel
+def test_compiled_fp32_decoding_on_linear_f32_gives_the_plain_models_tokens():
+    from bigmodels.compress.layout import prepare_for_cpu_decoding
+    from bigmodels.infer.generate import CPU_COMPILE_OPTIONS, Decoder, generate
+
+    torch.manual_seed(0)
+    model = bigmodels.create_model("gpt_mini").eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, 6))
+    with torch.inference_mode():
+        plain = generate(model, prompt, max_new_tokens=8, temperature=0)
+        prepare_for_cpu_decoding(model)
+        eager = generate(model, prompt, max_new_tokens=8, temperature=0, cache="static")
+        compiled = generate(model, prompt, max_new_tokens=8, temperature=0, cache="static", compile=True,
+                            decoder=Decoder(model, compile_options=CPU_COMPILE_OPTIONS))
+    assert torch.equal(eager, plain) and torch.equal(compiled, plain)
