@@ -201,8 +201,8 @@ class Int8DynamicLinear(nn.Module):
     and zero point, multiplies with VNNI at one row and AMX tiles above where the CPU has them, and traces under
     ``torch.compile``. So a layer whose calls all fit that kernel (decoding on an AMX CPU) holds two copies of its
     int8 matrix (the buffer and the kernel's tiles), not four: GPT-2 124M int8 after ``prepare_for_cpu_decoding``
-    had 477 MB allocated against 866 MB with both engines packed up front. CPU only; built by
-    ``quantize_(model, Int8DynamicConfig(kernel="fbgemm"))``.
+    had 478 MB allocated against 868 MB with both engines packed up front (``benchmarks/cpu_micro.py
+    int8_memory``). CPU only; built by ``quantize_(model, Int8DynamicConfig(kernel="fbgemm"))``.
 
     >>> layer = Int8DynamicLinear.from_linear(nn.Linear(64, 32))
     >>> layer(torch.randn(2, 5, 64)).shape, layer.weight.dtype

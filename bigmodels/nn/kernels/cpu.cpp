@@ -264,7 +264,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 constexpr int64_t kF32MaxRows = 4;       // linear_f32's most rows (accumulators per column vector)
 constexpr int64_t kF32Prefetch = 16384;  // bytes ahead in each row stream (prefetched into L2/L3)
 
-// rows m0..m0+MB of x times W^T rows k0..k1 (a thread's band) into part (MB x N), overwriting it
+// MB rows of x (row stride kx) times W^T rows k0..k1 (a thread's band) into part (MB x N), overwriting it
 template <int MB>
 void band_sums(const float* x, int64_t kx, const float* wt, int64_t n, int64_t k0, int64_t k1, float* part) {
   bool first = true;
