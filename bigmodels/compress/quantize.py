@@ -191,31 +191,34 @@ class Int8DynamicLinear(nn.Module):
     its input to 8 bits with one scale for the call; on CPUs without VNNI to 7 bits (fbgemm's ``reduce_range``:
     their 16-bit intermediate sums could overflow at 8). 8 bits where VNNI is there: on all-MiniLM-L6-v2 the
     sentence vectors' min cosine to fp32 went from 0.960 (7 bits) to 0.989 (``benchmarks/cpu_encoders.md``).
-    The int8 matrix is packed for fbgemm (VNNI), and on CPUs with AMX int8 tiles also for oneDNN, which uses them,
-    each by the first call that runs on it (:meth:`engine_packed`): calls of at least ``onednn_min_rows`` rows
-    (32) run on oneDNN there, fewer on fbgemm (at 768 x 3072 on 2 threads of an AMX Xeon: oneDNN 0.33 vs fbgemm
-    0.64 ms at 128 rows, 18.5 vs 31.5 ms at 4,096; fbgemm 0.03 vs 0.05 ms at one row; ``benchmarks/cpu_micro.py
-    int8``). Where
-    ``bigmodels_cpu::int8_linear`` is built (CPUs with AVX-512 VNNI and a C++ compiler: :mod:`bigmodels.nn.kernels`),
-    calls of at most ``kernel_max_rows`` rows run on it instead: it quantizes each row to 8 bits with its own scale
-    and zero point, multiplies with VNNI at one row and AMX tiles above where the CPU has them, and traces under
-    ``torch.compile``. So a layer whose calls all fit that kernel (decoding on an AMX CPU) holds two copies of its
-    int8 matrix (the buffer and the kernel's tiles), not four: GPT-2 124M int8 after ``prepare_for_cpu_decoding``
-    had 478 MB allocated against 868 MB with both engines packed up front (``benchmarks/cpu_micro.py
-    int8_memory``). CPU only; built by ``quantize_(model, Int8DynamicConfig(kernel="fbgemm"))``.
+    Where ``bigmodels_cpu::int8_linear`` is built (CPUs with AVX-512 VNNI and a C++ compiler:
+    :mod:`bigmodels.nn.kernels`), calls run on it: every call on CPUs with AMX int8 tiles, up to
+    ``kernel_max_rows_without_amx`` rows on others. It quantizes each row to 8 bits with its own scale and zero
+    point, multiplies with VNNI at one row and AMX tiles above where the CPU has them, and traces under
+    ``torch.compile``. The other calls run on PyTorch's ``quantized::linear_dynamic``: oneDNN's from
+    ``onednn_min_rows`` rows (32) on CPUs with AMX, which it uses, fbgemm's below and elsewhere (at 768 x 3072 on 2
+    threads of an AMX Xeon: oneDNN 0.33 vs fbgemm 0.64 ms at 128 rows, 18.5 vs 31.5 ms at 4,096; fbgemm 0.03 vs
+    0.05 ms at one row; ``benchmarks/cpu_micro.py int8``), each packing made by the first call that runs on it
+    (:meth:`engine_packed`). So a layer whose calls all run on the kernel holds two copies of its int8 matrix (the
+    buffer and the kernel's tiles), not four: GPT-2 124M int8 after ``prepare_for_cpu_decoding`` had 478 MB
+    allocated against 868 MB with both engines packed up front (``benchmarks/cpu_micro.py int8_memory``). CPU only;
+    built by ``quantize_(model, Int8DynamicConfig(kernel="fbgemm"))``.
 
     >>> layer = Int8DynamicLinear.from_linear(nn.Linear(64, 32))
     >>> layer(torch.randn(2, 5, 64)).shape, layer.weight.dtype
     (torch.Size([2, 5, 32]), torch.int8)
     """
 
-    # calls of at most this many rows run on bigmodels_cpu::int8_linear where it is built. GPT-2's 48 block products
-    # on 2 threads of an AMX Xeon (scratch A/B, alternating): 1.35-1.8x oneDNN at 8-128 rows (AMX tiles both),
-    # 0.84x at 1,024, 0.98x at 4,096; with the output layer 1.16x at 512. Its VNNI loop alone, what CPUs without
-    # AMX run: 1.3-1.9x fbgemm at 1-16 rows, 1.2x at 32, not measured above (``python benchmarks/cpu_micro.py
-    # int8_gemv``), hence the smaller limit there
-    kernel_max_rows: ClassVar[int] = 256
-    kernel_max_rows_without_amx: ClassVar[int] = 32
+    # calls of at most this many rows run on bigmodels_cpu::int8_linear where it is built (None: every call). With AMX
+    # tiles, every call: GPT-2's 48 block products on 2 threads of an AMX Xeon (scratch A/B, alternating) 1.35-1.8x
+    # oneDNN at 8-128 rows, 0.84x at 1,024, 0.98x at 4,096; but whole forwards with every call on it against calls
+    # over 256 rows on oneDNN (python benchmarks/cpu_micro.py int8_rows) 1.42x / 0.92x all-MiniLM at 64 x 24 / 32 x
+    # 128 tokens, 1.13x / 1.02x BERT-base, and each row's own scale keeps the outputs closer to fp32 (least cosine of
+    # all-MiniLM's vectors 0.99929 against 0.99577; STS-B Spearman drop 0.00116 against 0.00291). Its VNNI loop
+    # alone, what CPUs without AMX run: 1.3-1.9x fbgemm at 1-16 rows, 1.2x at 32, not measured above
+    # (``python benchmarks/cpu_micro.py int8_gemv``), hence the limit there
+    kernel_max_rows: ClassVar[int | None] = None
+    kernel_max_rows_without_amx: ClassVar[int | None] = 32
     onednn_min_rows: ClassVar[int] = 32  # where oneDNN (AMX) overtakes fbgemm: between 16 and 32 rows, measured
 
     def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -260,8 +263,9 @@ class Int8DynamicLinear(nn.Module):
         return self._packed
 
     @classmethod
-    def kernel_rows(cls) -> int:
-        """The most rows a call may have to run on ``bigmodels_cpu::int8_linear`` on this CPU (read when packed)."""
+    def kernel_rows(cls) -> int | None:
+        """The most rows a call may have to run on ``bigmodels_cpu::int8_linear`` on this CPU, None for no limit
+        (read when packed)."""
         return cls.kernel_max_rows if _cpu_has_amx_int8() else cls.kernel_max_rows_without_amx
 
     def packed_for(self, engine: str) -> Any:
@@ -291,7 +295,7 @@ class Int8DynamicLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
-        if self._vnni is not None and rows.shape[0] <= self._kernel_rows:
+        if self._vnni is not None and (self._kernel_rows is None or rows.shape[0] <= self._kernel_rows):
             y = torch.ops.bigmodels_cpu.int8_linear(rows, *self._vnni, self.weight_scale, self.bias, self.in_features)
         elif self._amx and rows.shape[0] >= self.onednn_min_rows:
             y = torch.ops.quantized.linear_dynamic(rows, self.engine_packed(onednn=True), False)  # AMX: 8 bits

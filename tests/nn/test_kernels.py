@@ -96,11 +96,20 @@ def test_int8_layer_runs_few_rows_on_the_kernel_and_many_on_pytorchs(monkeypatch
     linear = nn.Linear(128, 96)
     layer = Int8DynamicLinear.from_linear(linear)
     limit = Int8DynamicLinear.kernel_rows()
-    assert limit == (Int8DynamicLinear.kernel_max_rows if q._cpu_has_amx_int8() else 32)
+    assert limit == (None if q._cpu_has_amx_int8() else 32)  # AMX: every call on the kernel
+    if limit is None:
+        large = torch.randn(600, 128)
+        with torch.no_grad():
+            assert torch.equal(layer(large), torch.ops.bigmodels_cpu.int8_linear(large, *layer._vnni,
+                                                                                 layer.weight_scale, layer.bias, 128))
+        limit = 24
+        monkeypatch.setattr(layer, "_kernel_rows", limit)  # a limit, as on CPUs without AMX
     few, many = torch.randn(limit, 128), torch.randn(limit + 1, 128)
     with torch.no_grad():
         assert torch.equal(layer(few), torch.ops.bigmodels_cpu.int8_linear(few, *layer._vnni, layer.weight_scale,
                                                                            layer.bias, 128))
+        assert not torch.equal(layer(many), torch.ops.bigmodels_cpu.int8_linear(many, *layer._vnni,
+                                                                                layer.weight_scale, layer.bias, 128))
         # either path stays close to fp32; ours (a scale per row) closer than PyTorch's (one for the call)
         for x, tolerance in ((few[:1], 0.01), (few, 0.01), (many, 0.02)):
             assert (layer(x) - linear(x)).norm() / linear(x).norm() < tolerance

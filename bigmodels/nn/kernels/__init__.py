@@ -2,12 +2,12 @@
 compiler (``cpu.cpp``), registered as ``torch.ops.bigmodels_cpu.*`` with shape functions, so ``torch.compile``
 traces through them:
 
-- ``int8_linear``: int8 x int8 products of a few rows, each row quantized to 8 bits with its own scale and zero
-  point, the int8 matrix read once front to back (:func:`pack_int8` lays it out): AVX-512 VNNI at one row, AMX
-  int8 tiles from 2 rows (in blocks of 16) where the CPU has them and the compiler knows them. On GPT-2 124M's 49
-  matrices on 2 threads of an AMX Xeon: 1.4x fbgemm's ``quantized::linear_dynamic`` at one row, 2.4x at 8, 2.9x
-  at 16 (``python benchmarks/cpu_micro.py int8_gemv``). :class:`~bigmodels.compress.quantize.Int8DynamicLinear`
-  runs its calls of up to ``kernel_max_rows`` rows on it.
+- ``int8_linear``: int8 x int8 products, each row quantized to 8 bits with its own scale and zero point, the int8
+  matrix read once front to back (:func:`pack_int8` lays it out): AVX-512 VNNI at one row, AMX int8 tiles from 2
+  rows (in blocks of 16) where the CPU has them and the compiler knows them. On GPT-2 124M's 49 matrices on 2
+  threads of an AMX Xeon: 1.4x fbgemm's ``quantized::linear_dynamic`` at one row, 2.4x at 8, 2.9x at 16 (``python
+  benchmarks/cpu_micro.py int8_gemv``). :class:`~bigmodels.compress.quantize.Int8DynamicLinear` runs every call on
+  it where the CPU has AMX, calls of up to 32 rows (its VNNI loop alone) elsewhere.
 - ``linear_f32``: a float32 product of a few rows (up to 4) with a column-major weight, each thread streaming a
   contiguous band of the weight's transpose with prefetches ahead: one row of fp32 is bound by memory; GPT-2 124M's
   49 step products 0.98-1.14x ``F.linear`` on the same weights and 1.10-1.18x oneDNN's packed weights at one row,
