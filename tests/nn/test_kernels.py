@@ -64,10 +64,13 @@ def test_kernel_handles_rows_of_zeros_and_all_positive_rows():
 
 
 @needs_kernel
-def test_kernel_gives_the_same_bits_on_one_and_two_threads():
+@pytest.mark.parametrize("rows,out_features", [(3, 1000), (100, 50), (70, 200)])
+def test_kernel_gives_the_same_bits_on_one_and_two_threads(rows, out_features):
+    # few output tiles and many rows: the rows are shared among the threads too (AMX), each output still one sum
     torch.manual_seed(0)
-    layer = Int8DynamicLinear.from_linear(nn.Linear(96, 1000))
-    x = torch.randn(3, 96)
+    layer = Int8DynamicLinear.from_linear(nn.Linear(96, out_features))
+    layer._kernel_rows = None  # every call on the kernel, whatever this CPU's limit
+    x = torch.randn(rows, 96)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -77,6 +80,7 @@ def test_kernel_gives_the_same_bits_on_one_and_two_threads():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)  # each output is one thread's sum, in one order
+    assert torch.allclose(one.double(), documented(x, layer), rtol=1e-5, atol=1e-5)
 
 
 @needs_kernel

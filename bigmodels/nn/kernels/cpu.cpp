@@ -214,8 +214,12 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
       _mm512_mask_storeu_ps(out + m * n + col, mask, _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), rs, add));
     }
   };
+  // AMX: the work is (output tile, share of the row blocks) pairs; the rows are shared out only where the tiles
+  // alone would leave threads idle (a 384-wide layer has 6 tiles), so each thread keeps its tiles' weights cached
+  const int64_t threads = at::get_num_threads();
+  const int64_t shares = amx ? std::max<int64_t>(1, std::min<int64_t>(blocks, (4 * threads + tiles - 1) / tiles)) : 1;
   // grain: a thread takes at least 4 tiles (a 64 x 768 tile is 48 KB), so small layers do not split thin
-  at::parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, tiles * shares, shares == 1 ? 4 : 1, [&](int64_t u0, int64_t u1) {
     alignas(64) int32_t tile[16 * kTile];
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__)
     if (amx) {
@@ -227,8 +231,9 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
         config.colsb[i] = 64;
       }
       _tile_loadconfig(&config);
-      for (int64_t t = t0; t < t1; ++t) {  // a tile's 64 outputs for every block of rows: its weights stay cached
-        for (int64_t blk = 0; blk < blocks; ++blk) {
+      for (int64_t u = u0; u < u1; ++u) {  // a tile's 64 outputs for its share of the row blocks: weights cached
+        const int64_t t = u / shares, share = u % shares;
+        for (int64_t blk = blocks * share / shares; blk < blocks * (share + 1) / shares; ++blk) {
           amx_tile_sums(w + t * groups * 256, q.data() + blk * 16 * kpad, groups, kpad, tile);
           for (int64_t m = blk * 16; m < std::min(rows, blk * 16 + 16); ++m)
             finish(t, m, tile + (m - blk * 16) * kTile);
@@ -238,6 +243,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
       return;
     }
 #endif
+    const int64_t t0 = u0, t1 = u1;  // without AMX shares == 1: units are tiles
     __m512i acc[kRowsPerPass][4];
     for (int64_t t = t0; t < t1; ++t) {
       const int8_t* wt = w + t * groups * 256;
