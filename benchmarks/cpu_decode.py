@@ -284,7 +284,7 @@ def time_int8_kernels(model, rows: int, reps: int) -> None:
 def perplexity(model, ids: torch.Tensor, window: int = 256, steps: bool = False) -> float:
     """exp(mean next-token cross-entropy) over ``ids`` (N,) in windows of ``window`` tokens. ``steps``: each
     window token by token through the key/value cache, as decoding computes (one row per product: the int8 products
-    run on the kernel decoding uses, ``Int8DynamicLinear.kernel_max_rows``), not as one forward of the window."""
+    run on the kernel's one-row VNNI loop, as decoding's), not as one forward of the window (256 rows a product)."""
     nll, count = 0.0, 0
     for start in range(0, ids.numel() - 1, window):
         x = ids[start:start + window + 1]
