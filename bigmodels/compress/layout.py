@@ -176,8 +176,7 @@ class PackedLinear(nn.Module):
             return False
         if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
             return False
-        exporting = getattr(torch.compiler, "is_exporting", None)
-        return not (exporting is not None and exporting()) and kernels.available()
+        return kernels.usable()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight

@@ -120,8 +120,7 @@ def _one_query_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
         return False
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return False
-    exporting = getattr(torch.compiler, "is_exporting", None)
-    return not (exporting is not None and exporting()) and kernels.available()
+    return kernels.usable()
 
 
 def _products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,

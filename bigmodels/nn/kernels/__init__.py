@@ -73,6 +73,12 @@ def available() -> bool:
     return bool(_state)
 
 
+def usable() -> bool:
+    """Whether a ``bigmodels_cpu`` operator may be called here: built (:func:`available`) and not being traced for
+    export (an exported graph holds standard operators only, which ONNX and other runtimes know)."""
+    return not torch.compiler.is_exporting() and available()
+
+
 def _compiler() -> str | None:
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
         if name and shutil.which(name):

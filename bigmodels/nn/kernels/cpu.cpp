@@ -37,6 +37,14 @@
 
 namespace {
 
+// An optional (n,) float32 bias -> its values (nullptr for none), kept alive in `kept`; `op` names the caller.
+const float* bias_data(const std::optional<at::Tensor>& bias, int64_t n, const char* op, at::Tensor& kept) {
+  if (!bias.has_value() || !bias->defined()) return nullptr;
+  TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == n, "bigmodels_cpu::", op, ": bad bias");
+  kept = bias->contiguous();
+  return kept.data_ptr<float>();
+}
+
 constexpr int64_t kTile = 64;  // output rows per tile: 4 vectors of 16 int32 sums
 constexpr int kRowsPerPass = 4;  // input rows sharing one read of a tile's group (16 accumulators)
 
@@ -172,13 +180,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   TORCH_CHECK(row_sums.scalar_type() == at::kInt && scale.scalar_type() == at::kFloat &&
                   row_sums.is_contiguous() && scale.is_contiguous(),
               "bigmodels_cpu::int8_linear: row_sums must be contiguous int32, scale contiguous float32");
-  const float* b = nullptr;
   at::Tensor bias_c;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == n, "bigmodels_cpu::int8_linear: bad bias");
-    bias_c = bias->contiguous();
-    b = bias_c.data_ptr<float>();
-  }
+  const float* b = bias_data(bias, n, "int8_linear", bias_c);
   at::Tensor y = at::empty({rows, n}, x.options());
   if (rows == 0) return y;
   const at::Tensor xc = x.contiguous();
@@ -334,13 +337,8 @@ at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& wt, const std::opti
               "bigmodels_cpu::linear_f32: the weight's transpose must be a contiguous float32 (", x.size(1),
               ", out) tensor (a column-major weight's .t())");
   const int64_t rows = x.size(0), k = x.size(1), n = wt.size(1);
-  const float* b = nullptr;
   at::Tensor bias_c;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == n, "bigmodels_cpu::linear_f32: bad bias");
-    bias_c = bias->contiguous();
-    b = bias_c.data_ptr<float>();
-  }
+  const float* b = bias_data(bias, n, "linear_f32", bias_c);
   at::Tensor y = at::empty({rows, n}, x.options());
   if (rows == 0 || n == 0) return y;
   const at::Tensor xc = x.contiguous();
