@@ -144,14 +144,14 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
         return sum(isinstance(m, kind) for m in model.modules())
 
     if precision == "int8":
-        limit = Int8DynamicLinear.kernel_rows() if kernels.available() else 0  # 0: not built
+        built, limit = kernels.available(), Int8DynamicLinear.kernel_rows()  # limit None: every call on the kernel
         settings["quantize_"] = {"config": "Int8DynamicConfig(kernel='fbgemm', output_layer=True)",
                                  "layers": count(Int8DynamicLinear),
                                  # AMX CPUs: calls of this many rows or more (not on our kernel) run on oneDNN's GEMM
                                  "onednn_min_rows": Int8DynamicLinear.onednn_min_rows
-                                 if _cpu_has_amx_int8() and limit is not None else None,
+                                 if _cpu_has_amx_int8() and not (built and limit is None) else None,
                                  # calls of at most this many rows run on bigmodels_cpu::int8_linear (None: not built)
-                                 "kernel_max_rows": "every call" if limit is None else limit or None}
+                                 "kernel_max_rows": ("every call" if limit is None else limit) if built else None}
     settings["cpu_kernels"] = kernels.available()  # bigmodels_cpu's one-query attention and argmax (decoding)
     settings["prepack_linears_"] = count(PackedLinear)  # oneDNN-packed float weights
     if count(PackedLinear) and kernels.available():  # their calls of this many rows or fewer: bigmodels_cpu::linear_f32
