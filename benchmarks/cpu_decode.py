@@ -16,6 +16,7 @@ ratios of ours to each peer, per alternating round (their median), which is what
     python benchmarks/cpu_decode.py --kernels --int8      # the same with each int8 kernel, and the memory bound
     python benchmarks/cpu_decode.py --compile --no-hf --slots 256   # the compiled step with a 256-slot cache too
     python benchmarks/cpu_decode.py --compile --no-hf --without-f32-kernel   # and without bigmodels_cpu::linear_f32
+    python benchmarks/cpu_decode.py --compile --no-hf --greedy-screen   # ours' output layer screened, and without
 
 Our side is ``generate(model, ids, temperature=0, max_new_tokens=N, cache=...)`` after
 ``prepare_for_cpu_decoding(model)`` (fp32: every Linear's weight column-major and packed for oneDNN) or
@@ -23,7 +24,9 @@ Our side is ``generate(model, ids, temperature=0, max_new_tokens=N, cache=...)``
 ``--baseline`` adds the untransformed model as a side, ``--column-major`` the first round's ``column_major_linears_``
 model. With ``--compile``, ours decodes with ``cache="static", compile=True`` and a :class:`Decoder` with the
 library's CPU compile options (``CPU_COMPILE_OPTIONS``: inductor, whole graph; the step multiplies with the
-column-major weights).
+column-major weights). ``--greedy-screen``: ours' :class:`Decoder` picks greedy tokens through the float16 screen of
+the output layer (``greedy_screen=True``, static cache), beside the same model and cache without it
+(bigmodels-no-screen).
 """
 
 from __future__ import annotations
@@ -112,15 +115,17 @@ def build_peers(ours: torch.nn.Module, work: Path, int8: bool, threads: int):
 
 
 def decoders(ours, hf, gen, tokens, new: int, compile: bool = False, baseline=None, cache: str = "dynamic",
-             others=None, slots=()):
+             others=None, slots=(), screen: bool = False):
     """name -> (ids (B, T) -> new tokens (B, new)); ``others``: more of our models by name, decoded like ours;
     ``slots``: with ``compile``, more compiled sides whose static cache has that many slots instead of
-    :func:`~bigmodels.infer.generate.static_length`'s (each its own graph, shapes kept static)."""
+    :func:`~bigmodels.infer.generate.static_length`'s (each its own graph, shapes kept static); ``screen``: ours
+    with ``Decoder(greedy_screen=True)`` (static cache), and bigmodels-no-screen without it."""
     index = {t: i for i, t in enumerate(tokens)}
-    greedy = GenerationConfig(max_new_tokens=new, temperature=0, cache=cache)
+    greedy = GenerationConfig(max_new_tokens=new, temperature=0, cache="static" if screen else cache)
     if compile:
         greedy = GenerationConfig(max_new_tokens=new, temperature=0, cache="static", compile=True)
-    decoder = Decoder(ours, compile_options=CPU_COMPILE_OPTIONS) if compile else None
+    options = CPU_COMPILE_OPTIONS if compile else None
+    decoder = Decoder(ours, compile_options=options, greedy_screen=screen) if compile or screen else None
 
     def run_ours(ids):
         return generate(ours, ids, greedy, decoder=decoder)[:, ids.size(1):]
@@ -138,6 +143,9 @@ def decoders(ours, hf, gen, tokens, new: int, compile: bool = False, baseline=No
         return torch.tensor([[index[t] for t in r.sequences[0]] for r in results])
 
     sides = {"bigmodels": run_ours, "ctranslate2": run_ct2}
+    if screen:
+        whole = Decoder(ours, compile_options=options)
+        sides["bigmodels-no-screen"] = lambda ids: generate(ours, ids, greedy, decoder=whole)[:, ids.size(1):]
     if compile:  # the same model and static cache, uncompiled: what compiling buys at this batch
         eager = GenerationConfig(max_new_tokens=new, temperature=0, cache="static")
         sides["bigmodels-eager"] = lambda ids: generate(ours, ids, eager)[:, ids.size(1):]
@@ -332,6 +340,9 @@ def main() -> None:
     p.add_argument("--without-f32-kernel", action="store_true",
                    help="fp32: also time ours with its few-row products on addmm / oneDNN instead of "
                         "bigmodels_cpu::linear_f32 (bigmodels-no-f32-kernel)")
+    p.add_argument("--greedy-screen", action="store_true",
+                   help="fp32: ours picks greedy tokens through the output layer's float16 screen (exact); also "
+                        "times the same without it (bigmodels-no-screen)")
     p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic", help="our key/value cache")
     p.add_argument("--no-hf", action="store_true", help="leave transformers out of the timing")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of our decoding")
@@ -376,7 +387,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         hf, gen, tokens = build_peers(model, Path(work), args.int8, args.threads)
         sides = decoders(ours, None if args.no_hf else hf, gen, tokens, args.new, args.compile,
-                         model if args.baseline else None, args.cache, others, args.slots)
+                         model if args.baseline else None, args.cache, others, args.slots, args.greedy_screen)
         if args.int8:  # int8 sides round differently: compare with the fp32 reference
             ref = decoders(model, None, gen, tokens, args.new)["bigmodels"](ids)
             same = {name: float((fn(ids) == ref).float().mean()) for name, fn in sides.items()}

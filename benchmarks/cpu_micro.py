@@ -36,9 +36,13 @@
   ``int8_memory``: the memory GPT-2 int8 holds with its engines' copies packed on demand and all packed;
   ``int8_rows``: int8 encoder forwards (all-MiniLM-L6-v2, BERT-base) with calls over 256 rows on oneDNN against
   every call on ``bigmodels_cpu::int8_linear``, time and least cosine to fp32 (eleventh session).
+- ``screen``: greedy decoding's pick over GPT-2's output layer (50,257 x 768, column-major) at one row: the float32
+  product then argmax (``linear_f32``, ``argmax``) against ``screened_argmax`` (float16 screen, exact), with random
+  weights and with rows that differ below float16's resolution (the worst case: every row a candidate). Called in a
+  loop the matrix partly stays in L3, which a decoding step's other 340 MB of weights evict (twelfth session).
 
     python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator int8 int8_gemv \
-        int8_models openmp f32_gemv int8_memory int8_rows
+        int8_models openmp f32_gemv int8_memory int8_rows screen
 """
 
 from __future__ import annotations
@@ -520,6 +524,33 @@ def openmp(reps: int) -> None:
         print(out.stdout.strip().splitlines()[-1])
 
 
+def screen(reps: int) -> None:
+    from bigmodels.nn import kernels
+
+    if not kernels.available():
+        print("screen: bigmodels_cpu is not available here (see the log): nothing to compare")
+        return
+    torch.manual_seed(0)
+    V, K = 50257, 768
+    x = torch.randn(1, K)
+    for case in ("random rows", "rows equal in float16"):
+        w = torch.randn(V, K) * 0.02
+        if case != "random rows":  # every logit within the screen's error of the largest
+            w = w[:1].repeat(V, 1) + torch.randn(V, K) * 1e-7
+        w = w.t().contiguous().t()  # column-major, as prepare_for_cpu_decoding lays it
+        qt, slack = kernels.screen(w)
+        a = (x @ qt.float()).double()
+        r = x.double().norm() * slack.double()
+        candidates = int((a + r >= (a - r).max()).sum())
+        whole = lambda w=w: torch.ops.bigmodels_cpu.argmax(torch.ops.bigmodels_cpu.linear_f32(x, w.t(), None))
+        screened = lambda w=w, qt=qt, slack=slack: torch.ops.bigmodels_cpu.screened_argmax(x, qt, slack, w, None)
+        assert torch.equal(whole(), screened()) or case != "random rows"
+        with torch.inference_mode():
+            us = {"whole": _median_us(whole, reps), "screened": _median_us(screened, reps)}
+        print(f"screen, {case}: float32 product + argmax {us['whole']:.0f} us, screened {us['screened']:.0f} us "
+              f"({us['whole'] / us['screened']:.2f}x; {candidates} candidate row(s) summed again)")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if "_allocator_forward" in argv:  # a side of ``allocator``
@@ -532,13 +563,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="*",
                    help="pad, gelu, fused, gil, engines, batches, allocator, int8, int8_gemv, int8_models, openmp, "
-                        "f32_gemv, int8_memory and/or int8_rows (default: all)")
+                        "f32_gemv, int8_memory, int8_rows and/or screen (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
     runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines, "batches": batches,
             "allocator": allocator, "int8": int8, "int8_gemv": int8_gemv, "int8_models": int8_models, "openmp": openmp,
-            "f32_gemv": f32_gemv, "int8_memory": int8_memory, "int8_rows": int8_rows}
+            "f32_gemv": f32_gemv, "int8_memory": int8_memory, "int8_rows": int8_rows, "screen": screen}
     unknown = sorted(set(args.what) - set(runs))
     if unknown:
         p.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(runs)}")

@@ -116,7 +116,8 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
     AMD EPYC at decoding's rows, 1.04-1.09x whole encoder forwards on the Intel Xeon), calls of up to
     ``PackedLinear.kernel_max_rows`` (4) rows with their column-major weights on ``bigmodels_cpu::linear_f32`` where it
     is built (eager or compiled; 1.10-1.18x oneDNN's at one row). Decoding (``rows``: prompts a call decodes
-    together): greedy with a static (preallocated) key/value cache; compiled
+    together): greedy with a static (preallocated) key/value cache, fp32 up to 4 rows picking each token through the
+    output layer's float16 screen (``Decoder(greedy_screen=True)``: the same tokens, half the bytes); compiled
     (:data:`~bigmodels.infer.generate.CPU_COMPILE_OPTIONS`) for fp32 at one row, where it measured ~1.2x the eager step
     (at 8 rows the eager step's packed weights were ~1.2x the compiled step), and for int8 up to 16 rows, whose products
     run on ``bigmodels_cpu::int8_linear`` there (~1.5x the eager step at one row, ~1.1x at eight; where that kernel is
@@ -161,6 +162,10 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
     settings["generate"] = {"call": "bigmodels.infer.generate.generate", "temperature": 0, **options}
     if options["compile"]:
         settings["generate"]["compile_options"] = "CPU_COMPILE_OPTIONS (inductor, fullgraph)"
+    # fp32 greedy steps of up to 4 rows pick through the output layer's float16 screen, exact (Decoder(greedy_screen=
+    # True)): GPT-2's 154 MB output layer read as 77 MB a step, 1.12x the compiled step (benchmarks/cpu_decode.md)
+    settings["generate"]["greedy_screen"] = (precision == "fp32" and rows is not None and rows <= 4
+                                             and kernels.available())
     return model, options, settings
 
 
@@ -327,7 +332,8 @@ def _decode_sides(sides: Sides, w: Workload, ours: nn.Module, ids: torch.Tensor,
             reference = generate(ours.eval(), ids, max_new_tokens=n, temperature=0)[:, -n:]
     model, options, settings = prepare_ours_cpu(ours, w.quant, rows=ids.size(0))
     # its static caches (and compiled step) are kept from call to call
-    decoder = Decoder(model, compile_options=CPU_COMPILE_OPTIONS if options["compile"] else None)
+    decoder = Decoder(model, compile_options=CPU_COMPILE_OPTIONS if options["compile"] else None,
+                      greedy_screen=settings["generate"]["greedy_screen"])
     if options["compile"]:  # compiled before the timing, as a CTranslate2 model is converted before it
         start = time.perf_counter()
         try:

@@ -109,6 +109,8 @@ def test_decode_rows_check_the_tokens_before_timing(rows, name):
     assert generate["compile"] is (compiles and "compile_error" not in generate)
     assert ("compile_seconds" in generate) is generate["compile"]
     assert compiles or "compile_error" not in generate
+    # fp32 greedy steps of up to 4 rows pick through the output layer's float16 screen (exact) where kernels are built
+    assert generate["greedy_screen"] is (w.quant == "fp32" and w.batch <= 4 and kernels.available())
     if w.quant == "fp32":
         if _installed("transformers"):
             assert parity["tokens_agree_transformers"] == 1.0 and parity["ok"] is True  # token-identical

@@ -180,7 +180,7 @@ def test_prepared_weights_are_column_major_and_a_compiled_step_multiplies_with_t
     finally:
         torch._dynamo.reset()
     assert torch.equal(out, tokens)
-    assert decoder._compiled["cpu"] is not None and any(calls)
+    assert decoder._compiled["cpu", False] is not None and any(calls)
 
 
 def test_fused_gelu_keeps_outputs_tokens_gradients_and_unpacks():

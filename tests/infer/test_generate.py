@@ -14,6 +14,7 @@ from bigmodels.errors import ConfigError, DataError
 from bigmodels.infer import generate as decoding
 from bigmodels.infer import sampling, seq2seq
 from bigmodels.infer.generate import Decoder, GenerationConfig, generate, pad_prompts, stream
+from bigmodels.nn import kernels
 
 PROMPT = [11, 42, 7, 93, 5]
 PROMPTS = [[11, 42, 7, 93, 5, 61, 2], [8, 70], [33, 12, 99, 4]]  # different lengths: left-padded
@@ -411,6 +412,114 @@ def test_recurrent_errors_name_the_fix():
     assert model.training  # the mode is restored
 
 
+# ------------------------------------------------------------------------------------------ greedy screen
+
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason="bigmodels_cpu is not built here (no AVX-512 "
+                                   "VNNI or no C++ compiler): greedy steps read the output layer whole")
+
+
+def _counting_picks(monkeypatch) -> list:
+    calls = []
+    real = decoding._pick_step
+    monkeypatch.setattr(decoding, "_pick_step", lambda *a: calls.append(a[2].shape) or real(*a))
+    return calls
+
+
+@needs_kernels
+def test_greedy_screen_picks_hugging_faces_tokens_with_a_dynamic_cache(models, monkeypatch):
+    ours, hf = models
+    calls = []
+    real = torch.ops.bigmodels_cpu.screened_argmax
+    monkeypatch.setattr(torch.ops.bigmodels_cpu, "screened_argmax", lambda *a: calls.append(a[0].shape) or real(*a))
+    decoder = Decoder(ours, greedy_screen=True)
+    for prompts in ([PROMPT], PROMPTS):
+        out = generate(ours, prompts, temperature=0, max_new_tokens=32, pad_token_id=PAD_ID, decoder=decoder)
+        assert torch.equal(out, hf_generate(hf, prompts))
+    assert calls == [(1, 32)] * 31 + [(3, 32)] * 31
+    assert torch.equal(generate(ours, PROMPTS, temperature=0, max_new_tokens=32, pad_token_id=PAD_ID),
+                       hf_generate(hf, PROMPTS)) and len(calls) == 62  # no decoder: the logits
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", ["char_lstm", "char_gru"])
+def test_greedy_screen_serves_recurrent_language_models_too(name):
+    torch.manual_seed(0)
+    model = bigmodels.create_model(name).eval()
+    decoder = Decoder(model, greedy_screen=True)
+    screened = generate(model, [5, 6, 7], max_new_tokens=20, temperature=0, decoder=decoder)
+    assert decoder._screen is not None and decoder._screen.weight is model.fc.weight
+    assert torch.equal(screened, generate(model, [5, 6, 7], max_new_tokens=20, temperature=0))
+
+
+@needs_kernels
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_greedy_screen_picks_hugging_faces_tokens(models, monkeypatch, compiled):
+    ours, hf = models
+    calls = [] if compiled else _counting_picks(monkeypatch)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    decoder = Decoder(ours, compile_options={"backend": backend, "fullgraph": True}, greedy_screen=True)
+    try:
+        for prompts in ([PROMPT], PROMPTS):
+            out = generate(ours, prompts, temperature=0, max_new_tokens=32, pad_token_id=PAD_ID, cache="static",
+                           compile=compiled, decoder=decoder)
+            assert torch.equal(out, hf_generate(hf, prompts))
+    finally:
+        torch._dynamo.reset()
+    screen = decoder._screen
+    assert screen is not None and screen.weight is ours.lm_head.weight and screen.vocab == 100
+    if compiled:  # one graph per batch size, each picking with the kernel
+        assert len(graphs) == 2 and all("screened_argmax" in str(g.graph) for g in graphs)
+    else:
+        assert not graphs and calls == [(1, 1)] * 31 + [(3, 1)] * 31
+
+
+@needs_kernels
+def test_greedy_screen_leaves_sampling_penalties_and_wide_batches_to_the_logits(models, monkeypatch):
+    ours, hf = models
+    calls = _counting_picks(monkeypatch)
+    decoder = Decoder(ours, greedy_screen=True)
+    kw = {"max_new_tokens": 12, "pad_token_id": PAD_ID, "cache": "static"}
+    sampled = generate(ours, PROMPTS, temperature=0.8, seed=3, **kw)
+    assert torch.equal(generate(ours, PROMPTS, temperature=0.8, seed=3, decoder=decoder, **kw), sampled)
+    penalised = generate(ours, PROMPTS, temperature=0, repetition_penalty=1.3, **kw)
+    assert torch.equal(generate(ours, PROMPTS, temperature=0, repetition_penalty=1.3, decoder=decoder, **kw),
+                       penalised)
+    wide = PROMPTS + PROMPTS  # 6 rows: more than the kernel takes
+    assert torch.equal(generate(ours, wide, temperature=0, decoder=decoder, **kw),
+                       hf_generate(hf, wide)[:, :-20])
+    assert calls == []
+
+
+@needs_kernels
+def test_greedy_screen_follows_a_changed_weight_and_skips_a_model_without_a_float_output_layer(models):
+    import copy
+
+    from bigmodels.compress.quantize import Int8DynamicConfig, quantize_
+
+    ours, _ = models
+    model = copy.deepcopy(ours)
+    decoder = Decoder(model, greedy_screen=True)
+    kw = {"temperature": 0, "max_new_tokens": 10, "cache": "static"}
+    generate(model, PROMPT, decoder=decoder, **kw)
+    with torch.no_grad():
+        model.lm_head.weight[7] += 5.0  # token 7 now wins most steps
+    assert torch.equal(generate(model, PROMPT, decoder=decoder, **kw), generate(model, PROMPT, temperature=0,
+                                                                                max_new_tokens=10))
+    # an int8 output layer: its logits are no float32 weight's product
+    quantize_(model, Int8DynamicConfig(kernel="fbgemm", output_layer=True))
+    decoder = Decoder(model, greedy_screen=True)
+    assert torch.equal(generate(model, PROMPT, decoder=decoder, **kw), generate(model, PROMPT, **kw))
+    assert decoder._screen_checked and decoder._screen is None
+    with pytest.raises(ConfigError, match=r"Decoder\(greedy_screen='yes'\) must be True or False"):
+        Decoder(model, greedy_screen="yes")
+
+
 # ------------------------------------------------------------------------------------------ no shared state
 
 
@@ -443,7 +552,7 @@ def test_decoders_in_two_threads_give_the_tokens_of_sequential_runs(models):
     for index in range(2):
         for got, expected in zip(results[index], sequential[index] * 3, strict=True):
             assert torch.equal(got, expected)
-    assert decoders[0]._compiled["cpu"] is not decoders[1]._compiled["cpu"]  # each thread compiled its own
+    assert decoders[0]._compiled["cpu", False] is not decoders[1]._compiled["cpu", False]  # each compiled its own
     assert decoders[0]._free.keys() == decoders[1]._free.keys() and all(
         not set(map(id, decoders[0]._free[key])) & set(map(id, decoders[1]._free[key])) for key in decoders[0]._free)
 
@@ -470,7 +579,7 @@ def test_nothing_module_level_changes_when_decoding(models, caplog):
     generate(tiny_lm(), [[1, 2], [3]], **kw)
     seq2seq.translate(bigmodels.create_model("transformer_mini"), [[5, 6, 7]], num_beams=2, max_new_tokens=3)
     assert _module_state(decoding, sampling, seq2seq) == before
-    assert decoder._compiled == {"cpu": None}  # what compiling kept lives in the caller's decoder
+    assert decoder._compiled == {("cpu", False): None}  # what compiling kept lives in the caller's decoder
 
 
 def test_prefill_runs_the_output_layer_on_the_last_position_only(models):

@@ -346,3 +346,77 @@ def test_compiled_fp32_decoding_on_linear_f32_gives_the_plain_models_tokens():
         compiled = generate(model, prompt, max_new_tokens=8, temperature=0, cache="static", compile=True,
                             decoder=Decoder(model, compile_options=CPU_COMPILE_OPTIONS))
     assert torch.equal(eager, plain) and torch.equal(compiled, plain)
+
+
+def _exact_argmax(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    logits = x.double() @ w.double().t() + (0 if b is None else b.double())
+    return logits.argmax(-1, keepdim=True)
+
+
+def test_screen_bounds_every_rows_float16_error_and_rounding():
+    torch.manual_seed(0)
+    w = torch.randn(300, 96) * 0.5
+    qt, slack = kernels.screen(w, rows=257)
+    assert qt.shape == (96, 257) and qt.dtype == torch.float16 and qt.is_contiguous()
+    assert torch.equal(qt.t(), w[:257].half()) and slack.shape == (257,)
+    for scale in (1e-3, 1.0, 1e3):
+        x = torch.randn(64, 96) * scale
+        screened = x @ qt.float()  # float32 sums of the float16 weights
+        err = (x.double() @ w[:257].double().t() - screened.double()).abs()
+        assert bool((err <= x.double().norm(dim=1, keepdim=True) * slack.double()).all())
+    with pytest.raises(ValueError, match="float matrix"):
+        kernels.screen(torch.ones(4, dtype=torch.long))
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("bias", [False, True])
+def test_screened_argmax_is_the_full_precision_argmax(rows, bias):
+    torch.manual_seed(rows)
+    V, K = 1000, 130
+    w = torch.randn(V + 24, K) * 0.05  # padded rows beyond V are never picked
+    w[V:] = 100.0
+    b = torch.randn(V) * 0.1 if bias else None
+    qt, slack = kernels.screen(w, rows=V)
+    for layout in (w, w.t().contiguous().t()):  # row- and column-major weights
+        for scale in (0.01, 1.0, 100.0):
+            x = torch.randn(rows, K) * scale
+            got = torch.ops.bigmodels_cpu.screened_argmax(x, qt, slack, layout, b)
+            assert got.shape == (rows, 1) and got.dtype == torch.long
+            assert torch.equal(got, _exact_argmax(x, w[:V], b))
+
+
+@needs_kernel
+def test_screened_argmax_separates_rows_that_float16_cannot():
+    """Rows equal once rounded to float16, their logits apart by less than float16's error: the float32 weights
+    decide, every time."""
+    torch.manual_seed(0)
+    K = 64
+    base = torch.randn(K).half().float()  # exactly representable in float16
+    w = base.repeat(6, 1)
+    for i in range(6):
+        w[i, i] += 1e-5 * (i + 1)  # far below float16's step (~1e-3 at |w| ~ 1): the same float16 row
+    qt, slack = kernels.screen(w)
+    assert bool((qt.t() == qt.t()[0]).all())
+    for _ in range(50):
+        x = torch.randn(2, K)
+        assert torch.equal(torch.ops.bigmodels_cpu.screened_argmax(x, qt, slack, w, None), _exact_argmax(x, w))
+
+
+@needs_kernel
+def test_screened_argmax_gives_torch_argmax_over_non_finite_inputs_and_rejects_bad_ones():
+    w = torch.randn(20, 8)
+    qt, slack = kernels.screen(w)
+    x = torch.randn(3, 8)
+    x[1, 2] = float("nan")
+    x[2, 0] = float("inf")
+    got = torch.ops.bigmodels_cpu.screened_argmax(x, qt, slack, w, None)
+    assert torch.equal(got, (x @ w.t()).argmax(-1, keepdim=True))
+    with pytest.raises(RuntimeError, match="rows <= 4"):
+        torch.ops.bigmodels_cpu.screened_argmax(torch.randn(5, 8), qt, slack, w, None)
+    with pytest.raises(RuntimeError, match="float16 weight's transpose"):
+        torch.ops.bigmodels_cpu.screened_argmax(x, qt.float(), slack, w, None)
+    with pytest.raises(RuntimeError, match="slack must be"):
+        torch.ops.bigmodels_cpu.screened_argmax(x, qt, slack[:5], w, None)
+    with pytest.raises(RuntimeError, match="w must be the float32 weight"):
+        torch.ops.bigmodels_cpu.screened_argmax(x, qt, slack, w[:10], None)

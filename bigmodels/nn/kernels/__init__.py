@@ -18,6 +18,9 @@ traces through them:
   query on the CPU without gradients).
 - ``argmax``: a row's largest value, vectorized (``torch.argmax`` reads a 50,257-wide row one value at a time):
   greedy decoding's pick.
+- ``screened_argmax``: greedy decoding's pick straight from the final hidden states, exact, reading the output
+  layer as float16: the float16 product bounds every logit (:func:`screen` makes the copy and the bounds), and
+  the few rows whose bound reaches the best are summed again from the float32 weight.
 
 The build runs once per source, PyTorch version and compiler, into ``$BIGMODELS_KERNEL_DIR`` (default
 ``~/.cache/bigmodels/kernels``), written under a temporary name and renamed, so concurrent processes and an
@@ -159,6 +162,41 @@ def _register_shapes() -> None:
     @torch.library.register_fake("bigmodels_cpu::argmax")
     def _(x):
         return x.new_empty(x.shape[0], 1, dtype=torch.long)
+
+    @torch.library.register_fake("bigmodels_cpu::screened_argmax")
+    def _(x, qt, slack, w, bias):
+        return x.new_empty(x.shape[0], 1, dtype=torch.long)
+
+
+_UNIT_ROUNDOFF = 2.0 ** -24  # float32's
+
+
+def screen(weight: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``bigmodels_cpu::screened_argmax`` reads for an output layer's float32 ``weight`` (V', K) (its first
+    ``rows`` rows, default all): (qt, slack) = (the weight rounded to float16 and transposed, (K, V) contiguous,
+    and each row's bound on how far a float32 sum of x . q_i can be from x . w_i, per unit of ||x||:
+    ``||w_i - q_i|| + gamma_K ||q_i||`` with gamma_K = K u / (1 - K u), u float32's unit roundoff, computed in
+    double and rounded up). Half the float32 weight's memory.
+
+    >>> qt, slack = screen(torch.tensor([[1.0, 2.0], [0.1, 0.2], [5.0, 6.0]]), rows=2)
+    >>> qt.dtype, tuple(qt.shape), bool((slack > 0).all()), bool((slack < 1e-4).all())
+    (torch.float16, (2, 2), True, True)
+    """
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"screen: weight must be a (rows, in) float matrix, got {tuple(weight.shape)} {weight.dtype}")
+    V = weight.size(0) if rows is None else rows
+    K = weight.size(1)
+    gamma = K * _UNIT_ROUNDOFF / (1 - K * _UNIT_ROUNDOFF)
+    qt = torch.empty(K, V, dtype=torch.float16)
+    slack = torch.empty(V, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(0, V, 4096):  # a block of rows at a time: the double copies stay small
+            w = weight[i:i + 4096][: V - i].detach().to(torch.float64)
+            q = w.to(torch.float16)
+            qt[:, i:i + q.size(0)] = q.t()
+            q = q.to(torch.float64)
+            slack[i:i + q.size(0)] = (w - q).norm(dim=1) + gamma * q.norm(dim=1)
+    return qt, (slack * (1 + 1e-6)).to(torch.float32)  # the factor covers the rounding to float32 (2^-24)
 
 
 def pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -273,16 +273,24 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 constexpr int64_t kF32MaxRows = 4;       // linear_f32's most rows (accumulators per column vector)
 constexpr int64_t kF32Prefetch = 16384;  // bytes ahead in each row stream (prefetched into L2/L3)
 
+// 16 weights as floats: float32 as they are, float16 widened (exactly)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline float widen(float v) { return v; }
+inline float widen(at::Half v) { return static_cast<float>(v); }
+
 // MB rows of x (row stride kx) times W^T rows k0..k1 (a thread's band) into part (MB x N), overwriting it
-template <int MB>
-void band_sums(const float* x, int64_t kx, const float* wt, int64_t n, int64_t k0, int64_t k1, float* part) {
+template <int MB, typename W>
+void band_sums(const float* x, int64_t kx, const W* wt, int64_t n, int64_t k0, int64_t k1, float* part) {
   bool first = true;
   int64_t k = k0;
   for (; k + 4 <= k1; k += 4) {
-    const float* r0 = wt + k * n;
-    const float* r1 = r0 + n;
-    const float* r2 = r1 + n;
-    const float* r3 = r2 + n;
+    const W* r0 = wt + k * n;
+    const W* r1 = r0 + n;
+    const W* r2 = r1 + n;
+    const W* r3 = r2 + n;
     __m512 a[MB][4];
     for (int m = 0; m < MB; ++m)
       for (int j = 0; j < 4; ++j) a[m][j] = _mm512_set1_ps(x[m * kx + k + j]);
@@ -292,8 +300,8 @@ void band_sums(const float* x, int64_t kx, const float* wt, int64_t n, int64_t k
       _mm_prefetch(reinterpret_cast<const char*>(r1 + c) + kF32Prefetch, _MM_HINT_T2);
       _mm_prefetch(reinterpret_cast<const char*>(r2 + c) + kF32Prefetch, _MM_HINT_T2);
       _mm_prefetch(reinterpret_cast<const char*>(r3 + c) + kF32Prefetch, _MM_HINT_T2);
-      const __m512 w0 = _mm512_loadu_ps(r0 + c), w1 = _mm512_loadu_ps(r1 + c);
-      const __m512 w2 = _mm512_loadu_ps(r2 + c), w3 = _mm512_loadu_ps(r3 + c);
+      const __m512 w0 = load16(r0 + c), w1 = load16(r1 + c);
+      const __m512 w2 = load16(r2 + c), w3 = load16(r3 + c);
       for (int m = 0; m < MB; ++m) {
         float* y = part + m * n + c;
         __m512 acc = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y);
@@ -308,42 +316,30 @@ void band_sums(const float* x, int64_t kx, const float* wt, int64_t n, int64_t k
       for (int m = 0; m < MB; ++m) {
         const float* xm = x + m * kx + k;
         float acc = first ? 0.f : part[m * n + c];
-        acc += xm[0] * r0[c];
-        acc += xm[1] * r1[c];
-        acc += xm[2] * r2[c];
-        acc += xm[3] * r3[c];
+        acc += xm[0] * widen(r0[c]);
+        acc += xm[1] * widen(r1[c]);
+        acc += xm[2] * widen(r2[c]);
+        acc += xm[3] * widen(r3[c]);
         part[m * n + c] = acc;
       }
     first = false;
   }
   for (; k < k1; ++k) {  // the band's last rows (K not a multiple of 4)
-    const float* r = wt + k * n;
+    const W* r = wt + k * n;
     for (int m = 0; m < MB; ++m) {
       const float xk = x[m * kx + k];
-      for (int64_t c = 0; c < n; ++c) part[m * n + c] = (first ? 0.f : part[m * n + c]) + xk * r[c];
+      for (int64_t c = 0; c < n; ++c) part[m * n + c] = (first ? 0.f : part[m * n + c]) + xk * widen(r[c]);
     }
     first = false;
   }
   if (first) std::fill(part, part + MB * n, 0.f);  // an empty band
 }
 
-// x (M, K) float32, M <= kF32MaxRows; wt (K, N) float32 contiguous (the weight's transpose); bias (N,) or None.
-at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& wt, const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
-              "bigmodels_cpu::linear_f32: x must be a 2-D float32 CPU tensor");
-  TORCH_CHECK(x.size(0) <= kF32MaxRows, "bigmodels_cpu::linear_f32: at most ", kF32MaxRows, " rows, not ",
-              x.size(0));
-  TORCH_CHECK(wt.dim() == 2 && wt.scalar_type() == at::kFloat && wt.is_contiguous() && wt.size(0) == x.size(1),
-              "bigmodels_cpu::linear_f32: the weight's transpose must be a contiguous float32 (", x.size(1),
-              ", out) tensor (a column-major weight's .t())");
-  const int64_t rows = x.size(0), k = x.size(1), n = wt.size(1);
-  at::Tensor bias_c;
-  const float* b = bias_data(bias, n, "linear_f32", bias_c);
-  at::Tensor y = at::empty({rows, n}, x.options());
-  if (rows == 0 || n == 0) return y;
-  const at::Tensor xc = x.contiguous();
-  const float* xp = xc.data_ptr<float>();
-  const float* w = wt.data_ptr<float>();
+// out (rows x n) = x (rows x k, contiguous, rows <= kF32MaxRows) times wt (k x n, contiguous) + b (or none):
+// each thread sums its own band of wt's rows, the bands are added (in order) at the end
+template <typename W>
+void few_rows(const float* xp, int64_t rows, int64_t k, const W* w, int64_t n, const float* b, float* out) {
+  if (rows == 0 || n == 0) return;
   // bands of at least 64 inputs (a narrow layer is not split thin); the caller thread's buffer holds the partials
   const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), k / 64));
   thread_local std::vector<float> partials;
@@ -361,7 +357,6 @@ at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& wt, const std::opti
       }
     }
   });
-  float* out = y.data_ptr<float>();
   at::parallel_for(0, n, 4096, [&](int64_t c0, int64_t c1) {  // out = bias + the bands' sums, in band order
     for (int64_t m = 0; m < rows; ++m)
       for (int64_t c = c0; c < c1; ++c) {
@@ -370,7 +365,109 @@ at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& wt, const std::opti
         out[m * n + c] = b ? acc + b[c] : acc;
       }
   });
+}
+
+// x (M, K) float32, M <= kF32MaxRows; wt (K, N) float32 contiguous (the weight's transpose); bias (N,) or None.
+at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& wt, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
+              "bigmodels_cpu::linear_f32: x must be a 2-D float32 CPU tensor");
+  TORCH_CHECK(x.size(0) <= kF32MaxRows, "bigmodels_cpu::linear_f32: at most ", kF32MaxRows, " rows, not ",
+              x.size(0));
+  TORCH_CHECK(wt.dim() == 2 && wt.scalar_type() == at::kFloat && wt.is_contiguous() && wt.size(0) == x.size(1),
+              "bigmodels_cpu::linear_f32: the weight's transpose must be a contiguous float32 (", x.size(1),
+              ", out) tensor (a column-major weight's .t())");
+  const int64_t rows = x.size(0), k = x.size(1), n = wt.size(1);
+  at::Tensor bias_c;
+  const float* b = bias_data(bias, n, "linear_f32", bias_c);
+  at::Tensor y = at::empty({rows, n}, x.options());
+  const at::Tensor xc = x.contiguous();
+  few_rows(xc.data_ptr<float>(), rows, k, wt.data_ptr<float>(), n, b, y.data_ptr<float>());
   return y;
+}
+
+// screened_argmax: greedy decoding's pick, argmax_i (x w_i + b_i) over the rows w_i of an output layer W (V, K),
+// exact, while reading W mostly as float16. a = x Q^T (+ b) with Q = W rounded to float16 (qt = Q^T (K, V)
+// contiguous), summed in float32; |x w_i - fl(x q_i)| <= ||x|| (||w_i - q_i|| + gamma_K ||q_i||) = ||x|| slack_i
+// (Cauchy-Schwarz, and the float32 sum's rounding bound; slack (V,) made by the caller). Every i with
+// a_i + ||x|| slack_i >= max_j (a_j - ||x|| slack_j) may be the largest, and no other: those candidates are summed
+// again from W itself in double, and the largest (the first of equals) is the answer. A non-finite x or a_i
+// sends the row through W alone (torch.argmax's answer on the float32 logits, a NaN first).
+// x (M, K) float32, M <= kF32MaxRows; w (V', K) float32, any strides, V' >= V; bias (V,) or None -> (M, 1) int64.
+at::Tensor screened_argmax(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& slack, const at::Tensor& w,
+                           const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu() && x.size(0) <= kF32MaxRows,
+              "bigmodels_cpu::screened_argmax: x must be a (rows <= ", kF32MaxRows, ", in) float32 CPU tensor");
+  const int64_t rows = x.size(0), k = x.size(1);
+  TORCH_CHECK(qt.dim() == 2 && qt.scalar_type() == at::kHalf && qt.is_contiguous() && qt.size(0) == k,
+              "bigmodels_cpu::screened_argmax: qt must be the float16 weight's transpose, contiguous (", k, ", V)");
+  const int64_t n = qt.size(1);
+  TORCH_CHECK(n > 0 && slack.dim() == 1 && slack.scalar_type() == at::kFloat && slack.numel() == n &&
+              slack.is_contiguous(), "bigmodels_cpu::screened_argmax: slack must be (V,) float32, contiguous");
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat && w.size(0) >= n && w.size(1) == k,
+              "bigmodels_cpu::screened_argmax: w must be the float32 weight (>= V, ", k, ")");
+  at::Tensor bias_c;
+  const float* b = bias_data(bias, n, "screened_argmax", bias_c);
+  at::Tensor out = at::empty({rows, 1}, x.options().dtype(at::kLong));
+  if (rows == 0) return out;
+  const at::Tensor xc = x.contiguous();
+  const float* xp = xc.data_ptr<float>();
+  thread_local std::vector<float> screen;
+  if (screen.size() < static_cast<size_t>(rows * n)) screen.resize(rows * n);
+  few_rows(xp, rows, k, reinterpret_cast<const at::Half*>(qt.data_ptr<at::Half>()), n, nullptr, screen.data());
+  const float* wp = w.data_ptr<float>();
+  const float* sp = slack.data_ptr<float>();
+  const int64_t ws0 = w.stride(0), ws1 = w.stride(1);
+  int64_t* op = out.data_ptr<int64_t>();
+  auto exact = [&](const float* xm, int64_t i) {  // x w_i + b_i in double
+    double acc = b ? b[i] : 0.0;
+    const float* wi = wp + i * ws0;
+    for (int64_t j = 0; j < k; ++j) acc += static_cast<double>(xm[j]) * wi[j * ws1];
+    return acc;
+  };
+  std::vector<int64_t> cands;
+  std::vector<double> sums;
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* xm = xp + m * k;
+    const float* a = screen.data() + m * n;
+    double norm = 0.0;
+    for (int64_t j = 0; j < k; ++j) norm += static_cast<double>(xm[j]) * xm[j];
+    norm = std::sqrt(norm) * (1.0 + 1e-12);
+    double floor = -INFINITY;  // the largest logit is at least this
+    bool finite = std::isfinite(norm);
+    for (int64_t i = 0; i < n && finite; ++i) {
+      finite = std::isfinite(a[i]);
+      floor = std::max(floor, (b ? static_cast<double>(a[i]) + b[i] : a[i]) - norm * sp[i]);
+    }
+    int64_t best = -1;
+    if (finite) {
+      cands.clear();
+      for (int64_t i = 0; i < n; ++i)
+        if ((b ? static_cast<double>(a[i]) + b[i] : a[i]) + norm * sp[i] >= floor) cands.push_back(i);
+      sums.assign(cands.size(), 0.0);
+      if (ws0 == 1) {  // column-major W (W^T's rows contiguous): read it row by row, as stored
+        for (int64_t j = 0; j < k; ++j) {
+          const float* row = wp + j * ws1;
+          const double xj = xm[j];
+          for (size_t c = 0; c < cands.size(); ++c) sums[c] += xj * row[cands[c]];
+        }
+        for (size_t c = 0; c < cands.size(); ++c) sums[c] += b ? b[cands[c]] : 0.0;
+      } else {
+        for (size_t c = 0; c < cands.size(); ++c) sums[c] = exact(xm, cands[c]);
+      }
+      double top = -INFINITY;
+      for (size_t c = 0; c < cands.size(); ++c)
+        if (best < 0 || sums[c] > top) best = cands[c], top = sums[c];  // the first of equals
+    } else {  // inf or NaN about: the float32 logits from W, torch.argmax's rule (the first NaN, else the largest)
+      float fbest = -INFINITY;
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = static_cast<float>(exact(xm, i));
+        if (std::isnan(v)) { best = i; break; }
+        if (best < 0 || v > fbest) best = i, fbest = v;
+      }
+    }
+    op[m] = best;
+  }
+  return out;
 }
 
 
@@ -491,6 +588,7 @@ TORCH_LIBRARY(bigmodels_cpu, m) {
   m.def("one_query_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
   m.def("argmax(Tensor x) -> Tensor");
   m.def("linear_f32(Tensor x, Tensor wt, Tensor? bias) -> Tensor");
+  m.def("screened_argmax(Tensor x, Tensor qt, Tensor slack, Tensor w, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(bigmodels_cpu, CPU, m) {
@@ -498,4 +596,5 @@ TORCH_LIBRARY_IMPL(bigmodels_cpu, CPU, m) {
   m.impl("one_query_attention", &one_query_attention);
   m.impl("argmax", &argmax);
   m.impl("linear_f32", &linear_f32);
+  m.impl("screened_argmax", &screened_argmax);
 }
