@@ -230,7 +230,8 @@ class Decoder:
     greedy steps (temperature 0, no repetition penalty) on the CPU, up to 4 rows, with either cache, pick their
     tokens through a float16 copy of the output layer, exact (:class:`_Screen`; built on first use, +half the
     layer's memory); sampling, penalties, wider batches and models whose output layer is not a float32 matrix
-    decode from the logits as before.
+    decode from the logits as before. Such steps call ``model.forward_hidden``, not the model's forward: hooks on
+    the model itself do not run for them (hooks on its layers do).
 
     >>> import bigmodels
     >>> model = bigmodels.create_model("gpt_mini")
@@ -428,9 +429,10 @@ class _Screen:
         self.refresh()
 
     def refresh(self) -> None:
-        """Rebuild the copy if the weight changed since (in place, or a new tensor)."""
+        """Rebuild the copy if the weight changed since (in place, or a new tensor; an inference tensor, made
+        under ``torch.inference_mode``, keeps no version count: only a new tensor is seen)."""
         w = self.weight
-        key = (w._version, w.data_ptr(), w.stride())
+        key = (None if w.is_inference() else w._version, w.data_ptr(), w.stride())
         if key != self._from:
             self.qt, self.slack = kernels.screen(w, self.vocab)
             self._from = key

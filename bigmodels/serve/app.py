@@ -68,7 +68,7 @@ from ..errors import BigModelsError, ConfigError
 from ..infer.pipelines import ImageClassificationPipeline
 from ..models._contract import kind_of
 from .batching import Batcher
-from .completions import plan_completion, run_completion
+from .completions import greedy_decoder, plan_completion, run_completion
 from .explaining import Explainer
 from .limits import Admission, Guard
 from .loading import ENDPOINT_TASKS, Served, batch_functions, encode_for_embedding, load_served
@@ -135,6 +135,9 @@ class ServerState:
         self.explainer = Explainer(served.model, served.tokenizer)
         self.batchers: dict[str, Batcher] = {}
         self.model_process = model_process
+        generation = served.pipe("/v1/completions")
+        # greedy completions on the CPU pick through one shared float16 screen of the output layer (exact)
+        self.greedy = greedy_decoder(generation) if generation is not None else None
         for endpoint, fn in batch_functions(served).items():
             if model_process is not None:  # the same function, run by the model's own process
                 fn = functools.partial(model_process.call, endpoint)
@@ -405,7 +408,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         if request.stream:
             return await _stream(state, pipe, plan, completion_id, created, request)
         choices = await state.run(state.metrics.timed("/v1/completions", lambda cancel: run_completion(
-            pipe, plan, on_text=lambda i, t: None, cancel=cancel)))
+            pipe, plan, on_text=lambda i, t: None, cancel=cancel, decoder=state.greedy)))
         generated = sum(len(c.tokens) for c in choices)
         state.metrics.prompt_tokens.inc(plan.prompt_tokens)
         state.metrics.generated_tokens.inc(generated)
@@ -511,7 +514,7 @@ async def _stream(state: ServerState, pipe, plan, completion_id: str, created: i
         loop.call_soon_threadsafe(events.put_nowait, ("text", index, text))
 
     def work(cancel: threading.Event):
-        return run_completion(pipe, plan, on_text=on_text, cancel=cancel)
+        return run_completion(pipe, plan, on_text=on_text, cancel=cancel, decoder=state.greedy)
 
     future = state.submit(state.metrics.timed("/v1/completions", work), cancel)
     future.add_done_callback(lambda f: events.put_nowait(("done", None, f)))

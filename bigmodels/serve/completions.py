@@ -1,5 +1,7 @@
 """Completions: prompts x ``n`` choices decoded together by :func:`bigmodels.infer.generate.stream`, each request
-with decoding state of its own (its caches, its random generator; no compiled :class:`Decoder` is shared).
+with decoding state of its own (its caches, its random generator; no compiled :class:`Decoder` is shared). What
+requests do share, on purpose and read-only, is the server's greedy screen (:func:`greedy_decoder`): greedy
+requests of up to 4 choices on the CPU pick each token through a float16 copy of the output layer, exactly.
 
 :func:`plan_completion` checks a request against the model (tokens, context, options) on the event loop and
 raises a 400 before any work starts; :func:`run_completion` decodes in a worker thread and reports each choice's
@@ -17,12 +19,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import BigModelsError
-from ..infer.generate import GenerationConfig, stream
+from ..infer.generate import Decoder, GenerationConfig, stream
 from ..infer.pipelines import TextGenerationPipeline
 from .limits import check_context
 from .schemas import APIError, CompletionRequest
 
-__all__ = ["CompletionPlan", "ChoiceState", "plan_completion", "run_completion"]
+__all__ = ["CompletionPlan", "ChoiceState", "plan_completion", "run_completion", "greedy_decoder"]
 
 
 @dataclass
@@ -96,17 +98,29 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
                default=0)
 
 
+def greedy_decoder(pipe: TextGenerationPipeline) -> Decoder | None:
+    """A :class:`Decoder` that holds only the greedy screen of ``pipe``'s model (``greedy_screen=True``; no
+    compiled step, no static cache: completions decode with the dynamic cache), for every request to share; None
+    for a model off the CPU or not in PyTorch. The first greedy request builds the screen (half the output layer's
+    memory)."""
+    model = pipe.model
+    first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    if first is None or first.device.type != "cpu":  # an ONNX Runtime session, or a model on a GPU
+        return None
+    return Decoder(model, greedy_screen=True)
+
+
 def run_completion(pipe: TextGenerationPipeline, plan: CompletionPlan, *, on_text: Callable[[int, str], None],
-                   cancel: threading.Event) -> list[ChoiceState]:
+                   cancel: threading.Event, decoder: Decoder | None = None) -> list[ChoiceState]:
     """Decode every choice (in a worker thread). ``on_text(index, new_text)`` hears each piece of a choice's
     text as soon as it is final; returns the choices' final states. A set ``cancel`` stops decoding between
-    steps (the choices unfinished then have no finish reason)."""
+    steps (the choices unfinished then have no finish reason). ``decoder``: the server's :func:`greedy_decoder`."""
     tok, model = pipe.tokenizer, pipe.model
     config = plan.config
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)
     states = [ChoiceState() for _ in plan.prompt_ids]
     eos = tok.eos_id
-    steps = stream(model, plan.prompt_ids, config, seed=generator, decode=tok.decode)
+    steps = stream(model, plan.prompt_ids, config, seed=generator, decode=tok.decode, decoder=decoder)
     try:
         with torch.inference_mode():
             for step in steps:

@@ -441,6 +441,17 @@ def test_greedy_screen_picks_hugging_faces_tokens_with_a_dynamic_cache(models, m
 
 
 @needs_kernels
+def test_greedy_screen_takes_a_model_built_under_inference_mode():
+    torch.manual_seed(0)
+    with torch.inference_mode():  # its parameters are inference tensors, which keep no version count
+        model = bigmodels.create_model("gpt_mini").eval()
+        decoder = Decoder(model, greedy_screen=True)
+        screened = generate(model, [5, 6, 7], max_new_tokens=12, temperature=0, cache="static", decoder=decoder)
+        assert decoder._screen is not None
+        assert torch.equal(screened, generate(model, [5, 6, 7], max_new_tokens=12, temperature=0))
+
+
+@needs_kernels
 @pytest.mark.parametrize("name", ["char_lstm", "char_gru"])
 def test_greedy_screen_serves_recurrent_language_models_too(name):
     torch.manual_seed(0)

@@ -47,8 +47,11 @@ def image_classifier() -> torch.nn.Module:
 
 
 def slowed(model: torch.nn.Module, seconds: float) -> torch.nn.Module:
-    """``model`` with every forward pass ``seconds`` longer (a hook: the model itself is untouched)."""
-    model.register_forward_pre_hook(lambda module, args: time.sleep(seconds))
+    """``model`` with every forward pass ``seconds`` longer (a hook: the model itself is untouched). A decoder's
+    hook goes on its first layer (the token embedding), which every pass runs: greedy steps through the server's
+    screened output layer call ``forward_hidden``, not the model's own forward."""
+    first = next(model.children()) if hasattr(model, "forward_hidden") else model
+    first.register_forward_pre_hook(lambda module, args: time.sleep(seconds))
     return model
 
 

@@ -18,6 +18,7 @@ from bigmodels.data.tokenizers import Tokenizer
 from bigmodels.errors import BigModelsError, ConfigError
 from bigmodels.infer.embed import embed_texts
 from bigmodels.infer.pipelines import pipeline
+from bigmodels.nn import kernels
 from bigmodels.serve import create_app
 from bigmodels.testing import tiny_model
 
@@ -62,6 +63,10 @@ def test_completions_match_the_pipeline_with_openai_fields_and_usage(lm, chars):
     echoed = c.post("/v1/completions", json={"prompt": "the dog", "max_tokens": 4, "temperature": 0,
                                              "echo": True}).json()
     assert echoed["choices"][0]["text"] == "the dog" + _greedy(model, chars, "the dog", 4)
+    # greedy requests picked their tokens through the server's shared float16 screen where the kernels are built
+    greedy = c.app.state.server.greedy
+    assert greedy is not None and greedy.model is model and greedy.greedy_screen
+    assert (greedy._screen is not None) is kernels.available()
 
 
 def test_sampling_follows_the_seed_and_each_request_has_its_own_state(lm):
