@@ -250,7 +250,7 @@ class Decoder:
         self._compiled: dict[tuple[str, bool], Callable | None] = {}  # (device type, picks) -> step (None: eager)
         self._free: dict[tuple, list] = {}  # (B, L, dtype, device) -> static caches not in use
         self._screen: _Screen | None = None
-        self._screen_checked = False
+        self._screen_for: tuple | None = None  # the model's modules and parameters the screen was found in
         self._lock = threading.Lock()
 
     def compiled_step(self, device: torch.device, picks: bool = False) -> Callable | None:
@@ -270,16 +270,19 @@ class Decoder:
             return self._compiled[device.type, picks]
 
     def screen(self, rows: int, device: torch.device) -> _Screen | None:
-        """The output layer's float16 screen for exact greedy picks (``greedy_screen=True``), built on first use
-        and again when the weight changes; None where it does not apply: off, not on the CPU, more rows than the
-        kernel takes, kernels not built, or no float32 output layer found (see :class:`_Screen`)."""
+        """The output layer's float16 screen for exact greedy picks (``greedy_screen=True``), built on first use,
+        again when the weight changes, and looked for again when the model's modules or parameters are not the
+        ones it was found among (a layer swapped, quantized, pruned or given adapters since); None where it does
+        not apply: off, not on the CPU, more rows than the kernel takes, kernels not built, or no float32 output
+        layer found (see :class:`_Screen`)."""
         if not (self.greedy_screen and device.type == "cpu" and rows <= _SCREEN_MAX_ROWS and kernels.usable()):
             return None
+        model = self.model
+        layout = (tuple((id(m), type(m)) for m in model.modules()), tuple(map(id, model.parameters())))
         with self._lock:
-            if not self._screen_checked:
-                self._screen_checked = True
-                self._screen = _Screen.find(self.model)
-            if self._screen is not None:
+            if layout != self._screen_for:
+                self._screen, self._screen_for = _Screen.find(model), layout
+            elif self._screen is not None:
                 self._screen.refresh()
             return self._screen
 
@@ -470,13 +473,13 @@ class _Screen:
         return None
 
 
-# One decoding call's running state: prefill(prompt) -> logits (B, V), step(tokens (B,)) -> logits (B, V), close();
-# where ``picks`` is true, pick(tokens (B,)) -> the next greedy tokens (B,) instead of step.
-
-
 def _greedy(c: GenerationConfig) -> bool:
     """Whether each token is the argmax of the model's logits (what a screened output layer can pick)."""
     return c.temperature == 0 and c.repetition_penalty == 1.0
+
+
+# One decoding call's running state: prefill(prompt) -> logits (B, V), step(tokens (B,)) -> logits (B, V), close();
+# where ``picks`` is true, pick(tokens (B,)) -> the next greedy tokens (B,) instead of step.
 
 
 class _DynamicRun:

@@ -508,7 +508,7 @@ def test_greedy_screen_leaves_sampling_penalties_and_wide_batches_to_the_logits(
 
 
 @needs_kernels
-def test_greedy_screen_follows_a_changed_weight_and_skips_a_model_without_a_float_output_layer(models):
+def test_greedy_screen_follows_a_changed_weight_or_layer_and_skips_a_non_float_output_layer(models):
     import copy
 
     from bigmodels.compress.quantize import Int8DynamicConfig, quantize_
@@ -520,13 +520,19 @@ def test_greedy_screen_follows_a_changed_weight_and_skips_a_model_without_a_floa
     generate(model, PROMPT, decoder=decoder, **kw)
     with torch.no_grad():
         model.lm_head.weight[7] += 5.0  # token 7 now wins most steps
-    assert torch.equal(generate(model, PROMPT, decoder=decoder, **kw), generate(model, PROMPT, temperature=0,
-                                                                                max_new_tokens=10))
-    # an int8 output layer: its logits are no float32 weight's product
+    before = generate(model, PROMPT, temperature=0, max_new_tokens=10)
+    assert torch.equal(generate(model, PROMPT, decoder=decoder, **kw), before)
+    torch.manual_seed(1)
+    model.lm_head = torch.nn.Linear(32, model.lm_head.out_features)  # a new output layer, with a bias
+    swapped = generate(model, PROMPT, decoder=decoder, **kw)
+    assert torch.equal(swapped, generate(model, PROMPT, temperature=0, max_new_tokens=10))
+    assert not torch.equal(swapped, before) and decoder._screen.weight is model.lm_head.weight
+    assert decoder._screen.bias is model.lm_head.bias
+    # an int8 output layer: its logits are no float32 weight's product. The same decoder sees the layers change
+    # and looks again (it finds none: the int8 model's own greedy tokens, not the float32 weight's)
     quantize_(model, Int8DynamicConfig(kernel="fbgemm", output_layer=True))
-    decoder = Decoder(model, greedy_screen=True)
     assert torch.equal(generate(model, PROMPT, decoder=decoder, **kw), generate(model, PROMPT, **kw))
-    assert decoder._screen_checked and decoder._screen is None
+    assert decoder._screen_for is not None and decoder._screen is None
     with pytest.raises(ConfigError, match=r"Decoder\(greedy_screen='yes'\) must be True or False"):
         Decoder(model, greedy_screen="yes")
 
