@@ -128,6 +128,7 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     from ..compress.layout import PackedLinear, prepare_for_cpu_decoding
     from ..compress.quantize import Int8DynamicLinear, _cpu_has_amx_int8
+    from ..infer.generate import Decoder
     from ..models._contract import kind_of
     from ..nn import kernels
     from ..nn.attention import pack_qkv_
@@ -164,8 +165,8 @@ def prepare_ours_cpu(model: nn.Module, precision: str,
         settings["generate"]["compile_options"] = "CPU_COMPILE_OPTIONS (inductor, fullgraph)"
     # fp32 greedy steps of up to 4 rows pick through the output layer's float16 screen, exact (Decoder(greedy_screen=
     # True)): GPT-2's 154 MB output layer read as 77 MB a step, 1.12x the compiled step (benchmarks/cpu_decode.md)
-    settings["generate"]["greedy_screen"] = (precision == "fp32" and rows is not None and rows <= 4
-                                             and kernels.available())
+    settings["generate"]["greedy_screen"] = (precision == "fp32" and rows is not None
+                                             and rows <= Decoder.screen_max_rows and kernels.available())
     return model, options, settings
 
 

@@ -240,6 +240,8 @@ class Decoder:
     torch.Size([1, 7])
     """
 
+    screen_max_rows = 4  # greedy_screen: the most rows a step may have (bigmodels_cpu::screened_argmax's)
+
     def __init__(self, model: nn.Module, *, compile_options: Mapping[str, Any] | None = None,
                  greedy_screen: bool = False) -> None:
         if not isinstance(greedy_screen, bool):
@@ -275,7 +277,7 @@ class Decoder:
         ones it was found among (a layer swapped, quantized, pruned or given adapters since); None where it does
         not apply: off, not on the CPU, more rows than the kernel takes, kernels not built, or no float32 output
         layer found (see :class:`_Screen`)."""
-        if not (self.greedy_screen and device.type == "cpu" and rows <= _SCREEN_MAX_ROWS and kernels.usable()):
+        if not (self.greedy_screen and device.type == "cpu" and rows <= self.screen_max_rows and kernels.usable()):
             return None
         model = self.model
         layout = (tuple((id(m), type(m)) for m in model.modules()), tuple(map(id, model.parameters())))
@@ -411,9 +413,6 @@ def _pick_step(model: nn.Module, cache, ids: torch.Tensor, mask: torch.Tensor | 
 def _screened_pick(hidden: torch.Tensor, screen: tuple) -> torch.Tensor:
     """The greedy tokens (B, 1) of final hidden states (B, C), through a :class:`_Screen`'s ``args()``."""
     return torch.ops.bigmodels_cpu.screened_argmax(hidden.float().contiguous(), *screen)
-
-
-_SCREEN_MAX_ROWS = 4  # bigmodels_cpu::screened_argmax's most rows
 
 
 class _Screen:

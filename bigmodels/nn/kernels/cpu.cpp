@@ -23,6 +23,9 @@
 //
 // argmax: the index of each row's largest value (the first one; a NaN counts as the largest, as in torch.argmax),
 // vectorized: greedy decoding's pick over a 50,257-wide row.
+//
+// screened_argmax: greedy decoding's pick from the final hidden state, exact, reading the output layer as float16
+// (linear_f32's band loop on float16 weights) and only the rows it cannot rule out as float32 (see there).
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -271,7 +274,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 
 
 constexpr int64_t kF32MaxRows = 4;       // linear_f32's most rows (accumulators per column vector)
-constexpr int64_t kF32Prefetch = 16384;  // bytes ahead in each row stream (prefetched into L2/L3)
+constexpr int64_t kBandPrefetch = 16384;  // bytes ahead in each row stream (prefetched into L2/L3)
 
 // 16 weights as floats: float32 as they are, float16 widened (exactly)
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
@@ -296,10 +299,10 @@ void band_sums(const float* x, int64_t kx, const W* wt, int64_t n, int64_t k0, i
       for (int j = 0; j < 4; ++j) a[m][j] = _mm512_set1_ps(x[m * kx + k + j]);
     int64_t c = 0;
     for (; c + 16 <= n; c += 16) {
-      _mm_prefetch(reinterpret_cast<const char*>(r0 + c) + kF32Prefetch, _MM_HINT_T2);
-      _mm_prefetch(reinterpret_cast<const char*>(r1 + c) + kF32Prefetch, _MM_HINT_T2);
-      _mm_prefetch(reinterpret_cast<const char*>(r2 + c) + kF32Prefetch, _MM_HINT_T2);
-      _mm_prefetch(reinterpret_cast<const char*>(r3 + c) + kF32Prefetch, _MM_HINT_T2);
+      _mm_prefetch(reinterpret_cast<const char*>(r0 + c) + kBandPrefetch, _MM_HINT_T2);
+      _mm_prefetch(reinterpret_cast<const char*>(r1 + c) + kBandPrefetch, _MM_HINT_T2);
+      _mm_prefetch(reinterpret_cast<const char*>(r2 + c) + kBandPrefetch, _MM_HINT_T2);
+      _mm_prefetch(reinterpret_cast<const char*>(r3 + c) + kBandPrefetch, _MM_HINT_T2);
       const __m512 w0 = load16(r0 + c), w1 = load16(r1 + c);
       const __m512 w2 = load16(r2 + c), w3 = load16(r3 + c);
       for (int m = 0; m < MB; ++m) {
@@ -432,17 +435,18 @@ at::Tensor screened_argmax(const at::Tensor& x, const at::Tensor& qt, const at::
     double norm = 0.0;
     for (int64_t j = 0; j < k; ++j) norm += static_cast<double>(xm[j]) * xm[j];
     norm = std::sqrt(norm) * (1.0 + 1e-12);
+    auto screened = [&](int64_t i) { return b ? static_cast<double>(a[i]) + b[i] : static_cast<double>(a[i]); };
     double floor = -INFINITY;  // the largest logit is at least this
     bool finite = std::isfinite(norm);
     for (int64_t i = 0; i < n && finite; ++i) {
       finite = std::isfinite(a[i]);
-      floor = std::max(floor, (b ? static_cast<double>(a[i]) + b[i] : a[i]) - norm * sp[i]);
+      floor = std::max(floor, screened(i) - norm * sp[i]);
     }
     int64_t best = -1;
     if (finite) {
       cands.clear();
       for (int64_t i = 0; i < n; ++i)
-        if ((b ? static_cast<double>(a[i]) + b[i] : a[i]) + norm * sp[i] >= floor) cands.push_back(i);
+        if (screened(i) + norm * sp[i] >= floor) cands.push_back(i);
       sums.assign(cands.size(), 0.0);
       if (ws0 == 1) {  // column-major W (W^T's rows contiguous): read it row by row, as stored
         for (int64_t j = 0; j < k; ++j) {
