@@ -5,6 +5,8 @@
 - ``gelu``: fc1 of all-MiniLM (384 -> 1536) with GELU as oneDNN's post-op against fc1 then ``F.gelu``;
 - ``fused``: whole MiniLM / BERT-base forward passes (fp32, as the bench prepares ours) with and without GELU
   fused into fc1 (``fuse_activations_``);
+- ``frozen``: the same forwards (1 and 32 x 128 tokens) eager as the bench prepares ours against compiled with the
+  weights frozen in (``compile_model(freeze=True)``; thirteenth session);
 - ``gil``: the server's embedding pipeline alone and beside a thread holding the GIL 30% / 60% of the time (why
   ``serve --model-process`` exists);
 - ``engines``: each side of the MiniLM int8 batch-1 engine row timed alone (calls in a row) and in turn with
@@ -41,7 +43,7 @@
   weights and with rows that differ below float16's resolution (the worst case: every row a candidate). Called in a
   loop the matrix partly stays in L3, which a decoding step's other 340 MB of weights evict (twelfth session).
 
-    python benchmarks/cpu_micro.py --threads 2 pad gelu fused gil engines batches allocator int8 int8_gemv \
+    python benchmarks/cpu_micro.py --threads 2 pad gelu fused frozen gil engines batches allocator int8 int8_gemv \
         int8_models openmp f32_gemv int8_memory int8_rows screen
 """
 
@@ -123,6 +125,41 @@ def fused(reps: int) -> None:
             a, b = statistics.median(times["plain"]), statistics.median(times["fused"])
             print(f"fused, {name} {batch} x 128: unfused {a:.2f} ms, GELU fused {b:.2f} ms ({a / b:.3f}x), "
                   f"min cosine {cos:.7f}")
+
+
+def frozen(reps: int) -> None:
+    """Whole forward passes, fp32, as the bench prepares ours (eager, oneDNN-packed weights) against the same model
+    compiled with its weights frozen in (``compile_model(fullgraph=True, freeze=True)``), alternating; the ratio is
+    the median of per-turn ratios (why ``ENCODER_FREEZE_MAX_BATCH``; thirteenth session)."""
+    import copy
+
+    import bigmodels
+    from bigmodels.bench.engines import prepare_ours_cpu
+    from bigmodels.bench.speed import load_minilm
+    from bigmodels.compress.fuse import compile_model
+
+    bert = bigmodels.create_model("bert-base", head="sequence_classification", num_labels=2).eval()
+    for name, model in (("minilm", load_minilm()[0].eval()), ("bert-base", bert)):
+        eager, _, _ = prepare_ours_cpu(copy.deepcopy(model), "fp32")
+        for batch in (1, 32):
+            ids = torch.randint(1000, 20000, (batch, 128), generator=torch.Generator().manual_seed(0))
+            x = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids)}
+            compiled = compile_model(eager, fullgraph=True, freeze=True)
+            times: dict[str, list[float]] = {"eager": [], "frozen": []}
+            with torch.inference_mode():
+                start = time.perf_counter()
+                cos = F.cosine_similarity(eager(**x).flatten(1), compiled(**x).flatten(1)).min().item()
+                seconds = time.perf_counter() - start
+                for _ in range(max(3, reps // (2 if batch == 1 else 8))):
+                    for side, m in (("eager", eager), ("frozen", compiled)):
+                        start = time.perf_counter()
+                        m(**x)
+                        times[side].append((time.perf_counter() - start) * 1e3)
+            ratio = statistics.median(a / b for a, b in zip(times["eager"], times["frozen"], strict=True))
+            print(f"frozen, {name} {batch} x 128: eager {statistics.median(times['eager']):.2f} ms, frozen "
+                  f"{statistics.median(times['frozen']):.2f} ms ({ratio:.3f}x; compiled in {seconds:.1f} s), "
+                  f"min cosine {cos:.7f}")
+            torch._dynamo.reset()  # the next shape compiles afresh
 
 
 def gil(reps: int) -> None:
@@ -562,14 +599,15 @@ def main(argv: list[str] | None = None) -> None:
         return _openmp_side(argv[argv.index("_openmp_side") + 1], int(argv[argv.index("--reps") + 1]))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="*",
-                   help="pad, gelu, fused, gil, engines, batches, allocator, int8, int8_gemv, int8_models, openmp, "
-                        "f32_gemv, int8_memory, int8_rows and/or screen (default: all)")
+                   help="pad, gelu, fused, frozen, gil, engines, batches, allocator, int8, int8_gemv, int8_models, "
+                        "openmp, f32_gemv, int8_memory, int8_rows and/or screen (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
-    runs = {"pad": pad, "gelu": gelu, "fused": fused, "gil": gil, "engines": engines, "batches": batches,
-            "allocator": allocator, "int8": int8, "int8_gemv": int8_gemv, "int8_models": int8_models, "openmp": openmp,
-            "f32_gemv": f32_gemv, "int8_memory": int8_memory, "int8_rows": int8_rows, "screen": screen}
+    runs = {"pad": pad, "gelu": gelu, "fused": fused, "frozen": frozen, "gil": gil, "engines": engines,
+            "batches": batches, "allocator": allocator, "int8": int8, "int8_gemv": int8_gemv,
+            "int8_models": int8_models, "openmp": openmp, "f32_gemv": f32_gemv, "int8_memory": int8_memory,
+            "int8_rows": int8_rows, "screen": screen}
     unknown = sorted(set(args.what) - set(runs))
     if unknown:
         p.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(runs)}")

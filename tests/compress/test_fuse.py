@@ -345,6 +345,47 @@ def test_compile_model_passes_its_arguments_to_torch_compile(monkeypatch):
     assert optimize_for_inference(model, compile="reduce-overhead") == "compiled" and seen["mode"] == "reduce-overhead"
 
 
+def test_compile_model_freeze_turns_inductor_freezing_on_during_each_call_only(monkeypatch):
+    from torch._inductor import config
+
+    seen = {}
+
+    def fake_compile(model, **kw):  # a stand-in for torch.compile's module: records the setting at each call
+        seen.update(kw)
+
+        class Compiled(nn.Module):
+            def forward(self, x):
+                seen.setdefault("during", []).append(config.freezing)
+                if x is None:
+                    raise ValueError("a failed call")
+                return model(x)
+
+        return Compiled()
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = nn.Linear(2, 2)
+    compiled = compile_model(model, "max-autotune-no-cudagraphs", freeze=True, fullgraph=True)
+    assert seen == dict(mode="max-autotune-no-cudagraphs", dynamic=None, fullgraph=True, backend="inductor")
+    before = config.freezing
+    compiled(torch.zeros(1, 2))
+    with pytest.raises(ValueError):
+        compiled(None)
+    assert seen["during"] == [True, True] and config.freezing is before  # restored, after a failure too
+    optimize_for_inference(model, compile="default", freeze=True)(torch.zeros(1, 2))
+    assert seen["during"][-1] is True and config.freezing is before
+
+
+def test_compile_model_freeze_refuses_what_cannot_freeze():
+    with pytest.raises(ConfigError, match="backend='eager' has none: use backend='inductor'"):
+        compile_model(nn.Linear(2, 2), freeze=True, backend="eager")
+    with pytest.raises(ConfigError, match=r"freeze='yes'\) must be True or False"):
+        compile_model(nn.Linear(2, 2), freeze="yes")
+    model = nn.Linear(2, 2).train()
+    with pytest.raises(ConfigError, match="pass compile='default'"):
+        optimize_for_inference(model, freeze=True)
+    assert model.training  # refused before the model was changed
+
+
 def test_compile_model_runs_the_captured_graph():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
@@ -367,6 +408,20 @@ def test_compile_model_with_inductor_on_cpu():
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("BIGMODELS_TEST_INDUCTOR"),
+                    reason="Inductor generates and builds C++ kernels; set BIGMODELS_TEST_INDUCTOR=1 to run it")
+def test_compile_model_freeze_on_cpu_matches_the_eager_model_and_packs_the_weights():
+    torch.manual_seed(0)
+    model = bigmodels.create_model("bert_mini", head="sequence_classification", num_labels=2).eval()
+    compiled = compile_model(model, fullgraph=True, freeze=True)
+    ids = torch.randint(0, model.config.vocab_size, (1, 16))
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        torch.testing.assert_close(compiled(ids), model(ids), atol=1e-5, rtol=1e-5)
+    if torch.backends.mkl.is_available():  # frozen float32 Linear layers run on MKL's packed GEMM
+        assert "mkl::_mkl_linear" in {e.key for e in prof.key_averages()}
 
 
 # ------------------------------------------------------------------------------------------------- peak FLOP/s
