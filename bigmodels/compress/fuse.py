@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
@@ -357,38 +358,34 @@ def compile_model(
         raise ConfigError(f"freeze=True is Inductor's freezing; backend={backend!r} has none: use backend='inductor' "
                           "or leave freeze off")
     compiled = torch.compile(model, mode=mode, dynamic=dynamic, fullgraph=fullgraph, backend=backend)
-    compiled.register_forward_pre_hook(_FREEZING.enter)
-    compiled.register_forward_hook(_FREEZING.leave, always_call=True)  # after a failed call too
+    compiled.register_forward_pre_hook(_freezing_on)
+    compiled.register_forward_hook(_freezing_off, always_call=True)  # after a failed call too
     return compiled
 
 
-class _FreezingDuringCalls:
-    """Inductor's ``freezing`` setting turned on while at least one call of a frozen compiled model runs (counted,
-    so that concurrent calls in threads leave it as they found it) and restored after the last one."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self._lock, self._calls, self._before = threading.Lock(), 0, False
-
-    def enter(self, module: nn.Module, args: tuple) -> None:
-        from torch._inductor import config
-
-        with self._lock:
-            if self._calls == 0:
-                self._before, config.freezing = config.freezing, True
-            self._calls += 1
-
-    def leave(self, module: nn.Module, args: tuple, output: object) -> None:
-        from torch._inductor import config
-
-        with self._lock:
-            self._calls -= 1
-            if self._calls == 0:
-                config.freezing = self._before
+# Inductor's ``freezing`` setting is on while at least one call of a frozen compiled model runs (counted, so that
+# concurrent calls in threads leave it as they found it) and restored after the last one. Module-level functions,
+# so that the compiled module's hooks copy and pickle by name.
+_freezing_lock = threading.Lock()
+_freezing_state = {"calls": 0, "before": False}
 
 
-_FREEZING = _FreezingDuringCalls()
+def _freezing_on(module: nn.Module, args: tuple) -> None:
+    from torch._inductor import config
+
+    with _freezing_lock:
+        if _freezing_state["calls"] == 0:
+            _freezing_state["before"], config.freezing = config.freezing, True
+        _freezing_state["calls"] += 1
+
+
+def _freezing_off(module: nn.Module, args: tuple, output: object) -> None:
+    from torch._inductor import config
+
+    with _freezing_lock:
+        _freezing_state["calls"] -= 1
+        if _freezing_state["calls"] == 0:
+            config.freezing = _freezing_state["before"]
 
 
 # ---------------------------------------------------------------------------------------------------- inference
@@ -422,6 +419,8 @@ def optimize_for_inference(
     torch.bfloat16
     """
     _check_mode(compile)  # fail before changing the model
+    if not isinstance(freeze, bool):
+        raise ConfigError(f"optimize_for_inference(freeze={freeze!r}) must be True or False")
     if freeze and compile is None:
         raise ConfigError("optimize_for_inference(freeze=True) freezes the weights into a compiled graph: pass "
                           "compile='default' (or another mode) as well, or leave freeze off")

@@ -371,6 +371,8 @@ def test_compile_model_freeze_turns_inductor_freezing_on_during_each_call_only(m
     with pytest.raises(ValueError):
         compiled(None)
     assert seen["during"] == [True, True] and config.freezing is before  # restored, after a failure too
+    copy.deepcopy(compiled)(torch.zeros(1, 2))  # the hooks are module-level functions: a copy keeps them
+    assert seen["during"] == [True, True, True] and config.freezing is before
     optimize_for_inference(model, compile="default", freeze=True)(torch.zeros(1, 2))
     assert seen["during"][-1] is True and config.freezing is before
 
@@ -383,6 +385,8 @@ def test_compile_model_freeze_refuses_what_cannot_freeze():
     model = nn.Linear(2, 2).train()
     with pytest.raises(ConfigError, match="pass compile='default'"):
         optimize_for_inference(model, freeze=True)
+    with pytest.raises(ConfigError, match=r"optimize_for_inference\(freeze=1\) must be True or False"):
+        optimize_for_inference(model, compile="default", freeze=1)
     assert model.training  # refused before the model was changed
 
 
