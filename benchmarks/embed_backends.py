@@ -1,7 +1,8 @@
 """PyTorch against ONNX Runtime as the backend of the same embedding pipeline: all-MiniLM-L6-v2 on STS-B test.
 
 Both sides are ``bigmodels.pipeline("feature-extraction", ...)`` over the same weights: the PyTorch model as
-the server loads it (q/k/v packed), and its ONNX export (``bigmodels export --format onnx``, fp32, and the
+the server loads it (``load_served``: q/k/v packed, oneDNN-packed weights, GELU fused, freed memory kept for reuse,
+process-wide), and its ONNX export (``bigmodels export --format onnx``, fp32, and the
 dynamic int8 file beside it) run by ONNX Runtime. Repetitions alternate between the sides in one process, so a
 busy machine slows both alike; the median repetition gives sentences/s. The vectors are compared (cosine) and
 scored on STS-B (Spearman of the pair cosines against the gold scores), so a faster side that drifts shows.
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from bigmodels.bench.workloads import load_minilm
     from bigmodels.data.nlp import read_stsb
     from bigmodels.export.onnx import export_onnx
-    from bigmodels.nn.attention import pack_qkv_
+    from bigmodels.serve.loading import load_served
 
     torch.set_num_threads(args.threads)
     rows = read_stsb(args.data, "test")
@@ -55,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer, path = load_minilm()
     out = Path(tempfile.mkdtemp(prefix="embed_backends_"))
     export = export_onnx(model, out / "onnx", int8=True, tokenizer=tokenizer)
-    pack_qkv_(model)
+    served = load_served(str(path), batch_size=args.batch).pipe("/v1/embeddings")  # the server's own copy
     sides = {
-        "pytorch": bigmodels.pipeline("feature-extraction", model, tokenizer=tokenizer, batch_size=args.batch),
+        "pytorch": served,
         "onnxruntime": bigmodels.pipeline("feature-extraction", out / "onnx", backend="onnxruntime",
                                           batch_size=args.batch),
         "onnxruntime-int8": bigmodels.pipeline("feature-extraction", export.int8_path, backend="onnxruntime",
