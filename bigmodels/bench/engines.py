@@ -339,17 +339,10 @@ def _decode_sides(sides: Sides, w: Workload, ours: nn.Module, ids: torch.Tensor,
     # its static caches (and compiled step) are kept from call to call
     decoder = Decoder(model, compile_options=CPU_COMPILE_OPTIONS if options["compile"] else None,
                       greedy_screen=settings["generate"]["greedy_screen"])
-    if options["compile"]:  # compiled before the timing, as a CTranslate2 model is converted before it
-        start = time.perf_counter()
-        try:
-            with torch.inference_mode():
-                generate(model, ids, max_new_tokens=n, temperature=0, decoder=decoder, **options)
-            settings["generate"]["compile_seconds"] = round(time.perf_counter() - start, 1)
-        except Exception as e:  # noqa: BLE001 (inductor builds C++: a machine without a compiler decodes eagerly)
-            log.warning("%s: the compiled decoding step could not be built here (%s: %.200s); timing the eager "
-                        "step instead", w.name, type(e).__name__, e)
-            options["compile"] = False  # the same decoder then hands out static caches only
-            settings["generate"].update(compile=False, compile_error=f"{type(e).__name__}: {str(e)[:200]}")
+    if options["compile"] and not _compiled_before_timing(
+            w, "decoding step", lambda: generate(model, ids, max_new_tokens=n, temperature=0, decoder=decoder,
+                                                 **options), settings["generate"]):
+        options["compile"] = False  # the same decoder then hands out static caches only
 
     def ours_call() -> torch.Tensor:
         with torch.inference_mode():
@@ -413,6 +406,24 @@ def _ct2_generator(hf: nn.Module, vocab_size: int, precision: str, ids: torch.Te
                   "sampling_topk": 1, **_ct2_threads()}
 
 
+def _compiled_before_timing(w: Workload, what: str, first_call: Callable[[], Any], record: dict[str, Any]) -> bool:
+    """Make our side's first call, which compiles its ``what``, before the timing (as the peers' models are converted
+    and their sessions built before it). ``record`` (the row's settings) gains ``compile_seconds``, or, where inductor
+    cannot build here (no C++ compiler), ``compile=False`` and ``compile_error``, and ours is timed uncompiled.
+    -> whether it compiled."""
+    start = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            first_call()
+    except Exception as e:  # noqa: BLE001 (inductor builds C++: a machine without a compiler runs eagerly)
+        log.warning("%s: the compiled %s could not be built here (%s: %.200s); timing it uncompiled instead",
+                    w.name, what, type(e).__name__, e)
+        record.update(compile=False, compile_error=f"{type(e).__name__}: {str(e)[:200]}")
+        return False
+    record["compile_seconds"] = round(time.perf_counter() - start, 1)
+    return True
+
+
 def _encoder_sides(sides: Sides, w: Workload, ours: nn.Module, x: dict[str, torch.Tensor], peers: bool) -> None:
     from ..interop import hf_bert
 
@@ -448,21 +459,13 @@ def _encoder_sides(sides: Sides, w: Workload, ours: nn.Module, x: dict[str, torc
         _add_peer(sides, engine, build, w.quant)
     model, _, settings = prepare_ours_cpu(ours, w.quant)
     settings["compile"] = w.quant == "fp32" and x["input_ids"].size(0) <= ENCODER_FREEZE_MAX_BATCH
-    if settings["compile"]:  # compiled before the timing, as the peers' sessions and models are built before it
+    if settings["compile"]:
         from ..compress.fuse import compile_model
 
-        start = time.perf_counter()
-        try:
-            compiled = compile_model(model, fullgraph=True, freeze=True)
-            with torch.inference_mode():
-                compiled(**x)
+        compiled = compile_model(model, fullgraph=True, freeze=True)
+        if _compiled_before_timing(w, "forward", lambda: compiled(**x), settings):
             model = compiled
-            settings.update(compile_options="compile_model(fullgraph=True, freeze=True)",
-                            compile_seconds=round(time.perf_counter() - start, 1))
-        except Exception as e:  # noqa: BLE001 (inductor builds C++: a machine without a compiler runs eagerly)
-            log.warning("%s: the compiled forward could not be built here (%s: %.200s); timing the eager model "
-                        "instead", w.name, type(e).__name__, e)
-            settings.update(compile=False, compile_error=f"{type(e).__name__}: {str(e)[:200]}")
+            settings["compile_options"] = "compile_model(fullgraph=True, freeze=True)"
 
     def ours_call() -> torch.Tensor:
         with torch.inference_mode():

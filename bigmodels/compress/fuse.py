@@ -352,14 +352,13 @@ def compile_model(
     _check_mode(mode)
     if not isinstance(freeze, bool):
         raise ConfigError(f"compile_model(freeze={freeze!r}) must be True or False")
-    if not freeze:
-        return torch.compile(model, mode=mode, dynamic=dynamic, fullgraph=fullgraph, backend=backend)
-    if backend != "inductor":
+    if freeze and backend != "inductor":
         raise ConfigError(f"freeze=True is Inductor's freezing; backend={backend!r} has none: use backend='inductor' "
                           "or leave freeze off")
     compiled = torch.compile(model, mode=mode, dynamic=dynamic, fullgraph=fullgraph, backend=backend)
-    compiled.register_forward_pre_hook(_freezing_on)
-    compiled.register_forward_hook(_freezing_off, always_call=True)  # after a failed call too
+    if freeze:
+        compiled.register_forward_pre_hook(_freezing_on)
+        compiled.register_forward_hook(_freezing_off, always_call=True)  # after a failed call too
     return compiled
 
 

@@ -239,6 +239,22 @@ def test_a_decode_row_whose_step_cannot_compile_is_timed_eager_with_the_reason(m
     assert r["ours"]["throughput"] > 0 and r["parity"]["new_tokens"] == [w.batch, w.new_tokens]
 
 
+def test_an_encoder_row_whose_forward_cannot_compile_is_timed_eager_with_the_reason(monkeypatch):
+    import bigmodels.compress.fuse as fuse
+
+    def no_compiler(model, **kw):
+        def call(**x):
+            raise RuntimeError("no C++ compiler on this machine")
+        return call
+
+    monkeypatch.setattr(fuse, "compile_model", no_compiler)
+    r = run_workload(WORKLOADS["bert-infer-cpu-b1"].tiny_variant(), device="cpu", steps=1, warmup=0)
+    settings = r["ours"]["settings"]
+    assert settings["compile"] is False and "no C++ compiler" in settings["compile_error"]
+    assert "compile_seconds" not in settings and "compile_options" not in settings
+    assert r["ours"]["throughput"] > 0 and r["parity"]["min_cosine_fp32_reference_ours"] > 0.9999
+
+
 def test_tokenizers_written_for_the_converter():
     gpt = byte_level_tokenizer(500)
     assert len(gpt) == 500 and gpt.eos_token_id == 499 and gpt.convert_ids_to_tokens(499) == "<|endoftext|>"
