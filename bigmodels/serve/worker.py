@@ -9,9 +9,10 @@ ran at 0.78-0.84x its offline speed even with a core to itself. With ``model_pro
 /v1/embeddings and /v1/classify run in a child process that loads the same model the same way
 (:func:`~bigmodels.serve.loading.load_served`): the server sends it tokenized inputs and gets the results back
 through a pipe, and the child's GIL is its own. (Separate engine and API processes are what vLLM's V1 engine does
-for the same reason.) Through HTTP under that load (`benchmarks/serve_load.py`): median 0.80x the offline
-throughput over eleven runs (0.73-0.86x), against 0.75-0.77x in one process; the child is busy ~96% of its core,
-and the rest of the gap is its small unsorted batches against offline's length-sorted ones.
+for the same reason.) Through HTTP under that load (`benchmarks/serve_load.py`, 2 vCPUs): 0.86-0.91x the offline
+throughput on an AMD EPYC, against 0.85x in one process (0.73-0.86x against 0.75-0.77x on the EPYC of an earlier
+day, with an older batcher); the child is busy 96-98% of its core, and the rest of the gap is its small unsorted
+batches against offline's length-sorted ones.
 
 The child is spawned (not forked: the parent's threads and OpenMP pools do not survive a fork), starts with the
 server and stops with it; a batch that finds it dead starts a new one. An error raised by the model in the child
