@@ -118,12 +118,13 @@ class PackedLinear(nn.Module):
     state dict has the plain layer's keys and values) plus the packed copy, which ``state_dict`` never sees.
     The packed copy is rebuilt when the weight changes (in place, as ``load_state_dict`` or an optimizer does, or
     by a new ``.data``, dtype or device) and is dropped by ``copy.deepcopy`` and pickling, which rebuild it. Where
-    it cannot serve (autograd needs the weight's gradient, training mode, a non-CPU tensor, another dtype) the
-    forward is plain ``F.linear``, so results are always the layer's; under ``torch.compile`` it is plain
-    ``F.linear`` too (a compiled graph cannot call the packed kernel; :func:`prepare_for_cpu_decoding` lays the
-    weight column-major for it). Calls of at most :attr:`kernel_max_rows` float32 rows with a column-major weight
-    (a decoding step's, eager or compiled) run on ``bigmodels_cpu::linear_f32`` where :mod:`bigmodels.nn.kernels`
-    is built, unless a gradient is wanted or the model is being exported. Built by :func:`prepack_linears_`.
+    it cannot serve (autograd needs a gradient through it: of the input, as attributions of a frozen model do, or
+    of the weight; training mode, a non-CPU tensor, another dtype) the forward is plain ``F.linear``, so results
+    are always the layer's; under ``torch.compile`` it is plain ``F.linear`` too (a compiled graph cannot call the
+    packed kernel; :func:`prepare_for_cpu_decoding` lays the weight column-major for it). Calls of at most
+    :attr:`kernel_max_rows` float32 rows with a column-major weight (a decoding step's, eager or compiled) run on
+    ``bigmodels_cpu::linear_f32`` where :mod:`bigmodels.nn.kernels` is built, unless a gradient is wanted or the
+    model is being exported. Built by :func:`prepack_linears_`.
 
     >>> layer = nn.Linear(16, 4).eval()
     >>> packed = PackedLinear(layer)
@@ -187,8 +188,9 @@ class PackedLinear(nn.Module):
             return y if self.activation is None else F.gelu(y, approximate=_GELU[self.activation])
         # under torch.compile the plain product: dynamo cannot trace the packed copy's cache, and inductor cannot
         # lower oneDNN's packed kernel
-        if not (self.training or x.dtype != w.dtype or (torch.is_grad_enabled() and w.requires_grad)
-                or torch.compiler.is_compiling()):
+        wants_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
+                                                   or (self.bias is not None and self.bias.requires_grad))
+        if not (self.training or x.dtype != w.dtype or wants_grad or torch.compiler.is_compiling()):
             packed = self.packed_weight()
         if packed is None or x.device.type != "cpu":
             y = F.linear(x, w, self.bias)

@@ -120,6 +120,20 @@ def test_packed_weights_follow_changes_copies_and_autograd():
     out = model(prompts)  # autograd on: plain F.linear, so the weights get gradients
     out.sum().backward()
     assert model.blocks[0].mlp.fc.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+    # frozen weights and an input that wants its gradient (what saliency / integrated gradients ask of a model):
+    # the gradient flows through the packed layers as through plain ones (oneDNN's packed product has no
+    # backward, so running it here would leave the input without a gradient)
+    frozen, plain = copy.deepcopy(model), copy.deepcopy(other)
+    for m in (frozen, plain):
+        m.requires_grad_(False)
+    x = torch.randn(2, 5, 64)
+    grads = []
+    for m in (frozen, plain):
+        leaf = x.clone().requires_grad_(True)
+        m.blocks[0].mlp(leaf).square().sum().backward()
+        grads.append(leaf.grad)
+    assert type(frozen.blocks[0].mlp.fc).__name__ == "PackedLinear"
+    assert grads[0] is not None and grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-5)
 
 
 def test_prepacking_refuses_training_and_non_cpu_models():
