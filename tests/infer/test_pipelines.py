@@ -16,6 +16,7 @@ from bigmodels.errors import ConfigError, DataError
 from bigmodels.infer.embed import embed_texts
 from bigmodels.infer.generate import generate
 from bigmodels.infer.pipelines import TASKS, TokenClassificationPipeline, pipeline, supported_tasks
+from bigmodels.nn import kernels
 from bigmodels.testing import tiny_model, wordpiece_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,6 +73,43 @@ def test_text_generation_greedy_matches_generate_and_batching(chars, name):
     new_only = pipe(prompts[0], return_full_text=False)[0]["generated_text"]
     assert out[0][0]["generated_text"] == prompts[0] + new_only
     assert "".join(pipe.stream(prompts[0])) == new_only
+
+
+@pytest.mark.skipif(not kernels.available(), reason="bigmodels_cpu is not built here (no AVX-512 VNNI or no C++ "
+                    "compiler): greedy steps read the output layer whole")
+def test_text_generation_greedy_picks_through_one_screen_the_calls_share(chars, monkeypatch):
+    """Greedy calls on the CPU pick each token after the first through the pipeline's float16 screen of the output
+    layer: generate's tokens, the screen built by the first call and reused by the next (run and stream alike);
+    sampling reads the logits; a model put in the pipeline's place gets a screen of its own."""
+    calls = []
+    real = torch.ops.bigmodels_cpu.screened_argmax
+    monkeypatch.setattr(torch.ops.bigmodels_cpu, "screened_argmax", lambda *a: calls.append(a[0].shape) or real(*a))
+
+    def plain(model, prompt):  # generate without a decoder: the full float32 logits, argmax
+        ids = generate(model, [chars.encode(prompt)], max_new_tokens=8, temperature=0)[0].tolist()
+        return chars.decode(ids)
+
+    torch.manual_seed(0)
+    model = tiny_model("gpt2", vocab_size=chars.vocab_size).eval()
+    pipe = pipeline("text-generation", model, tokenizer=chars, max_new_tokens=8, temperature=0)
+    expected = plain(model, "the quick")
+    assert calls == []
+    assert pipe("the quick")[0]["generated_text"] == expected
+    assert len(calls) == 7  # the first new token comes from the prompt's logits
+    screen = pipe._decoder()._screen
+    assert screen is not None and screen.weight is model.lm_head.weight
+    assert "".join(pipe.stream("the quick")) == expected[len("the quick"):]
+    assert len(calls) == 14 and pipe._decoder()._screen is screen  # the same screen, not built again
+    sampled = pipe("the quick", temperature=0.8, seed=3)
+    assert len(calls) == 14 and sampled == pipe("the quick", temperature=0.8, seed=3)
+    torch.manual_seed(1)
+    other = tiny_model("gpt2", vocab_size=chars.vocab_size).eval()
+    with torch.no_grad():
+        weight = other.lm_head.weight  # "z" scores 10x what "k" does: it wins where "k" did, another continuation
+        weight[chars.encode("z")[0]] = 10 * weight[chars.encode("k")[0]]
+    pipe.model = other
+    assert pipe("the quick")[0]["generated_text"] == plain(other, "the quick") != expected
+    assert pipe._decoder().model is other and pipe._decoder()._screen.weight is other.lm_head.weight
 
 
 def test_text_generation_seed_stop_and_errors(chars):
