@@ -378,10 +378,10 @@ class TextGenerationPipeline(Pipeline):
     for Transformer and recurrent language models alike. The default batch size is 1, so a seed gives a prompt
     the same continuation whichever prompts come with it; with ``batch_size`` > 1 prompts are left-padded and
     decoded together (greedy decoding gives the same text either way). Greedy decoding (temperature 0, no
-    repetition penalty) of a Transformer on the CPU picks each token through a float16 screen of the output layer
+    repetition penalty) of a language model on the CPU picks each token through a float16 screen of its output layer
     (:class:`~bigmodels.infer.generate.Decoder` with ``greedy_screen=True``: the same tokens as the full float32
-    product, which it reads only for the few candidates the screen leaves; 1.13-1.19x the new tokens per second of
-    GPT-2 124M on 2 cores of an AMD EPYC, ``benchmarks/serve_completions.py``). The pipeline builds the screen at
+    product, which it reads only for the few candidates the screen leaves; 1.13-1.33x the new tokens per second of
+    GPT-2 124M on 2 cores of an AMD EPYC, ``benchmarks/serve_prepared.py``). The pipeline builds the screen at
     its first greedy call (0.27-0.36 s and +77 MB for GPT-2) and keeps it for the next ones, as ``bigmodels serve``
     does.
 

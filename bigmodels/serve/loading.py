@@ -7,11 +7,11 @@ plain (torchvision) state dict with ``architecture=`` naming its registered mode
 (``bigmodels.load`` gives its ONNX Runtime model; the ``export`` extra), for the tasks without decoding.
 
 A model the server loads itself (a path, not an ``nn.Module`` passed in, which stays as given) is its own copy,
-so it is made fast in place where it serves embeddings or completions on the CPU
+so it is made fast in place where it serves embeddings, text classification or completions on the CPU
 (:func:`~bigmodels.compress.layout.prepare_for_cpu_decoding`: oneDNN-packed weights, GELU fused, a decoding step's
-rows on the column-major float32 kernel; embeddings also pack q/k/v): the same vectors and greedy tokens to float
-rounding; GPT-2 124M's greedy completions 1.59x the new tokens per second of the model as given on 2 cores of an
-AMD EPYC (``benchmarks/serve_completions.py``).
+rows on the column-major float32 kernel; encoders also pack q/k/v): the same vectors, scores and greedy tokens to
+float rounding; on 2 cores of an AMD EPYC, GPT-2 124M's greedy completions 1.58-1.59x the new tokens per second of
+the model as given, a MiniLM-size classifier 1.15x its sentences per second (``benchmarks/serve_prepared.py``).
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ def load_served(source: nn.Module | str | os.PathLike, *, architecture: str | No
     runs = supported_tasks(module)
     if getattr(module, "backend", "torch") == "onnxruntime":  # an export runs the tasks without decoding
         runs = tuple(t for t in runs if t in getattr(module, "pipeline_tasks", ()))
-    elif owned and ("feature-extraction" in runs or "text-generation" in runs):
-        if "feature-extraction" in runs:
+    elif owned and any(t in runs for t in ("feature-extraction", "text-classification", "text-generation")):
+        if "feature-extraction" in runs or "text-classification" in runs:
             pack_qkv_(module)  # the server's own copy: one q/k/v matrix product per attention, the same vectors
         if model_device(module).type == "cpu":  # oneDNN-packed weights (~1.9x the sentences/s of MKL's here),
             from ..compress.layout import prepare_for_cpu_decoding  # GELU fused into fc1, freed memory reused;

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from serve_models import client, embedder, image_classifier, slowed, text_classifier
 
+import bigmodels
 from bigmodels.serve import create_app
 
 pytest.importorskip("captum", reason="the explain extra (captum) is not installed")
@@ -25,9 +26,17 @@ def _png(seed: int = 0) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-@pytest.fixture(scope="module")
-def text_app(wordpiece):
-    return create_app(text_classifier(wordpiece), tokenizer=wordpiece, api_key="secret")
+@pytest.fixture(scope="module", params=["module", "directory"])
+def text_app(request, wordpiece, tmp_path_factory):
+    """The classifier as given, and loaded from a directory: the server's own copy, q/k/v packed and prepared for
+    the CPU (oneDNN-packed layers), whose explanations must get the same gradients."""
+    if request.param == "module":
+        return create_app(text_classifier(wordpiece), tokenizer=wordpiece, api_key="secret")
+    directory = bigmodels.save(text_classifier(wordpiece), tmp_path_factory.mktemp("clf"), tokenizer=wordpiece)
+    app = create_app(directory, api_key="secret")
+    assert {type(m).__name__ for m in app.state.server.served.model.modules() if "Linear" in type(m).__name__} == {
+        "PackedLinear"}
+    return app
 
 
 def test_integrated_gradients_of_a_text_give_tokens_words_and_the_completeness_gap(text_app):

