@@ -128,34 +128,31 @@ def completions(args) -> None:
     clients = {"server, module": TestClient(create_app(model, tokenizer=tok, name="m")),
                "server, directory": TestClient(create_app(directory, name="m"))}
     body = {"prompt": prompt, "max_tokens": args.new, "temperature": 0}
+    texts: dict[str, str] = {}
 
-    def served(c: TestClient):
-        def call() -> tuple[str, int]:
+    def checked(name: str, text: str, tokens: int) -> None:
+        if tokens != args.new:  # an end-of-text token would shorten the continuation
+            raise SystemExit(f"{name}: the continuation ended after {tokens} of {args.new} tokens; change the prompt")
+        if texts.setdefault(name, text) != text:
+            raise SystemExit(f"{name}: greedy text changed between calls")
+
+    def served(name: str, c: TestClient):
+        def call() -> None:
             r = c.post("/v1/completions", json=body)
             r.raise_for_status()
             j = r.json()
-            return j["choices"][0]["text"], j["usage"]["completion_tokens"]
+            checked(name, j["choices"][0]["text"], j["usage"]["completion_tokens"])
         return call
 
-    def piped(pipe):
-        def call() -> tuple[str, int]:
-            return pipe(prompt)[0]["generated_text"], args.new  # the same text as the server's: the same tokens
+    def piped(name: str, pipe):
+        def call() -> None:  # the server's text (compared below): its tokens
+            checked(name, pipe(prompt)[0]["generated_text"], args.new)
         return call
 
-    sides = {"pipeline, no screen": piped(plain), "pipeline": piped(screened),
-             **{name: served(c) for name, c in clients.items()}}
-    texts = {name: call()[0] for name, call in sides.items()}  # untimed: builds screens, packs weights
-    counts = {name: sides[name]()[1] for name in clients}
-    if any(n != args.new for n in counts.values()):  # an end-of-text token would shorten the continuation
-        raise SystemExit(f"the continuation ended early ({counts} of {args.new} tokens); change the prompt")
-    rates: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(args.reps):
-        for name, call in sides.items():
-            start = time.perf_counter()
-            text, _ = call()
-            rates[name].append(args.new / (time.perf_counter() - start))
-            if text != texts[name]:
-                raise SystemExit(f"{name}: greedy text changed between calls")
+    sides = {"pipeline, no screen": piped("pipeline, no screen", plain), "pipeline": piped("pipeline", screened),
+             **{name: served(name, c) for name, c in clients.items()}}
+    seconds = _timed(sides, args.reps)  # the untimed first calls build the screens and pack the weights
+    rates = {name: [args.new / t for t in ts] for name, ts in seconds.items()}
     base = statistics.median(rates["pipeline, no screen"])
     print(f"torch {torch.__version__}, {args.threads} threads; GPT-2 124M random weights, vocabulary "
           f"{tok.vocab_size}, greedy, {args.new} new tokens")

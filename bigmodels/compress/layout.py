@@ -166,6 +166,13 @@ class PackedLinear(nn.Module):
             self._packed, self._packed_from = _pack(w), key
         return self._packed
 
+    def _wants_grad(self, x: torch.Tensor) -> bool:
+        """Whether autograd wants a gradient through this call (of the input, the weight or the bias): neither
+        packed kernel has a backward, so such a call runs on plain ``F.linear``."""
+        b = self.bias
+        return torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
+                                            or (b is not None and b.requires_grad))
+
     def _few_rows(self, x: torch.Tensor) -> bool:
         """Whether this call runs on ``bigmodels_cpu::linear_f32``: at most :attr:`kernel_max_rows` float32 rows on
         the CPU, the weight column-major (:func:`column_major_linears_`), no gradient, not traced for export."""
@@ -175,9 +182,7 @@ class PackedLinear(nn.Module):
                 and 0 < x.numel() <= self.kernel_max_rows * self.in_features and w.stride(0) == 1
                 and w.t().is_contiguous() and (b is None or b.dtype == torch.float32)):
             return False
-        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
-            return False
-        return kernels.usable()
+        return not self._wants_grad(x) and kernels.usable()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
@@ -188,9 +193,7 @@ class PackedLinear(nn.Module):
             return y if self.activation is None else F.gelu(y, approximate=_GELU[self.activation])
         # under torch.compile the plain product: dynamo cannot trace the packed copy's cache, and inductor cannot
         # lower oneDNN's packed kernel
-        wants_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
-                                                   or (self.bias is not None and self.bias.requires_grad))
-        if not (self.training or x.dtype != w.dtype or wants_grad or torch.compiler.is_compiling()):
+        if not (self.training or x.dtype != w.dtype or self._wants_grad(x) or torch.compiler.is_compiling()):
             packed = self.packed_weight()
         if packed is None or x.device.type != "cpu":
             y = F.linear(x, w, self.bias)

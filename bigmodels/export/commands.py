@@ -60,8 +60,7 @@ def export(
     else:
         directory = resolve_checkpoint(source)
         loaded, tokenizer = load(directory), _tokenizer(directory)
-    result = export_onnx(loaded, out, int8=("per-channel" if per_channel else True) if int8 else False,
-                         tokenizer=tokenizer)
+    result = export_onnx(loaded, out, int8="per-channel" if per_channel else int8, tokenizer=tokenizer)
     print(f"{source} -> {result.path} ({result.kind}; inputs {', '.join(result.inputs)}; ONNX Runtime vs PyTorch "
           f"max diff {result.parity:.2g} at {result.checked_at})")
     if result.int8_path is not None:
