@@ -10,7 +10,7 @@ A model the server loads itself (a path, not an ``nn.Module`` passed in, which s
 so it is made fast in place where it serves embeddings, text classification or completions on the CPU
 (:func:`~bigmodels.compress.layout.prepare_for_cpu_decoding`: oneDNN-packed weights, GELU fused, a decoding step's
 rows on the column-major float32 kernel; encoders also pack q/k/v): the same vectors, scores and greedy tokens to
-float rounding; on 2 cores of an AMD EPYC, GPT-2 124M's greedy completions 1.58-1.59x the new tokens per second of
+float rounding; on 2 cores of an AMD EPYC, GPT-2 124M's greedy completions 1.50-1.59x the new tokens per second of
 the model as given, a MiniLM-size classifier 1.15x its sentences per second (``benchmarks/serve_prepared.py``).
 """
 
